@@ -1,0 +1,52 @@
+# The two commands of the README: `make test` and `make run`. Both set up what they
+# need on a fresh machine: the virtualenv, the project, and the redis-server and
+# mosquitto binaries (Debian packages, installed when missing and running as root).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := redis-server mosquitto
+SERVER_BINARIES := redis-server mosquitto
+
+.PHONY: test run lint typecheck unit servers bench-cache clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+# redis-server and mosquitto are real servers in the tests: install them when missing.
+servers:
+	@missing=""; for b in $(SERVER_BINARIES); do \
+	    command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "installing$$missing (Debian packages: $(APT_PACKAGES))"; \
+	        apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	    else \
+	        echo "error: missing$$missing. Install the Debian packages: sudo apt-get install $(APT_PACKAGES)" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
+
+test: lint typecheck unit
+
+run: $(STAMP)
+	$(BIN)/assistant cache stats
+
+bench-cache: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_cache.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""Settings, read once at start from ``configs/assistant.toml`` and ``ASSISTANT_*`` variables.
+
+Environment variables override the file; nested fields use ``__``
+(``ASSISTANT_REDIS__URL=redis://10.0.0.2:6379/0``). Each part of the service is
+handed its own typed section, never the whole object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cache.policy import PolicyBook, PrivacyPolicy
+
+DEFAULT_CONFIG = Path("configs/assistant.toml")
+CONFIG_ENV = "ASSISTANT_CONFIG"
+
+
+class CacheSettings(BaseModel):
+    """The in-process tier and behaviour shared by all tiers."""
+
+    memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="L1 budget in bytes")
+    default_ttl: float = Field(24 * 3600, gt=0, description="TTL of items that name none, seconds")
+    zstd_level: int = Field(3, ge=1, le=22, description="compression level of stored blobs")
+    listen_block: float = Field(1.0, gt=0, description="seconds one read of the event stream waits")
+
+
+class RedisSettings(BaseModel):
+    """L2: the local or shared Redis."""
+
+    enabled: bool = True
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout: float = Field(0.2, gt=0, description="socket connect/read timeout, seconds")
+    breaker_threshold: int = Field(3, ge=1, description="failures in a row that open the breaker")
+    breaker_cooldown: float = Field(2.0, gt=0, description="seconds Redis is skipped once open")
+
+
+class SqliteSettings(BaseModel):
+    """L3: the encrypted on-disk store."""
+
+    enabled: bool = True
+    path: Path = Path("var/cache.db")
+    max_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="cap on stored blob bytes")
+    batch_size: int = Field(512, ge=1)
+    flush_interval: float = Field(0.05, gt=0, description="seconds a write may wait in the queue")
+    queue_size: int = Field(20000, ge=1)
+    gc_interval: float = Field(60.0, gt=0, description="seconds between removals of expired rows")
+
+
+class KeySettings(BaseModel):
+    """Where the master keys come from: systemd credential, environment variable, or file."""
+
+    file: Path = Path("var/master.key")
+    create: bool = Field(True, description="create the key file with a fresh key when missing")
+    env_var: str = "ASSISTANT_MASTER_KEY"
+    credential: str = "assistant-master-key"
+
+
+class PolicySettings(BaseModel):
+    """One privacy policy."""
+
+    max_ttl: float = Field(7 * 24 * 3600, ge=0, description="seconds any item may live")
+    persist: bool = Field(True, description="may items reach the disk tier")
+    private: bool = Field(False, description="key even shareable answers per user")
+
+    def policy(self) -> PrivacyPolicy:
+        """As the cache library's type."""
+        return PrivacyPolicy(max_ttl=self.max_ttl, persist=self.persist, private=self.private)
+
+
+class PrivacySettings(BaseModel):
+    """Privacy policies: a default, one for shared items, and per-user ones."""
+
+    default: PolicySettings = PolicySettings()
+    shared: PolicySettings = PolicySettings()
+    users: dict[str, PolicySettings] = {}
+
+    def book(self) -> PolicyBook:
+        """As the cache library's type."""
+        return PolicyBook(
+            default=self.default.policy(),
+            shared=self.shared.policy(),
+            users={user: p.policy() for user, p in self.users.items()},
+        )
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASSISTANT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    cache: CacheSettings = CacheSettings()
+    redis: RedisSettings = RedisSettings()
+    sqlite: SqliteSettings = SqliteSettings()
+    keys: KeySettings = KeySettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Priority: arguments, then environment variables, then the file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config: Path | None = None) -> Settings:
+    """Read the settings from ``config``, else ``$ASSISTANT_CONFIG``, else the default file.
+
+    A file named explicitly must exist; the default file may be absent (defaults apply).
+    """
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"settings file {path} does not exist")
+    path = path or DEFAULT_CONFIG
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return FileSettings()

@@ -1,0 +1,137 @@
+"""Cache keys: ``v1:<kind>:<digest>`` over length-prefixed fields.
+
+Fields are encoded with a type tag and a length prefix, so no two different field
+lists produce the same bytes (``("ab", "c")`` and ``("a", "bc")`` differ). The digest
+is an HMAC-SHA256 under a secret derived from the master key: a key name seen in
+Redis (``SCAN``, ``MONITOR``) says nothing about the prompt behind it, and cannot be
+confirmed by hashing a guessed prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cache.errors import CacheError, NonDeterministicError
+
+KEY_VERSION = "v1"
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+Field = str | bytes | int | float | bool | None
+
+
+def encode_fields(fields: Iterable[Field]) -> bytes:
+    """Encode ``fields`` injectively: a one-byte type tag, a 4-byte length, the bytes."""
+    out = bytearray()
+    for field in fields:
+        if field is None:
+            tag, data = b"n", b""
+        elif isinstance(field, bool):
+            tag, data = b"b", b"\x01" if field else b"\x00"
+        elif isinstance(field, int):
+            tag, data = b"i", str(field).encode()
+        elif isinstance(field, float):
+            if not math.isfinite(field):
+                raise CacheError(f"a key field must be a finite number, not {field!r}")
+            tag, data = b"f", repr(field).encode()  # repr round-trips exactly
+        elif isinstance(field, str):
+            tag, data = b"s", field.encode("utf-8")
+        elif isinstance(field, bytes):
+            tag, data = b"y", field
+        else:
+            raise CacheError(f"unsupported key field type {type(field).__name__}")
+        out += tag + struct.pack(">I", len(data)) + data
+    return bytes(out)
+
+
+class KeyBuilder:
+    """Builds cache keys under one naming secret (see :meth:`cache.crypto.Keyring.naming_secret`)."""
+
+    def __init__(self, secret: bytes) -> None:
+        """``secret``: at least 32 bytes; keys built under another secret never collide with these."""
+        if len(secret) < 32:
+            raise CacheError("the key naming secret must be at least 32 bytes")
+        self._secret = secret
+
+    def key(self, kind: str, *fields: Field) -> str:
+        """The key of ``fields`` in the namespace ``kind`` (lower-case word, e.g. ``stt``)."""
+        if not _KIND.match(kind):
+            raise CacheError(f"invalid key kind {kind!r}: lower-case letters, digits, underscore")
+        mac = hmac.new(self._secret, encode_fields((KEY_VERSION, kind, *fields)), hashlib.sha256)
+        return f"{KEY_VERSION}:{kind}:{mac.hexdigest()}"
+
+    def name(self, namespace: str, value: str) -> str:
+        """An opaque Redis name for a non-key object (a tag set), e.g. ``v1:tag:<digest>``."""
+        return self.key(namespace, value)
+
+    def generation_key(self, request: GenerationKey) -> str:
+        """The key of a generated fragment; refuses requests that are not reproducible."""
+        request.check_deterministic()
+        return self.key("gen", *request.fields())
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationKey:
+    """Everything that decides the text an LLM generates for one fragment."""
+
+    backend: str
+    """Backend name (``llama_cpp``, ``hailo``, ``ollama``)."""
+    model_id: str
+    """Model identifier as configured (file name or model tag)."""
+    model_version: str
+    """Content hash of the weights file, or what the server reports."""
+    tokenizer_version: str
+    """Tokenizer identity; a tokenizer change changes the text even with the same weights."""
+    template_id: str
+    """The intent template that asked for this fragment."""
+    template_version: str
+    """Content hash of that template."""
+    system_prompt: str
+    """The rendered system prompt."""
+    prompt: str
+    """The rendered user prompt."""
+    temperature: float
+    """Sampling temperature; 0 means greedy."""
+    top_p: float
+    """Nucleus sampling cut-off."""
+    top_k: int
+    """Top-k sampling cut-off."""
+    max_tokens: int
+    """Generation limit."""
+    seed: int | None
+    """Sampling seed; required when ``temperature > 0``."""
+    scope: str
+    """``shared`` or ``user:<id>``."""
+
+    def check_deterministic(self) -> None:
+        """Raise :class:`NonDeterministicError` unless the output is reproducible."""
+        if self.temperature > 0 and self.seed is None:
+            raise NonDeterministicError(
+                "sampling with temperature > 0 and no seed is not reproducible; it is never cached"
+            )
+        if self.scope != "shared" and not self.scope.startswith("user:"):
+            raise CacheError(f"scope must be 'shared' or 'user:<id>', not {self.scope!r}")
+
+    def fields(self) -> tuple[Field, ...]:
+        """The key fields in a fixed order."""
+        return (
+            self.backend,
+            self.model_id,
+            self.model_version,
+            self.tokenizer_version,
+            self.template_id,
+            self.template_version,
+            self.system_prompt,
+            self.prompt,
+            float(self.temperature),
+            float(self.top_p),
+            int(self.top_k),
+            int(self.max_tokens),
+            self.seed,
+            self.scope,
+        )

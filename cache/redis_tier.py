@@ -1,0 +1,195 @@
+"""L2: Redis, shared by processes and nodes.
+
+Each value is ``expiry (8-byte float) | names length (2) | tag set names | sealed
+blob`` under its cache key with ``PX``, so Redis drops it on time and a
+promotion keeps the original expiry. Tags are Redis sets of keys, named by HMAC
+so ``SCAN`` shows no tag or user names; adding to them and purging them is one
+round trip each (Lua). A purge removes a member only if the item still names
+that tag set in its own header: an item overwritten without the tag survives,
+and since header and item are one Redis key, eviction can never split them. A circuit
+breaker skips Redis while it is failing; redis-py reconnects by itself when it
+is back.
+
+Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
+reads what it missed when it reconnects, instead of silently keeping stale
+entries in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cache.breaker import CircuitBreaker
+from cache.errors import TierUnavailable
+from cache.tier import Clock, Record, wall_clock
+
+T = TypeVar("T")
+_HEADER = struct.Struct(">dH")
+EVENTS_STREAM = "v1:events"
+SALTS_HASH = "v1:salts"
+
+_SET = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
+_PURGE = """
+local members = redis.call('SMEMBERS', KEYS[1])
+local wanted = ' ' .. KEYS[1] .. ' '
+local n = 0
+for _, key in ipairs(members) do
+  local size = redis.call('GETRANGE', key, 8, 9)
+  if #size == 2 then
+    local len = string.byte(size, 1) * 256 + string.byte(size, 2)
+    local names = ' ' .. redis.call('GETRANGE', key, 10, 9 + len) .. ' '
+    if string.find(names, wanted, 1, true) then
+      n = n + redis.call('UNLINK', key)
+    end
+  end
+end
+redis.call('UNLINK', KEYS[1])
+if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return n
+"""
+
+_SALT = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+
+def _client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+class RedisTier:
+    """L2 over redis-py with a connection pool, short timeouts and a circuit breaker."""
+
+    name = "l2"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namer: Callable[[str, str], str],
+        timeout: float = 0.2,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock = wall_clock,
+    ) -> None:
+        """
+        Args:
+            url: ``redis://host:port/db``.
+            namer: ``(namespace, value) -> opaque name`` for tag sets and salt fields.
+            timeout: socket connect/read timeout in seconds; keep it short, Redis is local.
+            breaker: the circuit breaker (a default one when omitted).
+            clock: the clock expiries are measured on.
+        """
+        self.url = url
+        self.client = _client(url, timeout)
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self._namer = namer
+        self._clock = clock
+        self._set = self.client.register_script(_SET)
+        self._purge = self.client.register_script(_PURGE)
+        self._salt = self.client.register_script(_SALT)
+
+    def _call(self, op: Callable[[], T]) -> T:
+        if not self.breaker.allow():
+            raise TierUnavailable("redis is being skipped after repeated failures")
+        try:
+            result = op()
+        except redis.RedisError as error:
+            self.breaker.failure()
+            raise TierUnavailable(f"redis: {error}") from None
+        self.breaker.success()
+        return result
+
+    def tag_name(self, tag: str) -> str:
+        """The Redis set holding the keys of ``tag``."""
+        return self._namer("tag", tag)
+
+    def get(self, key: str) -> Record | None:
+        raw = cast("bytes | None", self._call(lambda: self.client.get(key)))
+        if raw is None or len(raw) < _HEADER.size:
+            return None
+        expires_at, names = _HEADER.unpack_from(raw)
+        if expires_at <= self._clock():
+            return None
+        blob = raw[_HEADER.size + names :]
+        return Record(blob, expires_at, size=len(blob))
+
+    def set(self, key: str, record: Record) -> None:
+        ttl_ms = int(record.ttl(self._clock()) * 1000)
+        if ttl_ms <= 0:
+            return
+        tags = set(record.tags)
+        if record.user is not None:
+            tags.add(f"user:{record.user}")
+        names = [self.tag_name(t) for t in sorted(tags)]
+        joined = " ".join(names).encode()
+        value = _HEADER.pack(record.expires_at, len(joined)) + joined + bytes(record.payload)
+        if names:
+            self._call(lambda: self._set(keys=[key, *names], args=[value, ttl_ms]))
+        else:
+            self._call(lambda: self.client.set(key, value, px=ttl_ms))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(lambda: self.client.unlink(key)))
+
+    def invalidate_tag(self, tag: str) -> int:
+        return int(self._call(lambda: self._purge(keys=[self.tag_name(tag)], args=[""])))
+
+    def forget_user(self, user: str) -> int:
+        keys = [self.tag_name(f"user:{user}"), SALTS_HASH]
+        return int(self._call(lambda: self._purge(keys=keys, args=[self._namer("salt", user)])))
+
+    def salt(self, user: str, candidate: bytes) -> bytes:
+        """The user's salt shared by every node: the stored one, or ``candidate`` stored now."""
+        field = self._namer("salt", user)
+        return bytes(self._call(lambda: self._salt(keys=[SALTS_HASH], args=[field, candidate])))
+
+    def publish(self, fields: dict[str, str], maxlen: int = 10000) -> str:
+        """Append an invalidation event to the stream; its id."""
+        event_id = self._call(
+            lambda: self.client.xadd(EVENTS_STREAM, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        )
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    def listener(self, block_seconds: float) -> redis.Redis:
+        """A separate client for blocking stream reads (its timeout outlasts the block)."""
+        return _client(self.url, block_seconds + 2.0)
+
+    def ping(self) -> bool:
+        """True when Redis answers now (ignores the breaker)."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        """Memory and key counts from ``INFO`` for ``stats``."""
+        info = self._call(lambda: self.client.info("memory"))
+        keys = self._call(lambda: self.client.dbsize())
+        return {"used_memory": info.get("used_memory"), "keys": keys,
+                "maxmemory": info.get("maxmemory"),
+                "maxmemory_policy": info.get("maxmemory_policy")}
+
+    def close(self) -> None:
+        self.client.close()

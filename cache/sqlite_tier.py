@@ -1,0 +1,448 @@
+"""L3: an sqlite file in WAL mode that survives reboots.
+
+Writes are queued and applied by one writer thread in batches (one transaction
+each), flushed by size, by interval and on close: nothing accepted is lost on a
+clean shutdown. Reads use one connection per thread and see queued writes
+first, so a queued delete is never undone by a read of the old row.
+
+Triggers keep a running byte total and drop an item's tags with it; the size cap
+evicts the least recently used rows. ``secure_delete`` zeroes deleted content and
+a forget ends with a truncating checkpoint, so a forgotten user's blobs and salt
+leave both the database file and its WAL. A file that is corrupt or not a
+database is moved aside and a fresh one started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cache.errors import TierUnavailable
+from cache.tier import Clock, Record, wall_clock
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    blob BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    user TEXT,
+    size INTEGER NOT NULL,
+    accessed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at);
+CREATE INDEX IF NOT EXISTS items_access ON items (accessed_at);
+CREATE INDEX IF NOT EXISTS items_user ON items (user) WHERE user IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tags (
+    tag TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (tag, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_key ON tags (key);
+CREATE TABLE IF NOT EXISTS salts (user TEXT PRIMARY KEY, salt BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('bytes', '0');
+CREATE TRIGGER IF NOT EXISTS items_ins AFTER INSERT ON items BEGIN
+    UPDATE meta SET value = value + NEW.size WHERE name = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS items_upd AFTER UPDATE OF size ON items BEGIN
+    UPDATE meta SET value = value + NEW.size - OLD.size WHERE name = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS items_del AFTER DELETE ON items BEGIN
+    UPDATE meta SET value = value - OLD.size WHERE name = 'bytes';
+    DELETE FROM tags WHERE key = OLD.key;
+END;
+"""
+
+_UPSERT = """
+INSERT INTO items (key, blob, expires_at, user, size, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET blob = excluded.blob, expires_at = excluded.expires_at,
+    user = excluded.user, size = excluded.size, accessed_at = excluded.accessed_at
+"""
+
+
+def _is_corruption(error: sqlite3.DatabaseError) -> bool:
+    # OperationalError (locked, busy, disk full, I/O) is transient; the rest means a bad file.
+    return not isinstance(error, sqlite3.OperationalError)
+
+
+class SqliteTier:
+    """L3: WAL sqlite with a batching writer thread, LRU size cap, GC and quarantine."""
+
+    name = "l3"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        clock: Clock = wall_clock,
+        batch_size: int = 512,
+        flush_interval: float = 0.05,
+        queue_size: int = 20000,
+        gc_interval: float = 60.0,
+        on_quarantine: Callable[[Path], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            path: the database file; its folder is created.
+            max_bytes: cap on the summed blob sizes; least recently used rows go first.
+            clock: the clock expiries are measured on.
+            batch_size: queued writes that trigger a flush.
+            flush_interval: seconds a queued write may wait before it is flushed.
+            queue_size: queued writes beyond which ``set`` waits for the writer.
+            gc_interval: seconds between removals of expired rows by the writer.
+            on_quarantine: called with the new name of a file moved aside as corrupt.
+        """
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue_size = queue_size
+        self._gc_interval = gc_interval
+        self._on_quarantine = on_quarantine
+        self._cond = threading.Condition()
+        self._pending: dict[str, Record] = {}
+        self._touched: dict[str, float] = {}
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._generation = 0
+        self._closed = False
+        self.evictions = 0
+        self.quarantined = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._open_writer()
+        self._thread = threading.Thread(target=self._run, name="l3-writer", daemon=True)
+        self._thread.start()
+
+    # -- connections -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=5.0)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA secure_delete = ON")
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        for attempt in (1, 2):
+            conn = None
+            try:
+                conn = self._connect()
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(SCHEMA)
+                return conn
+            except sqlite3.DatabaseError as error:
+                if conn is not None:
+                    conn.close()
+                if attempt == 2 or not _is_corruption(error):
+                    raise TierUnavailable(f"sqlite {self.path}: {error}") from None
+                self._move_aside(error)
+        raise AssertionError("unreachable")
+
+    def _reader(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.generation != self._generation:
+            if conn is not None:
+                conn.close()
+            conn = local.conn = self._connect()
+            local.generation = self._generation
+        return conn
+
+    def _move_aside(self, error: BaseException) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{self.quarantined}")
+        log.error("sqlite cache %s is unusable (%s): moved to %s, starting a fresh file",
+                  self.path, error, target)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(target) + suffix))
+        self.quarantined += 1
+        self._generation += 1
+        if self._on_quarantine is not None:
+            self._on_quarantine(target)
+
+    def _quarantine(self, error: sqlite3.DatabaseError) -> None:
+        with self._write_lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            self._move_aside(error)
+            self._writer = self._open_writer()
+
+    def _guard(self, op: Callable[[], Any]) -> Any:
+        """Run ``op``; quarantine a corrupt file, translate every sqlite error."""
+        try:
+            return op()
+        except sqlite3.DatabaseError as error:
+            if _is_corruption(error):
+                self._quarantine(error)
+            raise TierUnavailable(f"sqlite: {error}") from None
+
+    # -- the tier contract ---------------------------------------------------------------
+
+    def get(self, key: str) -> Record | None:
+        with self._cond:
+            queued = self._pending.get(key)
+        now = self._clock()
+        if queued is not None:
+            if queued.expires_at <= now:
+                return None
+            return Record(queued.payload, queued.expires_at, queued.tags, queued.user, queued.size)
+        row = self._guard(lambda: self._reader().execute(
+            "SELECT blob, expires_at, user, size FROM items WHERE key = ? AND expires_at > ?",
+            (key, now)).fetchone())
+        if row is None:
+            return None
+        with self._cond:
+            self._touched[key] = now
+        return Record(bytes(row[0]), row[1], (), row[2], row[3])
+
+    def set(self, key: str, record: Record) -> None:
+        if record.expires_at <= self._clock():
+            return
+        if not isinstance(record.payload, bytes | bytearray):
+            raise TypeError("the sqlite tier stores sealed blobs (bytes)")
+        self._enqueue(key, record)
+
+    def _enqueue(self, key: str, record: Record) -> None:
+        with self._cond:
+            if self._closed:
+                raise TierUnavailable("sqlite tier is closed")
+            if len(self._pending) >= self._queue_size and key not in self._pending:
+                self._cond.notify_all()
+                if not self._cond.wait_for(lambda: len(self._pending) < self._queue_size, 2.0):
+                    raise TierUnavailable("sqlite write queue is full")
+            self._pending[key] = record
+            self._touched.pop(key, None)
+            if len(self._pending) >= self._batch_size:
+                self._cond.notify_all()
+
+    def delete(self, key: str) -> bool:
+        with self._write_lock:
+            self.flush()
+            cur = self._guard(lambda: self._writer.execute("DELETE FROM items WHERE key = ?",
+                                                            (key,)))
+            return bool(cur.rowcount)
+
+    def invalidate_tag(self, tag: str) -> int:
+        with self._write_lock:
+            self.flush()
+            return int(self._guard(lambda: self._in_tx(
+                "DELETE FROM items WHERE key IN (SELECT key FROM tags WHERE tag = ?)", (tag,))))
+
+    def forget_user(self, user: str) -> int:
+        with self._write_lock:
+            self.flush()
+
+            def forget() -> int:
+                with self._tx() as conn:
+                    count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
+                    conn.execute("DELETE FROM salts WHERE user = ?", (user,))
+                # Old versions of the deleted pages still sit in the WAL: copy the zeroed
+                # pages back and cut the WAL file to nothing.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return int(count)
+
+            return int(self._guard(forget))
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        with self._write_lock:
+            with contextlib.suppress(TierUnavailable):
+                self.flush()
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Any:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _in_tx(self, sql: str, params: Iterable[Any]) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(sql, tuple(params)).rowcount)
+
+    def _run(self) -> None:
+        last_gc = time.monotonic()
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._closed or len(self._pending) >= self._batch_size,
+                    self._flush_interval,
+                )
+                if self._closed:
+                    return
+            try:
+                self.flush()
+                if time.monotonic() - last_gc >= self._gc_interval:
+                    last_gc = time.monotonic()
+                    self.gc()
+            except TierUnavailable as error:
+                log.warning("sqlite cache writer: %s", error)
+                time.sleep(self._flush_interval)
+            except Exception:
+                log.exception("sqlite cache writer failed; retrying")
+                time.sleep(self._flush_interval)
+
+    def flush(self) -> int:
+        """Write everything queued now, in one transaction; the number of writes applied."""
+        with self._write_lock:
+            with self._cond:
+                pending, self._pending = self._pending, {}
+                touched, self._touched = self._touched, {}
+                self._cond.notify_all()
+            if not pending and not touched:
+                return 0
+            try:
+                self._guard(lambda: self._apply(pending, touched))
+            except TierUnavailable:
+                with self._cond:  # keep what was accepted; newer writes win
+                    for key, op in pending.items():
+                        self._pending.setdefault(key, op)
+                raise
+            return len(pending)
+
+    def _apply(self, pending: dict[str, Record], touched: dict[str, float]) -> None:
+        now = self._clock()
+        upserts: list[tuple[Any, ...]] = []
+        tags: list[tuple[str, str]] = []
+        for key, record in pending.items():
+            upserts.append((key, bytes(record.payload), record.expires_at, record.user,
+                            len(record.payload), now))
+            all_tags = set(record.tags)
+            if record.user is not None:
+                all_tags.add(f"user:{record.user}")
+            tags.extend((tag, key) for tag in all_tags)
+        with self._tx() as conn:
+            if upserts:
+                conn.executemany("DELETE FROM tags WHERE key = ?", [(u[0],) for u in upserts])
+                conn.executemany(_UPSERT, upserts)
+                conn.executemany("INSERT OR IGNORE INTO tags (tag, key) VALUES (?, ?)", tags)
+            if touched:
+                conn.executemany("UPDATE items SET accessed_at = ? WHERE key = ?",
+                                 [(t, k) for k, t in touched.items()])
+            self._evict(conn)
+
+    def _evict(self, conn: sqlite3.Connection) -> None:
+        used = int(conn.execute("SELECT value FROM meta WHERE name = 'bytes'").fetchone()[0])
+        while used > self.max_bytes:
+            # Oldest accesses first, in chunks sized to what must go (at least 64 rows).
+            removed = conn.execute(
+                "DELETE FROM items WHERE key IN (SELECT key FROM items ORDER BY accessed_at "
+                "LIMIT 64)").rowcount
+            if not removed:
+                break
+            self.evictions += removed
+            used = int(conn.execute("SELECT value FROM meta WHERE name = 'bytes'").fetchone()[0])
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def gc(self) -> int:
+        """Remove expired rows; the number removed."""
+        with self._write_lock:
+            now = self._clock()
+            return int(self._guard(lambda: self._in_tx(
+                "DELETE FROM items WHERE expires_at <= ?", (now,))))
+
+    def get_salt(self, user: str) -> bytes | None:
+        """The salt of ``user`` stored here, if any."""
+        row = self._guard(lambda: self._reader().execute(
+            "SELECT salt FROM salts WHERE user = ?", (user,)).fetchone())
+        return None if row is None else bytes(row[0])
+
+    def put_salt(self, user: str, salt: bytes) -> bytes:
+        """Store ``salt`` for ``user`` unless one is there; the salt now stored."""
+        with self._write_lock:
+            def put() -> bytes:
+                with self._tx() as conn:
+                    conn.execute("INSERT OR IGNORE INTO salts (user, salt) VALUES (?, ?)",
+                                 (user, salt))
+                    return bytes(conn.execute("SELECT salt FROM salts WHERE user = ?",
+                                              (user,)).fetchone()[0])
+            return bytes(self._guard(put))
+
+    def get_meta(self, name: str) -> str | None:
+        """A value of the small metadata table."""
+        row = self._guard(lambda: self._reader().execute(
+            "SELECT value FROM meta WHERE name = ?", (name,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a value in the metadata table."""
+        with self._write_lock:
+            self._guard(lambda: self._in_tx(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value)))
+
+    def reseal(self, reseal: Callable[[str, bytes, str | None], bytes | None],
+               *, current_key_id: int, batch: int = 500) -> int:
+        """Re-encrypt every row not sealed under ``current_key_id``; the number rewritten.
+
+        ``reseal(key, blob, user)`` returns the new blob, or ``None`` for a blob that
+        can't be opened (that row is deleted).
+        """
+        done = 0
+        marker = bytes([current_key_id])
+        with self._write_lock:
+            self.flush()
+            while True:
+                rows = self._guard(lambda: self._writer.execute(
+                    "SELECT key, blob, user FROM items WHERE substr(blob, 2, 1) != ? LIMIT ?",
+                    (marker, batch)).fetchall())
+                if not rows:
+                    return done
+                with self._tx() as conn:
+                    for key, blob, user in rows:
+                        new = reseal(key, bytes(blob), user)
+                        if new is None:
+                            conn.execute("DELETE FROM items WHERE key = ?", (key,))
+                        else:
+                            conn.execute("UPDATE items SET blob = ? WHERE key = ?", (new, key))
+                            done += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, bytes, file sizes and quarantines."""
+        def read() -> tuple[int, int]:
+            conn = self._reader()
+            rows = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            used = conn.execute("SELECT value FROM meta WHERE name = 'bytes'").fetchone()[0]
+            return int(rows), int(used)
+        rows, used = self._guard(read)
+        wal = Path(str(self.path) + "-wal")
+        return {
+            "rows": rows, "bytes": used, "max_bytes": self.max_bytes,
+            "file_bytes": self.path.stat().st_size if self.path.exists() else 0,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "queued": len(self._pending), "evictions": self.evictions,
+            "quarantined": self.quarantined,
+        }

@@ -1,0 +1,508 @@
+"""The tiered cache: memory (L1) -> Redis (L2) -> sqlite (L3) -> compute.
+
+A hit is promoted to the faster tiers with its remaining TTL. Concurrent misses
+on one key compute once (single flight); errors from ``compute`` are never
+cached. A tier that fails is skipped and counted: the caller still gets an
+answer. Tag purges and forgets are applied to every local tier and announced
+on a Redis stream, which every other process reads to drop the same items; one
+that was cut off from Redis catches up when it reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cache.codec import Codec
+from cache.crypto import Keyring, new_salt
+from cache.errors import BlobError, CacheError, TierUnavailable
+from cache.memory import MemoryTier
+from cache.metrics import CacheMetrics
+from cache.policy import PolicyBook
+from cache.redis_tier import EVENTS_STREAM, RedisTier
+from cache.sqlite_tier import SqliteTier
+from cache.tier import Clock, Record, wall_clock
+
+log = logging.getLogger(__name__)
+
+COMPUTED = "computed"
+SHARED_FLIGHT = "waited"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A value and where it came from."""
+
+    value: Any
+    """The cached or computed value."""
+    source: str
+    """``l1``, ``l2``, ``l3``, ``computed``, or ``waited`` (another thread computed it)."""
+    seconds: float = 0.0
+    """Time taken to produce it, lookup and compute included."""
+
+
+@dataclass(slots=True)
+class _Flight:
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+class TieredCache:
+    """Reads L1 -> L2 -> L3, writes to every tier the item's privacy policy allows."""
+
+    def __init__(
+        self,
+        *,
+        keyring: Keyring,
+        memory: MemoryTier,
+        redis_tier: RedisTier | None = None,
+        sqlite_tier: SqliteTier | None = None,
+        policies: PolicyBook | None = None,
+        clock: Clock = wall_clock,
+        metrics: CacheMetrics | None = None,
+        zstd_level: int = 3,
+        listen: bool = True,
+        listen_block: float = 1.0,
+    ) -> None:
+        """
+        Args:
+            keyring: master keys; seals blobs for L2 and L3.
+            memory: L1.
+            redis_tier: L2, or ``None`` to run without Redis.
+            sqlite_tier: L3, or ``None`` to run without disk.
+            policies: privacy policies (defaults when omitted).
+            clock: the clock every expiry is measured on.
+            metrics: where counters go (a private registry when omitted).
+            zstd_level: compression level of sealed blobs.
+            listen: read invalidation events of other processes from Redis.
+            listen_block: seconds one blocking read of the event stream waits.
+        """
+        self.keyring = keyring
+        self.memory = memory
+        self.redis = redis_tier
+        self.sqlite = sqlite_tier
+        self.policies = policies or PolicyBook()
+        self.clock = clock
+        self.metrics = metrics or CacheMetrics()
+        self.node_id = uuid.uuid4().hex
+        self.codec = Codec(keyring, self._salt_for, level=zstd_level)
+        self._m = self.metrics.tiers
+        self._flights: dict[str, _Flight] = {}
+        self._flight_lock = threading.Lock()
+        self._salts: dict[str, bytes] = {}
+        self._salts_unshared: set[str] = set()
+        self._salt_lock = threading.Lock()
+        self._outbox: list[dict[str, str]] = []
+        self._outbox_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self.events_applied = 0
+        if listen and redis_tier is not None:
+            self._listener = threading.Thread(
+                target=self._listen, args=(listen_block,), name="cache-events", daemon=True
+            )
+            self._listener.start()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def lookup(self, key: str, *, user: str | None = None) -> Outcome | None:
+        """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere."""
+        started = time.perf_counter()
+        record = self.memory.get(key)
+        m = self._m["l1"]
+        if record is not None:
+            m.hit.inc()
+            return Outcome(record.payload, "l1", time.perf_counter() - started)
+        m.miss.inc()
+        for tier in (self.redis, self.sqlite):
+            if tier is None:
+                continue
+            found = self._read(tier, key, user)
+            if found is not None:
+                value, record = found
+                self._promote(tier, key, value, record, user)
+                return Outcome(value, tier.name, time.perf_counter() - started)
+        return None
+
+    def _read(self, tier: RedisTier | SqliteTier, key: str,
+              user: str | None) -> tuple[Any, Record] | None:
+        m = self._m[tier.name]
+        started = time.perf_counter()
+        try:
+            record = tier.get(key)
+        except TierUnavailable as error:
+            m.error("unavailable")
+            log.debug("%s skipped: %s", tier.name, error)
+            return None
+        finally:
+            m.get_seconds.observe(time.perf_counter() - started)
+        if record is None:
+            m.miss.inc()
+            return None
+        if Codec.key_id(record.payload) not in self.keyring:
+            # Sealed under a key this process has not loaded yet (rotated elsewhere): a miss,
+            # but not corrupt, so it is left for the processes that can read it.
+            m.error("unknown_key")
+            m.miss.inc()
+            return None
+        try:
+            value, tags, size = self.codec.decode(key, record.payload, user)
+        except BlobError as error:
+            m.error("corrupt")
+            m.miss.inc()
+            log.warning("%s: dropped an unreadable blob: %s", tier.name, error)
+            with contextlib.suppress(TierUnavailable):
+                tier.delete(key)
+            return None
+        m.hit.inc()
+        record.tags, record.user, record.size = tags, user, size
+        return value, record
+
+    def _promote(self, tier: RedisTier | SqliteTier, key: str, value: Any, record: Record,
+                 user: str | None) -> None:
+        policy = self.policies.for_user(user)
+        # A policy tightened since the item was stored applies from now on.
+        expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
+        self.memory.set(key, Record(value, expires_at, record.tags, user, record.size))
+        if tier is self.sqlite:
+            if not policy.persist:
+                with contextlib.suppress(TierUnavailable):
+                    self.sqlite.delete(key)
+            if self.redis is not None:
+                blob = Record(record.payload, expires_at, record.tags, user, len(record.payload))
+                self._write(self.redis, key, blob)
+
+    def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
+        """The value at ``key``, or ``default``."""
+        found = self.lookup(key, user=user)
+        return default if found is None else found.value
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, *, ttl: float, tags: Iterable[str] = (),
+            user: str | None = None) -> None:
+        """Store ``value`` for ``ttl`` seconds (capped by the user's policy) in every allowed tier."""
+        policy = self.policies.for_user(user)
+        ttl = min(ttl, policy.max_ttl)
+        if ttl <= 0:
+            return
+        tags = tuple(tags)
+        expires_at = self.clock() + ttl
+        body = self.codec.plaintext(value, tags)
+        self.memory.set(key, Record(value, expires_at, tags, user, len(body)))
+        self._m["l1"].set.inc()
+        to_disk = policy.persist and self.sqlite is not None
+        if self.redis is None and not to_disk:
+            return
+        blob = self.codec.seal(key, body, user)
+        record = Record(blob, expires_at, tags, user, len(blob))
+        if self.redis is not None:
+            self._write(self.redis, key, record)
+        if to_disk and self.sqlite is not None:
+            self._write(self.sqlite, key, record)
+
+    def _write(self, tier: RedisTier | SqliteTier, key: str, record: Record) -> None:
+        m = self._m[tier.name]
+        started = time.perf_counter()
+        try:
+            tier.set(key, record)
+        except TierUnavailable as error:
+            m.error("unavailable")
+            log.debug("%s write skipped: %s", tier.name, error)
+            return
+        finally:
+            m.set_seconds.observe(time.perf_counter() - started)
+        m.set.inc()
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any], *, ttl: float,
+                       tags: Iterable[str] = (), user: str | None = None) -> Any:
+        """The cached value at ``key``, or ``compute()`` stored under it (errors are not stored)."""
+        return self.fetch(key, compute, ttl=ttl, tags=tags, user=user).value
+
+    def fetch(self, key: str, compute: Callable[[], Any], *, ttl: float,
+              tags: Iterable[str] = (), user: str | None = None) -> Outcome:
+        """Like :meth:`get_or_compute`, and says which tier answered and how long it took."""
+        started = time.perf_counter()
+        found = self.lookup(key, user=user)
+        if found is not None:
+            return found
+        with self._flight_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return Outcome(flight.value, SHARED_FLIGHT, time.perf_counter() - started)
+        try:
+            # A leader that finished just before this one took over has filled L1.
+            again = self.memory.get(key)
+            if again is not None:
+                flight.value = again.payload
+                return Outcome(again.payload, "l1", time.perf_counter() - started)
+            self.metrics.computes.inc()
+            try:
+                value = compute()
+            except BaseException as error:
+                self.metrics.compute_errors.inc()
+                flight.error = error
+                raise
+            flight.value = value
+            self.set(key, value, ttl=ttl, tags=tags, user=user)
+            return Outcome(value, COMPUTED, time.perf_counter() - started)
+        finally:
+            with self._flight_lock:
+                del self._flights[key]
+            flight.done.set()
+
+    # -- removing ----------------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from every tier here (other processes' L1 copies expire or are purged)."""
+        self.memory.delete(key)
+        for tier in (self.redis, self.sqlite):
+            if tier is not None:
+                try:
+                    tier.delete(key)
+                except TierUnavailable:
+                    self._m[tier.name].error("unavailable")
+
+    def invalidate_tag(self, tag: str) -> dict[str, int]:
+        """Remove every item tagged ``tag`` from every tier and every process; counts per tier."""
+        counts = self._apply_local("tag", tag, origin="local")
+        counts["l2"] = self._remote("tag", tag, lambda r: r.invalidate_tag(tag))
+        return counts
+
+    def forget_user(self, user: str) -> dict[str, int]:
+        """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier."""
+        counts = self._apply_local("forget", user, origin="local")
+        counts["l2"] = self._remote("forget", user, lambda r: r.forget_user(user))
+        return counts
+
+    def _apply_local(self, op: str, arg: str, *, origin: str) -> dict[str, int]:
+        counts = {"l1": 0, "l3": 0}
+        if op == "tag":
+            counts["l1"] = self.memory.invalidate_tag(arg)
+        elif op == "forget":
+            counts["l1"] = self.memory.forget_user(arg)
+            with self._salt_lock:
+                self._salts.pop(arg, None)
+                self._salts_unshared.discard(arg)
+            self.keyring.forget(arg)
+        elif op == "delete":
+            counts["l1"] = int(self.memory.delete(arg))
+        if self.sqlite is not None and op in ("tag", "forget"):
+            try:
+                counts["l3"] = (self.sqlite.invalidate_tag(arg) if op == "tag"
+                                else self.sqlite.forget_user(arg))
+            except TierUnavailable as error:
+                self._m["l3"].error("unavailable")
+                log.warning("l3 %s %s not applied: %s", op, arg, error)
+        self.metrics.invalidations.labels(op, origin).inc()
+        return counts
+
+    def _remote(self, op: str, arg: str, purge: Callable[[RedisTier], int]) -> int:
+        """Purge L2 and announce the event; keep both for later when Redis is down."""
+        if self.redis is None:
+            return 0
+        event = {"op": op, "arg": arg, "origin": self.node_id}
+        try:
+            count = purge(self.redis)
+            self.redis.publish(event)
+        except TierUnavailable as error:
+            self._m["l2"].error("unavailable")
+            log.warning("redis down: %s %s queued until it is back (%s)", op, arg, error)
+            with self._outbox_lock:
+                self._outbox.append(event)
+            return 0
+        return count
+
+    def _replay_outbox(self) -> None:
+        assert self.redis is not None
+        with self._outbox_lock:
+            queued, self._outbox = self._outbox, []
+        for number, event in enumerate(queued):
+            try:
+                if event["op"] == "tag":
+                    self.redis.invalidate_tag(event["arg"])
+                else:
+                    self.redis.forget_user(event["arg"])
+                self.redis.publish(event)
+            except TierUnavailable:
+                with self._outbox_lock:
+                    self._outbox[:0] = queued[number:]
+                return
+
+    # -- salts -------------------------------------------------------------------------------
+
+    def _salt_for(self, user: str) -> bytes:
+        salt = self._salts.get(user)
+        if salt is not None:
+            return salt
+        with self._salt_lock:
+            salt = self._salts.get(user)
+            if salt is not None:
+                return salt
+            local: bytes | None = None
+            if self.sqlite is not None:
+                with contextlib.suppress(TierUnavailable):
+                    local = self.sqlite.get_salt(user)
+            candidate = local or new_salt()
+            shared = False
+            if self.redis is not None:
+                try:
+                    candidate = self.redis.salt(user, candidate)
+                    shared = True
+                except TierUnavailable:
+                    self._m["l2"].error("unavailable")
+            if self.sqlite is not None and candidate != local:
+                with contextlib.suppress(TierUnavailable):
+                    if local is not None:  # another node's salt wins: ours sealed nothing shared
+                        self.sqlite.forget_user(user)
+                    candidate = self.sqlite.put_salt(user, candidate)
+            self._salts[user] = candidate
+            if not shared:
+                self._salts_unshared.add(user)
+            return candidate
+
+    # -- events from other processes ---------------------------------------------------------
+
+    def _listen(self, block: float) -> None:
+        assert self.redis is not None
+        client: Any = self.redis.listener(block)
+        last: str | None = None
+        lost = False
+        while not self._stop.is_set():
+            try:
+                if last is None:
+                    last = self._start_position(client)
+                reply = client.xread({EVENTS_STREAM: last}, count=256, block=int(block * 1000))
+                if lost:
+                    self._reconnected(client, last)
+                    lost = False
+                for _stream, entries in reply or ():
+                    for event_id, fields in entries:
+                        last = event_id.decode()
+                        self._on_event({k.decode(): v.decode() for k, v in fields.items()})
+                    if self.sqlite is not None and last is not None:
+                        with contextlib.suppress(TierUnavailable):
+                            self.sqlite.set_meta("events.last", last)
+            except redis.RedisError as error:
+                if not lost:
+                    log.warning("cache events: redis unreachable (%s); retrying", error)
+                lost = True
+                self._stop.wait(0.2)
+            except Exception:
+                log.exception("cache events: failed to apply an event")
+                self._stop.wait(0.2)
+        client.close()
+
+    def _start_position(self, client: Any) -> str:
+        stored = None
+        if self.sqlite is not None:
+            with contextlib.suppress(TierUnavailable):
+                stored = self.sqlite.get_meta("events.last")
+        if stored is not None and not self._gap(client, stored):
+            return stored  # catch up with what happened while this process was stopped
+        newest = client.xrevrange(EVENTS_STREAM, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    @staticmethod
+    def _gap(client: Any, last: str) -> bool:
+        """Were events after ``last`` trimmed away (or lost with a restarted Redis)?"""
+        oldest = client.xrange(EVENTS_STREAM, count=1)
+        if not oldest:
+            return last != "0-0"
+        first = oldest[0][0].decode()
+        def as_tuple(i: str) -> tuple[int, ...]:
+            return tuple(int(p) for p in i.split("-"))
+        return as_tuple(first) > as_tuple(last) and last != "0-0"
+
+    def _reconnected(self, client: Any, last: str) -> None:
+        """Redis is back: drop what may be stale and send what was queued meanwhile."""
+        if self._gap(client, last):
+            log.warning("cache events: some invalidations were lost; dropping memory tier")
+        # Whether or not the stream kept everything, salts and L1 copies made while cut off
+        # may disagree with other nodes: start them afresh.
+        self.memory.clear()
+        with self._salt_lock:
+            for user in self._salts_unshared:
+                self._salts.pop(user, None)
+            self._salts_unshared.clear()
+        self._replay_outbox()
+
+    def _on_event(self, event: dict[str, str]) -> None:
+        if event.get("origin") == self.node_id:
+            return
+        op, arg = event.get("op", ""), event.get("arg", "")
+        if op in ("tag", "forget"):
+            self._apply_local(op, arg, origin="remote")
+            self.events_applied += 1
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def gc(self) -> int:
+        """Remove expired rows from L3 (memory and Redis expire by themselves)."""
+        return 0 if self.sqlite is None else self.sqlite.gc()
+
+    def rotate(self) -> int:
+        """Re-encrypt every L3 blob under the keyring's current key id; the number rewritten."""
+        if self.sqlite is None:
+            return 0
+
+        def reseal(key: str, blob: bytes, user: str | None) -> bytes | None:
+            try:
+                return self.codec.seal(key, self.codec.open(key, blob, user), user)
+            except BlobError:
+                return None
+
+        return self.sqlite.reseal(reseal, current_key_id=self.keyring.current_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of every tier and the state of each."""
+        out: dict[str, Any] = {
+            "l1": {"entries": len(self.memory), "bytes": self.memory.bytes_used,
+                   "max_bytes": self.memory.max_bytes, "evictions": self.memory.evictions},
+            "metrics": self.metrics.snapshot(),
+        }
+        if self.redis is not None:
+            try:
+                out["l2"] = {**self.redis.info(), "breaker_open": self.redis.breaker.is_open}
+            except TierUnavailable as error:
+                out["l2"] = {"error": str(error), "breaker_open": self.redis.breaker.is_open}
+        if self.sqlite is not None:
+            try:
+                out["l3"] = self.sqlite.stats()
+            except TierUnavailable as error:
+                out["l3"] = {"error": str(error)}
+        return out
+
+    def close(self) -> None:
+        """Stop listening, flush L3 and close every tier."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        for tier in (self.sqlite, self.redis):
+            if tier is not None:
+                with contextlib.suppress(CacheError):
+                    tier.close()
+        self.memory.close()
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+

@@ -1,0 +1,117 @@
+"""Fixtures: real redis-server processes on free ports, sqlite files in temp folders, a fake clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cache import (
+    CircuitBreaker,
+    KeyBuilder,
+    Keyring,
+    MemoryTier,
+    PolicyBook,
+    RedisTier,
+    SqliteTier,
+    TieredCache,
+)
+from tests.servers import RedisServer
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared test server, emptied for this test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own, for tests that kill and restart it."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def keyring() -> Keyring:
+    return Keyring({1: b"k" * 32})
+
+
+@pytest.fixture
+def names(keyring: Keyring) -> KeyBuilder:
+    return KeyBuilder(keyring.naming_secret())
+
+
+def make_redis_tier(url: str, names: KeyBuilder, clock: FakeClock | None = None,
+                    cooldown: float = 0.5) -> RedisTier:
+    breaker = CircuitBreaker(threshold=2, cooldown=cooldown)
+    if clock is None:
+        return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker)
+    return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker, clock=clock)
+
+
+def make_cache(
+    *,
+    keyring: Keyring,
+    names: KeyBuilder,
+    redis_url: str | None,
+    db: Path | None,
+    clock: FakeClock | None = None,
+    policies: PolicyBook | None = None,
+    memory_bytes: int = 8 * 1024 * 1024,
+    listen: bool = False,
+    cooldown: float = 0.5,
+) -> TieredCache:
+    """A TieredCache over real tiers; ``None`` leaves a tier out."""
+    kwargs = {} if clock is None else {"clock": clock}
+    return TieredCache(
+        keyring=keyring,
+        memory=MemoryTier(memory_bytes, **kwargs),
+        redis_tier=None if redis_url is None else make_redis_tier(redis_url, names, clock, cooldown),
+        sqlite_tier=None if db is None else SqliteTier(db, flush_interval=0.01, **kwargs),
+        policies=policies,
+        listen=listen,
+        listen_block=0.2,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def tiered(keyring: Keyring, names: KeyBuilder, redis_url: str, tmp_path: Path,
+           clock: FakeClock) -> Iterator[TieredCache]:
+    cache = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                       db=tmp_path / "cache.db", clock=clock)
+    yield cache
+    cache.close()
