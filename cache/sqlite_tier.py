@@ -7,9 +7,10 @@ first, so a queued delete is never undone by a read of the old row.
 
 Triggers keep a running byte total and drop an item's tags with it; the size cap
 evicts the least recently used rows. ``secure_delete`` zeroes deleted content and
-a forget ends with a truncating checkpoint, so a forgotten user's blobs and salt
-leave both the database file and its WAL. A file that is corrupt or not a
-database is moved aside and a fresh one started.
+a forget ends with a truncating checkpoint, so a forgotten user's blobs leave
+both the database file and its WAL; their salt lives in a separate file
+(:mod:`cache.salts`), so copies of this one can't be read after a forget either.
+A file that is corrupt or not a database is moved aside and a fresh one started.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import TierUnavailable
+from cache.salts import SaltStore
 from cache.tier import Clock, Record, wall_clock
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (tag, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tags_key ON tags (key);
-CREATE TABLE IF NOT EXISTS salts (user TEXT PRIMARY KEY, salt BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('bytes', '0');
 CREATE TRIGGER IF NOT EXISTS items_ins AFTER INSERT ON items BEGIN
@@ -66,6 +67,9 @@ INSERT INTO items (key, blob, expires_at, user, size, accessed_at) VALUES (?, ?,
 ON CONFLICT (key) DO UPDATE SET blob = excluded.blob, expires_at = excluded.expires_at,
     user = excluded.user, size = excluded.size, accessed_at = excluded.accessed_at
 """
+
+
+_MAGIC = b"SQLite format 3\x00"
 
 
 def _is_corruption(error: sqlite3.DatabaseError) -> bool:
@@ -119,6 +123,7 @@ class SqliteTier:
         self.evictions = 0
         self.quarantined = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.salts = SaltStore(self.path.with_name(f"{self.path.stem}-salts{self.path.suffix}"))
         self._writer = self._open_writer()
         self._thread = threading.Thread(target=self._run, name="l3-writer", daemon=True)
         self._thread.start()
@@ -180,6 +185,30 @@ class SqliteTier:
                 self._writer.close()
             self._move_aside(error)
             self._writer = self._open_writer()
+
+    def check_file(self) -> bool:
+        """Quarantine the file if its header is no longer sqlite's; true when it was.
+
+        Open connections keep working from cached pages and the WAL index when the file
+        is overwritten under them, so the header is checked before writing to it.
+        """
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(len(_MAGIC))
+        except FileNotFoundError:
+            header = b""
+        if header == _MAGIC:
+            return False
+        with self._write_lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            if header:
+                self._move_aside(sqlite3.DatabaseError("file header is not sqlite's"))
+            else:
+                log.error("sqlite cache %s vanished; starting a fresh file", self.path)
+                self._generation += 1
+            self._writer = self._open_writer()
+        return True
 
     def _guard(self, op: Callable[[], Any]) -> Any:
         """Run ``op``; quarantine a corrupt file, translate every sqlite error."""
@@ -249,7 +278,7 @@ class SqliteTier:
             def forget() -> int:
                 with self._tx() as conn:
                     count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
-                    conn.execute("DELETE FROM salts WHERE user = ?", (user,))
+                self.salts.delete(user)
                 # Old versions of the deleted pages still sit in the WAL: copy the zeroed
                 # pages back and cut the WAL file to nothing.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -270,6 +299,7 @@ class SqliteTier:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._writer.close()
+        self.salts.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -293,7 +323,7 @@ class SqliteTier:
             return int(conn.execute(sql, tuple(params)).rowcount)
 
     def _run(self) -> None:
-        last_gc = time.monotonic()
+        last_gc = last_check = time.monotonic()
         while True:
             with self._cond:
                 self._cond.wait_for(
@@ -304,6 +334,9 @@ class SqliteTier:
                     return
             try:
                 self.flush()
+                if time.monotonic() - last_check >= 1.0:
+                    last_check = time.monotonic()
+                    self.check_file()
                 if time.monotonic() - last_gc >= self._gc_interval:
                     last_gc = time.monotonic()
                     self.gc()
@@ -323,6 +356,7 @@ class SqliteTier:
                 self._cond.notify_all()
             if not pending and not touched:
                 return 0
+            self.check_file()
             try:
                 self._guard(lambda: self._apply(pending, touched))
             except TierUnavailable:
@@ -375,21 +409,12 @@ class SqliteTier:
                 "DELETE FROM items WHERE expires_at <= ?", (now,))))
 
     def get_salt(self, user: str) -> bytes | None:
-        """The salt of ``user`` stored here, if any."""
-        row = self._guard(lambda: self._reader().execute(
-            "SELECT salt FROM salts WHERE user = ?", (user,)).fetchone())
-        return None if row is None else bytes(row[0])
+        """The salt of ``user`` stored on this node, if any."""
+        return self.salts.get(user)
 
     def put_salt(self, user: str, salt: bytes) -> bytes:
         """Store ``salt`` for ``user`` unless one is there; the salt now stored."""
-        with self._write_lock:
-            def put() -> bytes:
-                with self._tx() as conn:
-                    conn.execute("INSERT OR IGNORE INTO salts (user, salt) VALUES (?, ?)",
-                                 (user, salt))
-                    return bytes(conn.execute("SELECT salt FROM salts WHERE user = ?",
-                                              (user,)).fetchone()[0])
-            return bytes(self._guard(put))
+        return self.salts.put(user, salt)
 
     def get_meta(self, name: str) -> str | None:
         """A value of the small metadata table."""

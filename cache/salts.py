@@ -1,0 +1,78 @@
+"""Per-user salts in a small sqlite file of their own, apart from the cached data.
+
+Keeping the salts out of the data file is what makes a forgotten user's data
+unreadable everywhere it may linger: in the data file's free pages, in its WAL,
+and in any copy or backup of it. The file uses a rollback journal and
+``secure_delete``, so a deleted salt is overwritten in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from cache.errors import TierUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class SaltStore:
+    """User id -> salt, durable (``synchronous=FULL``), thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        """``path``: the salts file; created when missing, moved aside when corrupt."""
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        for attempt in (1, 2):
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=5.0)
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA secure_delete = ON")
+                conn.execute("CREATE TABLE IF NOT EXISTS salts "
+                             "(user TEXT PRIMARY KEY, salt BLOB NOT NULL)")
+                return conn
+            except sqlite3.DatabaseError as error:
+                conn.close()
+                if attempt == 2 or isinstance(error, sqlite3.OperationalError):
+                    raise TierUnavailable(f"salts file {self.path}: {error}") from None
+                target = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
+                log.error("salts file %s is unusable (%s): moved to %s", self.path, error, target)
+                self.path.replace(target)
+        raise AssertionError("unreachable")
+
+    def _run(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as error:
+            raise TierUnavailable(f"salts file {self.path}: {error}") from None
+
+    def get(self, user: str) -> bytes | None:
+        """The stored salt of ``user``, if any."""
+        with self._lock:
+            row = self._run("SELECT salt FROM salts WHERE user = ?", (user,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, user: str, salt: bytes) -> bytes:
+        """Store ``salt`` unless ``user`` has one; the salt now stored."""
+        with self._lock:
+            self._run("INSERT OR IGNORE INTO salts (user, salt) VALUES (?, ?)", (user, salt))
+            row = self._run("SELECT salt FROM salts WHERE user = ?", (user,)).fetchone()
+        return bytes(row[0])
+
+    def delete(self, user: str) -> bool:
+        """Destroy the salt of ``user``; true when there was one."""
+        with self._lock:
+            return bool(self._run("DELETE FROM salts WHERE user = ?", (user,)).rowcount)
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
