@@ -54,6 +54,8 @@ class MemoryTier:
         self._by_user: dict[str, set[str]] = {}
         self.evictions = 0
         self.max_bytes = max_bytes
+        self.generation = 0
+        """Bumped by every purge; a copy read from below before a purge is not stored after it."""
 
     def _index(self, key: str, record: Record) -> None:
         for tag in record.tags:
@@ -84,14 +86,22 @@ class MemoryTier:
         with self._lock:
             return self._store.get(key)
 
-    def set(self, key: str, record: Record) -> None:
+    def set(self, key: str, record: Record, generation: int | None = None) -> bool:
+        """Store ``record``; with ``generation``, only if no purge happened since it was read.
+
+        True when stored.
+        """
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return False
             self._remove(key)
             if record.size + ENTRY_OVERHEAD > self.max_bytes:
-                return  # larger than the whole budget: not worth keeping in memory
+                return False  # larger than the whole budget: not worth keeping in memory
             self._store[key] = record
-            if key in self._store:  # not stored when already expired
-                self._index(key, record)
+            if key not in self._store:  # already expired
+                return False
+            self._index(key, record)
+            return True
 
     def _remove(self, key: str) -> bool:
         self._store.expire()  # drop (and unindex) expired entries, so pop sees only live ones
@@ -110,15 +120,18 @@ class MemoryTier:
 
     def invalidate_tag(self, tag: str) -> int:
         with self._lock:
+            self.generation += 1
             return self._remove_all(self._by_tag.get(tag))
 
     def forget_user(self, user: str) -> int:
         with self._lock:
+            self.generation += 1
             return self._remove_all(self._by_user.get(user))
 
     def clear(self) -> None:
         """Drop everything (used when invalidation messages may have been missed)."""
         with self._lock:
+            self.generation += 1
             self._store.clear()
             self._by_tag.clear()
             self._by_user.clear()

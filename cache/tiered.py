@@ -107,16 +107,14 @@ class TieredCache:
         self._listener: threading.Thread | None = None
         self.events_applied = 0
         if listen and redis_tier is not None:
-            self._listener = threading.Thread(
-                target=self._listen, args=(listen_block,), name="cache-events", daemon=True
-            )
-            self._listener.start()
+            self._start_listening(listen_block)
 
     # -- reading -----------------------------------------------------------------------------
 
     def lookup(self, key: str, *, user: str | None = None) -> Outcome | None:
         """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere."""
         started = time.perf_counter()
+        generation = self.memory.generation
         record = self.memory.get(key)
         m = self._m["l1"]
         if record is not None:
@@ -129,7 +127,7 @@ class TieredCache:
             found = self._read(tier, key, user)
             if found is not None:
                 value, record = found
-                self._promote(tier, key, value, record, user)
+                self._promote(tier, key, value, record, user, generation)
                 return Outcome(value, tier.name, time.perf_counter() - started)
         return None
 
@@ -168,11 +166,14 @@ class TieredCache:
         return value, record
 
     def _promote(self, tier: RedisTier | SqliteTier, key: str, value: Any, record: Record,
-                 user: str | None) -> None:
+                 user: str | None, generation: int) -> None:
         policy = self.policies.for_user(user)
         # A policy tightened since the item was stored applies from now on.
         expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
-        self.memory.set(key, Record(value, expires_at, record.tags, user, record.size))
+        # Not stored if a purge ran since the read began: the copy may be what it purged.
+        if not self.memory.set(key, Record(value, expires_at, record.tags, user, record.size),
+                               generation):
+            return
         if tier is self.sqlite:
             if not policy.persist:
                 with contextlib.suppress(TierUnavailable):
@@ -191,13 +192,18 @@ class TieredCache:
     def set(self, key: str, value: Any, *, ttl: float, tags: Iterable[str] = (),
             user: str | None = None) -> None:
         """Store ``value`` for ``ttl`` seconds (capped by the user's policy) in every allowed tier."""
+        self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=None)
+
+    def _store(self, key: str, value: Any, *, ttl: float, tags: tuple[str, ...],
+               user: str | None, generation: int | None) -> None:
         policy = self.policies.for_user(user)
         ttl = min(ttl, policy.max_ttl)
         if ttl <= 0:
             return
-        tags = tuple(tags)
         expires_at = self.clock() + ttl
         body = self.codec.plaintext(value, tags)
+        if generation is not None and generation != self.memory.generation:
+            return  # computed from inputs a purge has since declared stale
         self.memory.set(key, Record(value, expires_at, tags, user, len(body)))
         self._m["l1"].set.inc()
         to_disk = policy.persist and self.sqlite is not None
@@ -232,6 +238,7 @@ class TieredCache:
               tags: Iterable[str] = (), user: str | None = None) -> Outcome:
         """Like :meth:`get_or_compute`, and says which tier answered and how long it took."""
         started = time.perf_counter()
+        generation = self.memory.generation
         found = self.lookup(key, user=user)
         if found is not None:
             return found
@@ -259,7 +266,7 @@ class TieredCache:
                 flight.error = error
                 raise
             flight.value = value
-            self.set(key, value, ttl=ttl, tags=tags, user=user)
+            self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=generation)
             return Outcome(value, COMPUTED, time.perf_counter() - started)
         finally:
             with self._flight_lock:
@@ -280,35 +287,33 @@ class TieredCache:
 
     def invalidate_tag(self, tag: str) -> dict[str, int]:
         """Remove every item tagged ``tag`` from every tier and every process; counts per tier."""
-        counts = self._apply_local("tag", tag, origin="local")
-        counts["l2"] = self._remote("tag", tag, lambda r: r.invalidate_tag(tag))
-        return counts
+        # Lowest tier first and memory last, so no copy read from below survives the purge.
+        l2 = self._remote("tag", tag, lambda r: r.invalidate_tag(tag))
+        return {"l2": l2, **self._apply_local("tag", tag, origin="local")}
 
     def forget_user(self, user: str) -> dict[str, int]:
         """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier."""
-        counts = self._apply_local("forget", user, origin="local")
-        counts["l2"] = self._remote("forget", user, lambda r: r.forget_user(user))
-        return counts
+        l2 = self._remote("forget", user, lambda r: r.forget_user(user))
+        return {"l2": l2, **self._apply_local("forget", user, origin="local")}
 
     def _apply_local(self, op: str, arg: str, *, origin: str) -> dict[str, int]:
-        counts = {"l1": 0, "l3": 0}
-        if op == "tag":
-            counts["l1"] = self.memory.invalidate_tag(arg)
-        elif op == "forget":
-            counts["l1"] = self.memory.forget_user(arg)
-            with self._salt_lock:
-                self._salts.pop(arg, None)
-                self._salts_unshared.discard(arg)
-            self.keyring.forget(arg)
-        elif op == "delete":
-            counts["l1"] = int(self.memory.delete(arg))
-        if self.sqlite is not None and op in ("tag", "forget"):
+        """Apply a tag purge (``tag``) or a forget (``forget``) to L3, then L1."""
+        counts = {"l3": 0, "l1": 0}
+        if self.sqlite is not None:
             try:
                 counts["l3"] = (self.sqlite.invalidate_tag(arg) if op == "tag"
                                 else self.sqlite.forget_user(arg))
             except TierUnavailable as error:
                 self._m["l3"].error("unavailable")
                 log.warning("l3 %s %s not applied: %s", op, arg, error)
+        if op == "tag":
+            counts["l1"] = self.memory.invalidate_tag(arg)
+        else:
+            counts["l1"] = self.memory.forget_user(arg)
+            with self._salt_lock:
+                self._salts.pop(arg, None)
+                self._salts_unshared.discard(arg)
+            self.keyring.forget(arg)
         self.metrics.invalidations.labels(op, origin).inc()
         return counts
 
@@ -327,6 +332,11 @@ class TieredCache:
                 self._outbox.append(event)
             return 0
         return count
+
+    @property
+    def pending_events(self) -> int:
+        """Purges and forgets not yet applied to Redis (it was unreachable)."""
+        return len(self._outbox)
 
     def _replay_outbox(self) -> None:
         assert self.redis is not None
@@ -378,26 +388,51 @@ class TieredCache:
 
     # -- events from other processes ---------------------------------------------------------
 
-    def _listen(self, block: float) -> None:
+    def _start_listening(self, block: float) -> None:
+        """Apply what was announced while this process was stopped, then follow the stream."""
         assert self.redis is not None
         client: Any = self.redis.listener(block)
         last: str | None = None
-        lost = False
+        try:
+            last = self._start_position(client)
+            # Catch up before serving: an L3 row purged elsewhere meanwhile must not be read.
+            while True:
+                last, count = self._read_events(client, last, None)
+                if not count:
+                    break
+        except redis.RedisError as error:
+            log.warning("cache events: redis unreachable at start (%s); retrying", error)
+        self._listener = threading.Thread(target=self._listen, args=(client, last, block),
+                                          name="cache-events", daemon=True)
+        self._listener.start()
+
+    def _read_events(self, client: Any, last: str, block_ms: int | None) -> tuple[str, int]:
+        """Apply the events after ``last``; the new position and how many were read."""
+        reply = client.xread({EVENTS_STREAM: last}, count=256, block=block_ms)
+        count = 0
+        for _stream, entries in reply or ():
+            for event_id, fields in entries:
+                last = event_id.decode()
+                count += 1
+                self._on_event({k.decode(): v.decode() for k, v in fields.items()})
+        if count and self.sqlite is not None:
+            with contextlib.suppress(TierUnavailable):
+                self.sqlite.set_meta("events.last", last)
+        return last, count
+
+    def _listen(self, client: Any, last: str | None, block: float) -> None:
+        lost = last is None
         while not self._stop.is_set():
             try:
                 if last is None:
                     last = self._start_position(client)
-                reply = client.xread({EVENTS_STREAM: last}, count=256, block=int(block * 1000))
+                wait = block if not self._outbox else min(block, 0.1)
+                last, _count = self._read_events(client, last, int(wait * 1000))
                 if lost:
                     self._reconnected(client, last)
                     lost = False
-                for _stream, entries in reply or ():
-                    for event_id, fields in entries:
-                        last = event_id.decode()
-                        self._on_event({k.decode(): v.decode() for k, v in fields.items()})
-                    if self.sqlite is not None and last is not None:
-                        with contextlib.suppress(TierUnavailable):
-                            self.sqlite.set_meta("events.last", last)
+                elif self._outbox:
+                    self._replay_outbox()  # the breaker may have refused the first replay
             except redis.RedisError as error:
                 if not lost:
                     log.warning("cache events: redis unreachable (%s); retrying", error)
@@ -413,10 +448,18 @@ class TieredCache:
         if self.sqlite is not None:
             with contextlib.suppress(TierUnavailable):
                 stored = self.sqlite.get_meta("events.last")
-        if stored is not None and not self._gap(client, stored):
-            return stored  # catch up with what happened while this process was stopped
+        if stored is not None:
+            if not self._gap(client, stored):
+                return stored  # catch up with what happened while this process was stopped
+            log.warning("cache events: invalidations since %s were lost (Redis restarted or the "
+                        "stream was trimmed); items on disk may predate them", stored)
+            self.metrics.errors.labels("l2", "events_lost").inc()
         newest = client.xrevrange(EVENTS_STREAM, count=1)
-        return newest[0][0].decode() if newest else "0-0"
+        position = newest[0][0].decode() if newest else "0-0"
+        if self.sqlite is not None:
+            with contextlib.suppress(TierUnavailable):
+                self.sqlite.set_meta("events.last", position)
+        return str(position)
 
     @staticmethod
     def _gap(client: Any, last: str) -> bool:
