@@ -77,6 +77,11 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
             count = cache.rotate()
             print(json.dumps({"key_id": cache.keyring.current_id, "resealed": count}))
             print("restart running services so they read the new key", file=sys.stderr)
+        if cache.pending_events:
+            print("error: redis is unreachable: this node's memory and disk are done, but Redis "
+                  "and the other nodes are not; run the command again when Redis is up",
+                  file=sys.stderr)
+            return 1
     finally:
         cache.close()
     return 0

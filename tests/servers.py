@@ -29,9 +29,11 @@ def find_binary(name: str) -> str:
 class RedisServer:
     """A private redis-server: no persistence, loopback only, killable and restartable."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False) -> None:
+        """``durable``: keep an fsync'd append-only file, so a killed server restarts with its data."""
         self.workdir = workdir
         self.port = port or free_port()
+        self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +44,9 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             "--save", "", "--dir", str(self.workdir),
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.durable
+               else ["--appendonly", "no"]),
              "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
              "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,0 +1,121 @@
+"""Invalidation across OS processes that share one Redis, each with its own L1 and L3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cache import KeyBuilder, Keyring, TieredCache
+from tests.conftest import make_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Peer:
+    """The other process."""
+
+    def __init__(self, redis_url: str, db: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.peer", redis_url, str(db)], cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.ask_raw() == {"ready": True}
+
+    def ask_raw(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("peer process died")
+        return json.loads(line)
+
+    def ask(self, *command: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.ask_raw()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask("close")
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def peer_db(tmp_path: Path) -> Path:
+    return tmp_path / "peer" / "cache.db"
+
+
+@pytest.fixture
+def peer(redis_url: str, peer_db: Path) -> Iterator[Peer]:
+    p = Peer(redis_url, peer_db)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def here(keyring: Keyring, names: KeyBuilder, redis_url: str,
+         tmp_path: Path) -> Iterator[TieredCache]:
+    cache = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                       db=tmp_path / "here.db", listen=True)
+    yield cache
+    cache.close()
+
+
+def _until(condition: Any, timeout: float = 5.0) -> float:
+    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def test_tag_purge_reaches_the_other_process(here: TieredCache, peer: Peer,
+                                             names: KeyBuilder) -> None:
+    on, off = names.key("answer", "turn on"), names.key("answer", "turn off")
+    assert peer.ask("set", on, "Turned on.", ["intent:HassTurnOn"], None) is True
+    assert peer.ask("set", off, "Turned off.", ["intent:HassTurnOff"], None) is True
+    assert here.get(on) == "Turned on."  # this process sees it through Redis
+    assert peer.ask("l1", on) is True
+
+    here.invalidate_tag("intent:HassTurnOn")
+    _until(lambda: peer.ask("l1", on) is False)
+    assert peer.ask("get", on, None) is None  # gone from its L1, from Redis and from its L3
+    assert peer.ask("get", off, None) == ["Turned off.", "l1"]  # the other intent is untouched
+    assert here.lookup(on) is None
+
+
+def test_forget_reaches_the_other_process(here: TieredCache, peer: Peer,
+                                          names: KeyBuilder) -> None:
+    key = names.key("gen", "dave's reminder")
+    assert peer.ask("set", key, "Dave: dentist at 3", [], "dave") is True
+    assert here.get(key, user="dave") == "Dave: dentist at 3"
+    here.forget_user("dave")
+    _until(lambda: peer.ask("l1", key) is False)
+    assert peer.ask("get", key, "dave") is None
+
+
+def test_a_stopped_process_catches_up_when_it_starts(here: TieredCache, redis_url: str,
+                                                     peer_db: Path, names: KeyBuilder) -> None:
+    key = names.key("answer", "lights")
+    first = Peer(redis_url, peer_db)
+    assert first.ask("set", key, "Old template answer", ["template:light.yaml"], None) is True
+    first.close()
+    here.invalidate_tag("template:light.yaml")  # while the peer is not running
+    # Redis is emptied of the item too, so only the peer's own disk could still serve it.
+    second = Peer(redis_url, peer_db)
+    try:
+        assert second.ask("get", key, None) is None
+    finally:
+        second.close()

@@ -1,0 +1,121 @@
+"""The ``assistant cache`` commands, run as a user runs them: a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.caching import open_cache
+from assistant.settings import load_settings
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_url: str) -> Path:
+    path = tmp_path / "assistant.toml"
+    path.write_text(f"""
+[redis]
+url = "{redis_url}"
+[sqlite]
+path = "{tmp_path / 'cache.db'}"
+[keys]
+file = "{tmp_path / 'master.key'}"
+""")
+    return path
+
+
+def run(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "assistant", "--config", str(config), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=environ, timeout=60)
+
+
+def _fill(config: Path) -> None:
+    settings = load_settings(config)
+    cache, names = open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                              keys=settings.keys, privacy=settings.privacy, listen=False)
+    cache.set(names.key("answer", "on"), "Light on.", ttl=600, tags=["intent:HassTurnOn"])
+    cache.set(names.key("answer", "erin"), "Erin's note", ttl=600, user="erin")
+    cache.set(names.key("answer", "old"), "expires", ttl=1)
+    cache.close()
+
+
+def test_stats_creates_the_key_and_reports_tiers(config: Path, tmp_path: Path) -> None:
+    result = run(config, "cache", "stats")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert {"l1", "l2", "l3", "metrics"} <= stats.keys()
+    key_file = tmp_path / "master.key"
+    assert key_file.exists() and key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_purge_forget_gc(config: Path) -> None:
+    _fill(config)
+    purge = run(config, "cache", "purge", "--tag", "intent:HassTurnOn")
+    assert purge.returncode == 0, purge.stderr
+    assert json.loads(purge.stdout)["removed"]["l3"] == 1
+    forget = run(config, "cache", "forget", "erin")
+    assert json.loads(forget.stdout)["removed"] == {"l1": 0, "l2": 1, "l3": 1}
+    time.sleep(1.1)  # the one-second item expires (a real process, a real clock)
+    gc = run(config, "cache", "gc")
+    assert json.loads(gc.stdout) == {"expired_removed": 1}
+    stats = json.loads(run(config, "cache", "stats").stdout)
+    assert stats["l3"]["rows"] == 0
+
+
+def test_rotate_key_adds_a_key_and_reseals(config: Path, tmp_path: Path) -> None:
+    _fill(config)
+    result = run(config, "cache", "rotate-key")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("added key id 2")
+    assert json.loads(lines[1]) == {"key_id": 2, "resealed": 3}
+    assert len((tmp_path / "master.key").read_text().split()) == 2
+    # The items are still readable under the new key.
+    settings = load_settings(config)
+    cache, names = open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                              keys=settings.keys, privacy=settings.privacy, listen=False)
+    cache.redis.client.flushall()  # type: ignore[union-attr]
+    assert cache.get(names.key("answer", "erin"), user="erin") == "Erin's note"
+    cache.close()
+
+
+def test_rotate_key_refuses_to_generate_when_keys_come_from_the_environment(config: Path) -> None:
+    result = run(config, "cache", "rotate-key",
+                 env={"ASSISTANT_MASTER_KEY": "1:" + "QUFB" * 10 + "QUE="})
+    assert result.returncode == 2
+    assert "--no-generate" in result.stderr
+
+
+def test_bad_input_gives_a_clear_error(config: Path, tmp_path: Path) -> None:
+    missing = run(tmp_path / "nope.toml", "cache", "stats")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad_key = run(config, "cache", "stats", env={"ASSISTANT_MASTER_KEY": "not base64!"})
+    assert bad_key.returncode == 2 and "environment variable" in bad_key.stderr
+    bad_setting = run(config, "cache", "stats", env={"ASSISTANT_CACHE__MEMORY_BYTES": "-5"})
+    assert bad_setting.returncode == 2 and "memory_bytes" in bad_setting.stderr
+    assert "Traceback" not in missing.stderr + bad_key.stderr + bad_setting.stderr
+
+
+def test_purge_reports_failure_when_redis_is_unreachable(tmp_path: Path) -> None:
+    path = tmp_path / "down.toml"
+    path.write_text(f"""
+[redis]
+url = "redis://127.0.0.1:{free_port()}/0"
+[sqlite]
+path = "{tmp_path / 'cache.db'}"
+[keys]
+file = "{tmp_path / 'master.key'}"
+""")
+    result = run(path, "cache", "purge", "--tag", "intent:X")
+    assert result.returncode == 1
+    assert "redis" in result.stderr.lower()

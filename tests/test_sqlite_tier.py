@@ -1,0 +1,110 @@
+"""L3 specifics: batching and durability, the size cap, GC, and file handling."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from cache import Record, SqliteTier
+from tests.conftest import FakeClock
+
+
+def rec(payload: bytes, clock: FakeClock, ttl: float = 600, user: str | None = None) -> Record:
+    return Record(payload, clock() + ttl, (), user, len(payload))
+
+
+def test_everything_accepted_is_on_disk_after_a_clean_close(tmp_path: Path,
+                                                            clock: FakeClock) -> None:
+    # A long flush interval and a big batch: only close() can have written these.
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    for i in range(5000):
+        tier.set(f"v1:t:{i}", rec(b"x" * 100 + str(i).encode(), clock))
+    tier.close()
+    conn = sqlite3.connect(tmp_path / "c.db")
+    assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 5000
+    conn.close()
+
+
+def test_queued_writes_are_read_back_before_they_are_flushed(tmp_path: Path,
+                                                             clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier.set("v1:t:a", rec(b"queued", clock))
+    assert tier.get("v1:t:a").payload == b"queued"  # type: ignore[union-attr]
+    assert tier.stats()["queued"] == 1
+    tier.close()
+
+
+def test_a_full_queue_is_drained_not_dropped(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, queue_size=50, batch_size=40,
+                      flush_interval=3600)
+    for i in range(500):
+        tier.set(f"v1:t:{i}", rec(b"y" * 50, clock))
+    tier.flush()
+    assert tier.stats()["rows"] == 500
+    tier.close()
+
+
+def test_size_cap_evicts_least_recently_used(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, max_bytes=100 * 1000,
+                      flush_interval=3600)
+    for i in range(100):
+        tier.set(f"v1:t:{i}", rec(bytes(1000), clock))
+        clock.advance(1)
+    tier.flush()
+    clock.advance(1)
+    tier.get("v1:t:0")  # the oldest write is read again, so it is recent now
+    tier.flush()
+    for i in range(100, 130):
+        tier.set(f"v1:t:{i}", rec(bytes(1000), clock))
+        clock.advance(1)
+    tier.flush()
+    stats = tier.stats()
+    assert stats["bytes"] <= 100 * 1000
+    assert stats["evictions"] >= 30
+    assert tier.get("v1:t:0") is not None
+    assert tier.get("v1:t:1") is None and tier.get("v1:t:129") is not None
+    tier.close()
+
+
+def test_byte_total_follows_overwrites_and_deletes(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier.set("v1:t:a", rec(bytes(100), clock))
+    tier.set("v1:t:b", rec(bytes(50), clock))
+    tier.flush()
+    tier.set("v1:t:a", rec(bytes(30), clock))
+    tier.flush()
+    assert tier.stats()["bytes"] == 80
+    tier.delete("v1:t:b")
+    assert tier.stats()["bytes"] == 30
+    tier.close()
+
+
+def test_gc_removes_only_expired_rows(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier.set("v1:t:short", rec(b"s", clock, ttl=10))
+    tier.set("v1:t:long", rec(b"l", clock, ttl=1000))
+    tier.flush()
+    clock.advance(11)
+    assert tier.gc() == 1
+    assert tier.stats()["rows"] == 1 and tier.get("v1:t:long") is not None
+    tier.close()
+
+
+def test_file_uses_wal_and_the_expected_pragmas(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier.set("v1:t:a", rec(b"a", clock))
+    tier.flush()
+    conn = sqlite3.connect(tmp_path / "c.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert (tmp_path / "c-salts.db").exists()
+    tier.close()
+
+
+def test_meta_values_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier.set_meta("events.last", "123-0")
+    tier.close()
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    assert tier.get_meta("events.last") == "123-0"
+    tier.close()

@@ -1,0 +1,268 @@
+"""The TieredCache over real tiers: promotion, single flight, errors, tamper, rotation."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from cache import KeyBuilder, Keyring, TieredCache
+from tests.conftest import FakeClock, make_cache
+
+
+def test_hit_is_promoted_with_its_remaining_ttl(tiered: TieredCache, clock: FakeClock,
+                                                names: KeyBuilder) -> None:
+    key = names.key("answer", "what time is it")
+    tiered.set(key, "It is noon.", ttl=100)
+    tiered.sqlite.flush()  # type: ignore[union-attr]
+    clock.advance(40)
+    tiered.memory.clear()
+    tiered.redis.delete(key)  # type: ignore[union-attr]
+    found = tiered.lookup(key)
+    assert found is not None and (found.value, found.source) == ("It is noon.", "l3")
+    # Promoted to L2 and L1, each with 60 s left, not a fresh 100.
+    l1 = tiered.memory.get(key)
+    l2 = tiered.redis.get(key)  # type: ignore[union-attr]
+    assert l1 is not None and l2 is not None
+    assert l1.expires_at == pytest.approx(clock() + 60)
+    assert l2.expires_at == pytest.approx(clock() + 60)
+    assert tiered.lookup(key).source == "l1"  # type: ignore[union-attr]
+    tiered.memory.clear()
+    assert tiered.lookup(key).source == "l2"  # type: ignore[union-attr]
+    clock.advance(61)
+    tiered.memory.clear()
+    assert tiered.lookup(key) is None
+
+
+def test_promoted_item_keeps_its_tags(tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("answer", "lights on")
+    tiered.set(key, "Done.", ttl=60, tags=["intent:HassTurnOn"])
+    tiered.memory.clear()
+    assert tiered.lookup(key).source == "l2"  # type: ignore[union-attr]
+    tiered.memory.invalidate_tag("intent:HassTurnOn")
+    assert tiered.memory.get(key) is None
+
+
+def test_values_of_every_kind_round_trip_through_disk(tiered: TieredCache,
+                                                      names: KeyBuilder) -> None:
+    values = {"bytes": b"RIFF\x00\x01", "text": "Grüß dich 👋", "json": {"a": [1, 2.5, None]}}
+    for name, value in values.items():
+        tiered.set(names.key("t", name), value, ttl=60)
+    tiered.memory.clear()
+    tiered.redis.client.flushall()  # type: ignore[union-attr]
+    for name, value in values.items():
+        found = tiered.lookup(names.key("t", name))
+        assert found is not None and found.source == "l3" and found.value == value
+
+
+def test_sixteen_threads_one_missing_key_compute_once(tiered: TieredCache,
+                                                      names: KeyBuilder) -> None:
+    key = names.key("gen", "slow")
+    calls = 0
+    gate = threading.Barrier(16)
+
+    def compute() -> str:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)  # long enough that every thread arrives while it runs
+        return "computed once"
+
+    results: list[str] = []
+
+    def ask() -> None:
+        gate.wait()
+        results.append(tiered.get_or_compute(key, compute, ttl=60))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == 1
+    assert results == ["computed once"] * 16
+
+
+def test_compute_errors_are_raised_to_every_waiter_and_never_cached(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("gen", "fails")
+    started = threading.Event()
+    release = threading.Event()
+
+    def failing() -> str:
+        started.set()
+        release.wait(5)
+        raise RuntimeError("model crashed")
+
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            tiered.get_or_compute(key, failing, ttl=60)
+        except RuntimeError as error:
+            errors.append(error)
+
+    leader = threading.Thread(target=ask)
+    leader.start()
+    started.wait(5)
+    follower = threading.Thread(target=ask)
+    follower.start()
+    time.sleep(0.05)
+    release.set()
+    leader.join()
+    follower.join()
+    assert len(errors) == 2 and all(str(e) == "model crashed" for e in errors)
+    assert tiered.lookup(key) is None
+    assert tiered.redis.get(key) is None  # type: ignore[union-attr]
+    assert tiered.get_or_compute(key, lambda: "recovered", ttl=60) == "recovered"
+
+
+def test_fetch_reports_the_source(tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("answer", "source")
+    assert tiered.fetch(key, lambda: "x", ttl=60).source == "computed"
+    assert tiered.fetch(key, lambda: "y", ttl=60).source == "l1"
+
+
+def _flip_stored_byte(db: Path, key: str, position: int) -> None:
+    conn = sqlite3.connect(db)
+    blob = bytearray(conn.execute("SELECT blob FROM items WHERE key = ?", (key,)).fetchone()[0])
+    blob[position] ^= 0x01
+    conn.execute("UPDATE items SET blob = ? WHERE key = ?", (bytes(blob), key))
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("position", [2, 20, -1])  # nonce, ciphertext, tag
+def test_flipped_byte_on_disk_is_a_miss_and_is_deleted(tiered: TieredCache, names: KeyBuilder,
+                                                       tmp_path: Path, position: int) -> None:
+    key = names.key("answer", "tamper")
+    tiered.set(key, "original answer", ttl=60)
+    tiered.sqlite.flush()  # type: ignore[union-attr]
+    _flip_stored_byte(tmp_path / "cache.db", key, position)
+    tiered.memory.clear()
+    tiered.redis.delete(key)  # type: ignore[union-attr]
+    assert tiered.lookup(key) is None
+    assert tiered.metrics.errors.labels("l3", "corrupt")._value.get() == 1
+    assert tiered.sqlite.get(key) is None  # type: ignore[union-attr]
+    assert tiered.get_or_compute(key, lambda: "recomputed", ttl=60) == "recomputed"
+
+
+def test_blob_copied_under_another_key_is_rejected(tiered: TieredCache,
+                                                   names: KeyBuilder) -> None:
+    secret, public = names.key("answer", "alice's diary"), names.key("answer", "weather")
+    tiered.set(secret, "private words", ttl=60)
+    client = tiered.redis.client  # type: ignore[union-attr]
+    client.set(public, client.get(secret))
+    tiered.memory.clear()
+    assert tiered.lookup(public) is None
+    assert tiered.metrics.errors.labels("l2", "corrupt")._value.get() == 1
+
+
+def test_garbage_in_redis_is_a_miss(tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("answer", "garbage")
+    tiered.redis.client.set(key, b"\xff" * 3)  # type: ignore[union-attr]
+    assert tiered.lookup(key) is None
+    tiered.redis.client.set(key, b"\x00" * 200)  # type: ignore[union-attr]
+    assert tiered.lookup(key) is None
+
+
+def test_rotation_reseals_disk_under_the_new_key(tmp_path: Path, redis_url: str,
+                                                 names: KeyBuilder, clock: FakeClock) -> None:
+    old = Keyring({1: b"a" * 32})
+    cache = make_cache(keyring=old, names=names, redis_url=None, db=tmp_path / "r.db",
+                       clock=clock)
+    cache.set("v1:t:shared", "for everyone", ttl=60)
+    cache.set("v1:t:mine", "for alice", ttl=60, user="alice")
+    cache.close()
+    new = Keyring({1: b"a" * 32, 2: b"b" * 32})
+    cache = make_cache(keyring=new, names=names, redis_url=None, db=tmp_path / "r.db",
+                       clock=clock)
+    assert cache.rotate() == 2
+    conn = sqlite3.connect(tmp_path / "r.db")
+    assert {row[0][1] for row in conn.execute("SELECT blob FROM items")} == {2}
+    conn.close()
+    cache.close()
+    # Only the new key is needed to read them now.
+    only_new = Keyring({2: b"b" * 32})
+    cache = make_cache(keyring=only_new, names=names, redis_url=None, db=tmp_path / "r.db",
+                       clock=clock)
+    assert cache.get("v1:t:shared") == "for everyone"
+    assert cache.get("v1:t:mine", user="alice") == "for alice"
+    cache.close()
+
+
+def test_blob_under_a_key_not_loaded_here_is_left_alone(tmp_path: Path, names: KeyBuilder,
+                                                        clock: FakeClock) -> None:
+    newer = make_cache(keyring=Keyring({1: b"a" * 32, 2: b"b" * 32}), names=names,
+                       redis_url=None, db=tmp_path / "k.db", clock=clock)
+    newer.set("v1:t:x", "sealed under 2", ttl=60)
+    newer.close()
+    older = make_cache(keyring=Keyring({1: b"a" * 32}), names=names, redis_url=None,
+                       db=tmp_path / "k.db", clock=clock)
+    assert older.lookup("v1:t:x") is None
+    assert older.sqlite.get("v1:t:x") is not None  # type: ignore[union-attr]
+    older.close()
+
+
+def test_stats_reports_every_tier(tiered: TieredCache, names: KeyBuilder) -> None:
+    tiered.get_or_compute(names.key("t", "s"), lambda: "v", ttl=60)
+    tiered.get(names.key("t", "s"))
+    tiered.sqlite.flush()  # type: ignore[union-attr]
+    stats = tiered.stats()
+    assert stats["l1"]["entries"] == 1
+    assert stats["l2"]["keys"] >= 1 and stats["l2"]["breaker_open"] is False
+    assert stats["l3"]["rows"] == 1
+    requests = stats["metrics"]["cache_requests_total"]
+    assert requests["result=hit,tier=l1"] == 1
+    assert requests["result=miss,tier=l3"] == 1
+    assert stats["metrics"]["cache_computes_total"]["-"] == 1
+
+
+def test_keys_and_tags_in_redis_reveal_no_text(tiered: TieredCache, names: KeyBuilder,
+                                               redis_url: str) -> None:
+    key = names.key("gen", "tell me about my sister Margaret")
+    tiered.set(key, "Margaret is visiting on Friday", ttl=60, tags=["intent:Family"],
+               user="margaret-brother")
+    client = redis.Redis.from_url(redis_url)
+    dump = b" ".join(client.scan_iter()) + b" ".join(
+        client.dump(k) or b"" for k in client.scan_iter())
+    for word in (b"Margaret", b"sister", b"Family", b"margaret-brother", b"Friday"):
+        assert word not in dump
+    assert all(k.startswith(b"v1:") for k in client.scan_iter())
+
+
+
+def test_copy_read_before_a_purge_is_not_promoted_after_it(
+        tiered: TieredCache, names: KeyBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = names.key("answer", "race")
+    tiered.set(key, "old", ttl=60, tags=["intent:HassTurnOn"])
+    tiered.memory.clear()
+    real_get = tiered.redis.get  # type: ignore[union-attr]
+
+    def read_then_purge(k: str):  # type: ignore[no-untyped-def]
+        record = real_get(k)  # the reader got the old copy from Redis...
+        tiered.invalidate_tag("intent:HassTurnOn")  # ...then a purge ran before it promoted
+        return record
+
+    monkeypatch.setattr(tiered.redis, "get", read_then_purge)
+    tiered.lookup(key)
+    monkeypatch.undo()
+    assert tiered.memory.get(key) is None
+    assert tiered.lookup(key) is None
+
+
+def test_value_computed_across_a_purge_is_returned_but_not_stored(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("answer", "computed across purge")
+
+    def compute() -> str:
+        tiered.invalidate_tag("entities")  # e.g. the entity registry changed meanwhile
+        return "from old entities"
+
+    assert tiered.get_or_compute(key, compute, ttl=60, tags=["entities"]) == "from old entities"
+    assert tiered.lookup(key) is None
+    assert tiered.get_or_compute(key, lambda: "fresh", ttl=60, tags=["entities"]) == "fresh"
+    assert tiered.lookup(key).value == "fresh"  # type: ignore[union-attr]
