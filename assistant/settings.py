@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +24,13 @@ DEFAULT_CONFIG = Path("configs/assistant.toml")
 CONFIG_ENV = "ASSISTANT_CONFIG"
 
 
-class CacheSettings(BaseModel):
+class _Section(BaseModel):
+    """A settings section: a misspelled key is an error, not a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CacheSettings(_Section):
     """The in-process tier and behaviour shared by all tiers."""
 
     memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="L1 budget in bytes")
@@ -33,7 +39,7 @@ class CacheSettings(BaseModel):
     listen_block: float = Field(1.0, gt=0, description="seconds one read of the event stream waits")
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Section):
     """L2: the local or shared Redis."""
 
     enabled: bool = True
@@ -43,7 +49,7 @@ class RedisSettings(BaseModel):
     breaker_cooldown: float = Field(2.0, gt=0, description="seconds Redis is skipped once open")
 
 
-class SqliteSettings(BaseModel):
+class SqliteSettings(_Section):
     """L3: the encrypted on-disk store."""
 
     enabled: bool = True
@@ -55,7 +61,7 @@ class SqliteSettings(BaseModel):
     gc_interval: float = Field(60.0, gt=0, description="seconds between removals of expired rows")
 
 
-class KeySettings(BaseModel):
+class KeySettings(_Section):
     """Where the master keys come from: systemd credential, environment variable, or file."""
 
     file: Path = Path("var/master.key")
@@ -64,7 +70,7 @@ class KeySettings(BaseModel):
     credential: str = "assistant-master-key"
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(_Section):
     """One privacy policy."""
 
     max_ttl: float = Field(7 * 24 * 3600, ge=0, description="seconds any item may live")
@@ -76,7 +82,7 @@ class PolicySettings(BaseModel):
         return PrivacyPolicy(max_ttl=self.max_ttl, persist=self.persist, private=self.private)
 
 
-class PrivacySettings(BaseModel):
+class PrivacySettings(_Section):
     """Privacy policies: a default, one for shared items, and per-user ones."""
 
     default: PolicySettings = PolicySettings()

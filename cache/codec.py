@@ -150,6 +150,9 @@ class Codec:
         flags, body = plain[0], bytes(plain[1:])
         if flags & _FLAG_ZSTD:
             try:
+                # max_output_size only binds frames that don't declare their size; ours do.
+                if zstandard.frame_content_size(body) > self._max:
+                    raise BlobError("blob would decompress beyond the value size limit")
                 body = bytes(self._zstd()[1].decompress(body, max_output_size=self._max))
             except zstandard.ZstdError as error:
                 raise BlobError(f"blob failed to decompress: {error}") from None

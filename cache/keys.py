@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cache.errors import CacheError, NonDeterministicError
 
 KEY_VERSION = "v1"
-_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 Field = str | bytes | int | float | bool | None
 
@@ -60,7 +60,7 @@ class KeyBuilder:
 
     def key(self, kind: str, *fields: Field) -> str:
         """The key of ``fields`` in the namespace ``kind`` (lower-case word, e.g. ``stt``)."""
-        if not _KIND.match(kind):
+        if not _KIND.fullmatch(kind):
             raise CacheError(f"invalid key kind {kind!r}: lower-case letters, digits, underscore")
         mac = hmac.new(self._secret, encode_fields((KEY_VERSION, kind, *fields)), hashlib.sha256)
         return f"{KEY_VERSION}:{kind}:{mac.hexdigest()}"
@@ -114,7 +114,7 @@ class GenerationKey:
             raise NonDeterministicError(
                 "sampling with temperature > 0 and no seed is not reproducible; it is never cached"
             )
-        if self.scope != "shared" and not self.scope.startswith("user:"):
+        if self.scope != "shared" and not (self.scope.startswith("user:") and len(self.scope) > 5):
             raise CacheError(f"scope must be 'shared' or 'user:<id>', not {self.scope!r}")
 
     def fields(self) -> tuple[Field, ...]:
