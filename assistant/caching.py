@@ -87,6 +87,7 @@ def open_cache(
         policies=privacy.book(),
         metrics=metrics,
         zstd_level=cache.zstd_level,
+        compress_min_bytes=cache.compress_min_bytes,
         listen=listen,
         listen_block=cache.listen_block,
     )

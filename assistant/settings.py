@@ -36,6 +36,9 @@ class CacheSettings(_Section):
     memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="L1 budget in bytes")
     default_ttl: float = Field(24 * 3600, gt=0, description="TTL of items that name none, seconds")
     zstd_level: int = Field(3, ge=1, le=22, description="compression level of stored blobs")
+    compress_min_bytes: int = Field(
+        4096, ge=0, description="values smaller than this are stored uncompressed (faster hits)"
+    )
     listen_block: float = Field(1.0, gt=0, description="seconds one read of the event stream waits")
 
 

@@ -4,7 +4,7 @@ Blob layout (all tiers below memory store the same bytes)::
 
     version (1) | key id (1) | nonce (12) | AES-GCM(plaintext, aad = cache key)
     plaintext = flags (1) | body, zstd-compressed when flags & 1
-    body      = tag count (2) | (tag length (2) | tag)* | value type (1) | value
+    body      = tags length (2) | tags joined by 0x1f | value type (1) | value
 
 The cache key is the associated data, so a blob copied under another key fails
 to authenticate. Value types: ``b`` bytes, ``s`` str, ``j`` canonical JSON.
@@ -28,7 +28,7 @@ from cache.errors import BlobError, CacheError, KeyringError
 BLOB_VERSION = 1
 _HEADER = struct.Struct(">BB12s")
 _FLAG_ZSTD = 1
-_MIN_COMPRESS = 64
+_TAG_SEP = "\x1f"
 
 SaltLookup = Callable[[str], bytes]
 """Returns a user's salt, creating it on first use."""
@@ -48,35 +48,32 @@ def serialize(value: Any) -> bytes:
     return b"j" + text.encode("utf-8")
 
 
-def deserialize(data: bytes) -> Any:
+def deserialize(data: bytes | memoryview) -> Any:
     """The inverse of :func:`serialize`."""
-    kind, payload = data[:1], data[1:]
-    if kind == b"b":
-        return payload
-    if kind == b"s":
-        return payload.decode("utf-8")
-    if kind == b"j":
-        return json.loads(payload)
+    kind, payload = data[0], data[1:]
+    if kind == 0x73:  # s
+        return str(payload, "utf-8")
+    if kind == 0x62:  # b
+        return bytes(payload)
+    if kind == 0x6A:  # j
+        return json.loads(str(payload, "utf-8"))
     raise BlobError(f"unknown value type {kind!r}")
 
 
 def _pack_tags(tags: Sequence[str]) -> bytes:
-    out = bytearray(struct.pack(">H", len(tags)))
-    for tag in tags:
-        raw = tag.encode("utf-8")
-        out += struct.pack(">H", len(raw)) + raw
-    return bytes(out)
+    if not tags:
+        return b"\x00\x00"
+    joined = _TAG_SEP.join(tags).encode("utf-8")
+    if len(joined) > 0xFFFF or any(_TAG_SEP in tag or not tag for tag in tags):
+        raise CacheError("tags must be non-empty, without \\x1f, 64 KiB in all")
+    return struct.pack(">H", len(joined)) + joined
 
 
-def _unpack_tags(body: bytes) -> tuple[tuple[str, ...], int]:
-    (count,) = struct.unpack_from(">H", body, 0)
-    offset, tags = 2, []
-    for _ in range(count):
-        (length,) = struct.unpack_from(">H", body, offset)
-        offset += 2
-        tags.append(body[offset : offset + length].decode("utf-8"))
-        offset += length
-    return tuple(tags), offset
+def _unpack_tags(body: bytes | memoryview) -> tuple[tuple[str, ...], int]:
+    length = body[0] << 8 | body[1]
+    if not length:
+        return (), 2
+    return tuple(str(body[2 : 2 + length], "utf-8").split(_TAG_SEP)), 2 + length
 
 
 class Codec:
@@ -88,6 +85,7 @@ class Codec:
         salt_for: SaltLookup,
         *,
         level: int = 3,
+        compress_min_bytes: int = 4096,
         max_value_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """
@@ -95,11 +93,15 @@ class Codec:
             keyring: the master keys.
             salt_for: the salt of a user (created on first use).
             level: zstd compression level.
+            compress_min_bytes: bodies smaller than this are stored uncompressed: for short
+                answers, decompressing on every hit costs more time than the bytes saved
+                are worth.
             max_value_bytes: the largest plaintext a blob may decompress to.
         """
         self.keyring = keyring
         self._salt_for = salt_for
         self._level = level
+        self._compress_min = compress_min_bytes
         self._max = max_value_bytes
         self._local = threading.local()
 
@@ -118,10 +120,11 @@ class Codec:
         """The uncompressed body of ``value`` with its tags (its length sizes memory entries)."""
         return _pack_tags(tags) + serialize(value)
 
-    def seal(self, key: str, body: bytes, user: str | None, key_id: int | None = None) -> bytes:
+    def seal(self, key: str, body: bytes | memoryview, user: str | None,
+             key_id: int | None = None) -> bytes:
         """Compress and encrypt a body made by :meth:`plaintext` under ``key``."""
         flags = 0
-        if len(body) >= _MIN_COMPRESS:
+        if len(body) >= self._compress_min:
             packed = self._zstd()[0].compress(body)
             if len(packed) < len(body):
                 body, flags = packed, _FLAG_ZSTD
@@ -134,7 +137,7 @@ class Codec:
         """``value`` and its tags as a blob bound to ``key``, sealed for ``user``."""
         return self.seal(key, self.plaintext(value, tags), user)
 
-    def open(self, key: str, blob: bytes, user: str | None) -> bytes:
+    def open(self, key: str, blob: bytes, user: str | None) -> bytes | memoryview:
         """The body of a blob; :class:`BlobError` if it is not a valid blob of ``key``."""
         if len(blob) < _HEADER.size + 17:
             raise BlobError("blob is too short")
@@ -142,21 +145,22 @@ class Codec:
         if version != BLOB_VERSION:
             raise BlobError(f"unknown blob version {version}")
         try:
-            plain = self._aead(key_id, user).decrypt(nonce, blob[_HEADER.size :], key.encode())
+            plain = self._aead(key_id, user).decrypt(
+                nonce, memoryview(blob)[_HEADER.size :], key.encode())
         except InvalidTag:
             raise BlobError("blob failed authentication") from None
         except KeyringError as error:
             raise BlobError(str(error)) from None
-        flags, body = plain[0], bytes(plain[1:])
-        if flags & _FLAG_ZSTD:
-            try:
-                # max_output_size only binds frames that don't declare their size; ours do.
-                if zstandard.frame_content_size(body) > self._max:
-                    raise BlobError("blob would decompress beyond the value size limit")
-                body = bytes(self._zstd()[1].decompress(body, max_output_size=self._max))
-            except zstandard.ZstdError as error:
-                raise BlobError(f"blob failed to decompress: {error}") from None
-        return body
+        flags, body = plain[0], memoryview(plain)[1:]
+        if not flags & _FLAG_ZSTD:
+            return body
+        try:
+            # max_output_size only binds frames that don't declare their size; ours do.
+            if zstandard.frame_content_size(body) > self._max:
+                raise BlobError("blob would decompress beyond the value size limit")
+            return bytes(self._zstd()[1].decompress(body, max_output_size=self._max))
+        except zstandard.ZstdError as error:
+            raise BlobError(f"blob failed to decompress: {error}") from None
 
     def decode(self, key: str, blob: bytes,
                user: str | None) -> tuple[Any, tuple[str, ...], int]:
@@ -165,7 +169,7 @@ class Codec:
         try:
             tags, offset = _unpack_tags(body)
             return deserialize(body[offset:]), tags, len(body)
-        except (struct.error, UnicodeDecodeError, ValueError) as error:
+        except (IndexError, UnicodeDecodeError, ValueError) as error:
             raise BlobError(f"blob body is malformed: {error}") from None
 
     @staticmethod

@@ -1,13 +1,20 @@
-"""L1: an in-process LRU with per-entry expiry, bounded in bytes."""
+"""L1: an in-process LRU with per-entry expiry, bounded in bytes.
+
+The store is cachetools' ``LRUCache`` sized in bytes (``getsizeof``). Expiry is
+checked on read against the injected clock, and an expired entry is dropped
+there; entries nobody reads again age out through LRU order like any other, so
+the byte budget holds either way. (``TLRUCache`` keeps a heap of expiries and
+calls the timer several times per operation: on a hit-heavy tier that
+bookkeeping costs more than it saves.)
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from cache.tier import Clock, Record, wall_clock
 
@@ -15,30 +22,17 @@ ENTRY_OVERHEAD = 256
 """Bytes charged per entry on top of its payload (dict slots, record object, key string)."""
 
 
-class _Store(TLRUCache[str, Record]):
-    """A TLRU cache that reports every entry it drops by itself (eviction, expiry)."""
+class _Store(LRUCache[str, Record]):
+    """An LRU cache that reports every entry it evicts."""
 
-    def __init__(
-        self, maxsize: int, timer: Clock, on_drop: Callable[[str, Record, bool], None]
-    ) -> None:
-        super().__init__(
-            maxsize,
-            ttu=lambda _key, record, _now: record.expires_at,
-            timer=timer,
-            getsizeof=lambda record: record.size + ENTRY_OVERHEAD,
-        )
-        self._on_drop = on_drop
+    def __init__(self, maxsize: int, on_evict: Callable[[str, Record], None]) -> None:
+        super().__init__(maxsize, getsizeof=lambda record: record.size + ENTRY_OVERHEAD)
+        self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, Record]:
         key, record = super().popitem()
-        self._on_drop(key, record, True)
+        self._on_evict(key, record)
         return key, record
-
-    def expire(self, time: Any = None) -> Any:
-        expired = super().expire(time)
-        for key, record in expired:
-            self._on_drop(key, record, False)
-        return expired
 
 
 class MemoryTier:
@@ -49,7 +43,8 @@ class MemoryTier:
     def __init__(self, max_bytes: int, *, clock: Clock = wall_clock) -> None:
         """``max_bytes``: the budget for payload sizes plus a fixed overhead per entry."""
         self._lock = threading.Lock()
-        self._store = _Store(max_bytes, clock, self._dropped)
+        self._clock = clock
+        self._store = _Store(max_bytes, self._evicted)
         self._by_tag: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
         self.evictions = 0
@@ -77,14 +72,20 @@ class MemoryTier:
                 if not keys:
                     del self._by_user[record.user]
 
-    def _dropped(self, key: str, record: Record, evicted: bool) -> None:
+    def _evicted(self, key: str, record: Record) -> None:
         self._unindex(key, record)
-        if evicted:
-            self.evictions += 1
+        self.evictions += 1
 
     def get(self, key: str) -> Record | None:
         with self._lock:
-            return self._store.get(key)
+            try:
+                record = self._store[key]
+            except KeyError:
+                return None
+            if record.expires_at > self._clock():
+                return record
+            self._remove(key)
+            return None
 
     def set(self, key: str, record: Record, generation: int | None = None) -> bool:
         """Store ``record``; with ``generation``, only if no purge happened since it was read.
@@ -95,16 +96,15 @@ class MemoryTier:
             if generation is not None and generation != self.generation:
                 return False
             self._remove(key)
+            if record.expires_at <= self._clock():
+                return False
             if record.size + ENTRY_OVERHEAD > self.max_bytes:
                 return False  # larger than the whole budget: not worth keeping in memory
             self._store[key] = record
-            if key not in self._store:  # already expired
-                return False
             self._index(key, record)
             return True
 
     def _remove(self, key: str) -> bool:
-        self._store.expire()  # drop (and unindex) expired entries, so pop sees only live ones
         record = self._store.pop(key, None)
         if record is None:
             return False
@@ -116,7 +116,15 @@ class MemoryTier:
             return self._remove(key)
 
     def _remove_all(self, keys: AbstractSet[str] | None) -> int:
-        return sum(self._remove(key) for key in list(keys or ()))
+        """Remove ``keys``; the number of them that were still live."""
+        now = self._clock()
+        live = 0
+        for key in list(keys or ()):
+            record = self._store.pop(key, None)
+            if record is not None:
+                self._unindex(key, record)
+                live += record.expires_at > now
+        return live
 
     def invalidate_tag(self, tag: str) -> int:
         with self._lock:
@@ -132,7 +140,7 @@ class MemoryTier:
         """Drop everything (used when invalidation messages may have been missed)."""
         with self._lock:
             self.generation += 1
-            self._store.clear()
+            self._store = _Store(self.max_bytes, self._evicted)  # clear() would count evictions
             self._by_tag.clear()
             self._by_user.clear()
 

@@ -132,7 +132,7 @@ class RedisTier:
         expires_at, names = _HEADER.unpack_from(raw)
         if expires_at <= self._clock():
             return None
-        blob = raw[_HEADER.size + names :]
+        blob = memoryview(raw)[_HEADER.size + names :]
         return Record(blob, expires_at, size=len(blob))
 
     def set(self, key: str, record: Record) -> None:

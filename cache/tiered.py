@@ -70,6 +70,7 @@ class TieredCache:
         clock: Clock = wall_clock,
         metrics: CacheMetrics | None = None,
         zstd_level: int = 3,
+        compress_min_bytes: int = 4096,
         listen: bool = True,
         listen_block: float = 1.0,
     ) -> None:
@@ -83,6 +84,7 @@ class TieredCache:
             clock: the clock every expiry is measured on.
             metrics: where counters go (a private registry when omitted).
             zstd_level: compression level of sealed blobs.
+            compress_min_bytes: smaller values are sealed uncompressed.
             listen: read invalidation events of other processes from Redis.
             listen_block: seconds one blocking read of the event stream waits.
         """
@@ -94,8 +96,10 @@ class TieredCache:
         self.clock = clock
         self.metrics = metrics or CacheMetrics()
         self.node_id = uuid.uuid4().hex
-        self.codec = Codec(keyring, self._salt_for, level=zstd_level)
+        self.codec = Codec(keyring, self._salt_for, level=zstd_level,
+                           compress_min_bytes=compress_min_bytes)
         self._m = self.metrics.tiers
+        self._l1 = self._m["l1"]
         self._flights: dict[str, _Flight] = {}
         self._flight_lock = threading.Lock()
         self._salts: dict[str, bytes] = {}
@@ -118,9 +122,9 @@ class TieredCache:
         record = self.memory.get(key)
         m = self._m["l1"]
         if record is not None:
-            m.hit.inc()
+            m.hits += 1
             return Outcome(record.payload, "l1", time.perf_counter() - started)
-        m.miss.inc()
+        m.misses += 1
         for tier in (self.redis, self.sqlite):
             if tier is None:
                 continue
@@ -144,24 +148,24 @@ class TieredCache:
         finally:
             m.get_seconds.observe(time.perf_counter() - started)
         if record is None:
-            m.miss.inc()
+            m.misses += 1
             return None
         if Codec.key_id(record.payload) not in self.keyring:
             # Sealed under a key this process has not loaded yet (rotated elsewhere): a miss,
             # but not corrupt, so it is left for the processes that can read it.
             m.error("unknown_key")
-            m.miss.inc()
+            m.misses += 1
             return None
         try:
             value, tags, size = self.codec.decode(key, record.payload, user)
         except BlobError as error:
             m.error("corrupt")
-            m.miss.inc()
+            m.misses += 1
             log.warning("%s: dropped an unreadable blob: %s", tier.name, error)
             with contextlib.suppress(TierUnavailable):
                 tier.delete(key)
             return None
-        m.hit.inc()
+        m.hits += 1
         record.tags, record.user, record.size = tags, user, size
         return value, record
 
@@ -184,6 +188,10 @@ class TieredCache:
 
     def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
+        record = self.memory.get(key)
+        if record is not None:  # the hot path: no timing, no Outcome
+            self._l1.hits += 1
+            return record.payload
         found = self.lookup(key, user=user)
         return default if found is None else found.value
 
@@ -205,7 +213,7 @@ class TieredCache:
         if generation is not None and generation != self.memory.generation:
             return  # computed from inputs a purge has since declared stale
         self.memory.set(key, Record(value, expires_at, tags, user, len(body)))
-        self._m["l1"].set.inc()
+        self._m["l1"].sets += 1
         to_disk = policy.persist and self.sqlite is not None
         if self.redis is None and not to_disk:
             return
@@ -227,7 +235,7 @@ class TieredCache:
             return
         finally:
             m.set_seconds.observe(time.perf_counter() - started)
-        m.set.inc()
+        m.sets += 1
 
     def get_or_compute(self, key: str, compute: Callable[[], Any], *, ttl: float,
                        tags: Iterable[str] = (), user: str | None = None) -> Any:

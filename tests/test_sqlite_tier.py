@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from cache import Record, SqliteTier
 from tests.conftest import FakeClock
 
@@ -107,4 +109,29 @@ def test_meta_values_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None
     tier.close()
     tier = SqliteTier(tmp_path / "c.db", clock=clock)
     assert tier.get_meta("events.last") == "123-0"
+    tier.close()
+
+
+def test_a_batch_being_written_is_still_read(tmp_path: Path, clock: FakeClock,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier.set("v1:t:a", rec(b"in flight", clock))
+    seen: list[Record | None] = []
+    real_apply = tier._apply
+
+    def read_while_applying(pending: dict[str, Record], touched: dict[str, float]) -> None:
+        seen.append(tier.get("v1:t:a"))  # taken from the queue, not yet committed
+        real_apply(pending, touched)
+
+    monkeypatch.setattr(tier, "_apply", read_while_applying)
+    tier.flush()
+    assert seen and seen[0] is not None and seen[0].payload == b"in flight"
+    tier.close()
+
+
+def test_new_files_use_large_pages(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    conn = sqlite3.connect(tmp_path / "c.db")
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+    conn.close()
     tier.close()

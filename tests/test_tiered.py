@@ -145,7 +145,7 @@ def test_flipped_byte_on_disk_is_a_miss_and_is_deleted(tiered: TieredCache, name
     tiered.memory.clear()
     tiered.redis.delete(key)  # type: ignore[union-attr]
     assert tiered.lookup(key) is None
-    assert tiered.metrics.errors.labels("l3", "corrupt")._value.get() == 1
+    assert tiered.metrics.value("cache_errors_total", tier="l3", kind="corrupt") == 1
     assert tiered.sqlite.get(key) is None  # type: ignore[union-attr]
     assert tiered.get_or_compute(key, lambda: "recomputed", ttl=60) == "recomputed"
 
@@ -158,7 +158,7 @@ def test_blob_copied_under_another_key_is_rejected(tiered: TieredCache,
     client.set(public, client.get(secret))
     tiered.memory.clear()
     assert tiered.lookup(public) is None
-    assert tiered.metrics.errors.labels("l2", "corrupt")._value.get() == 1
+    assert tiered.metrics.value("cache_errors_total", tier="l2", kind="corrupt") == 1
 
 
 def test_garbage_in_redis_is_a_miss(tiered: TieredCache, names: KeyBuilder) -> None:
