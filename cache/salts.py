@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -18,6 +19,16 @@ from pathlib import Path
 from cache.errors import TierUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by this user only, if it does not exist.
+
+    sqlite gives its WAL and shared-memory files the mode of the database file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SaltStore:
@@ -31,6 +42,7 @@ class SaltStore:
 
     def _open(self) -> sqlite3.Connection:
         for attempt in (1, 2):
+            private_file(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=5.0)
             try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import TierUnavailable
-from cache.salts import SaltStore
+from cache.salts import SaltStore, private_file
 from cache.tier import Clock, Record, wall_clock
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,6 @@ class SqliteTier:
         self._closed = False
         self.evictions = 0
         self.quarantined = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.salts = SaltStore(self.path.with_name(f"{self.path.stem}-salts{self.path.suffix}"))
         self._writer = self._open_writer()
         self._thread = threading.Thread(target=self._run, name="l3-writer", daemon=True)
@@ -140,6 +139,7 @@ class SqliteTier:
         for attempt in (1, 2):
             conn = None
             try:
+                private_file(self.path)
                 conn = self._connect()
                 # Only takes effect on a new file. Blobs of 1-2 KB waste half of a 4 KB page and
                 # each costs a page in the WAL; 16 KB pages more than double the write rate and

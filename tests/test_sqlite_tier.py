@@ -135,3 +135,13 @@ def test_new_files_use_large_pages(tmp_path: Path, clock: FakeClock) -> None:
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
     conn.close()
     tier.close()
+
+
+def test_files_are_private_to_the_service(tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "state" / "c.db", clock=clock)
+    tier.set("v1:t:a", rec(b"a", clock))
+    tier.flush()
+    tier.get_salt("u") or tier.put_salt("u", b"s" * 16)
+    for path in (tmp_path / "state").iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+    tier.close()
