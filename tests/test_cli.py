@@ -18,18 +18,23 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def config(tmp_path: Path, redis_url: str) -> Path:
-    path = tmp_path / "assistant.toml"
+def write_config(folder: Path, redis_url: str) -> Path:
+    """A settings file with everything in ``folder``."""
+    path = folder / "assistant.toml"
     path.write_text(f"""
 [redis]
 url = "{redis_url}"
 [sqlite]
-path = "{tmp_path / 'cache.db'}"
+path = "{folder / 'cache.db'}"
 [keys]
-file = "{tmp_path / 'master.key'}"
+file = "{folder / 'master.key'}"
 """)
     return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_url: str) -> Path:
+    return write_config(tmp_path, redis_url)
 
 
 def run(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -107,15 +112,7 @@ def test_bad_input_gives_a_clear_error(config: Path, tmp_path: Path) -> None:
 
 
 def test_purge_reports_failure_when_redis_is_unreachable(tmp_path: Path) -> None:
-    path = tmp_path / "down.toml"
-    path.write_text(f"""
-[redis]
-url = "redis://127.0.0.1:{free_port()}/0"
-[sqlite]
-path = "{tmp_path / 'cache.db'}"
-[keys]
-file = "{tmp_path / 'master.key'}"
-""")
+    path = write_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
     result = run(path, "cache", "purge", "--tag", "intent:X")
     assert result.returncode == 1
     assert "redis" in result.stderr.lower()
