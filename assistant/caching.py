@@ -23,6 +23,7 @@ from cache import (
     RedisTier,
     SqliteTier,
     TieredCache,
+    TierUnavailable,
     load_keyring,
 )
 
@@ -56,6 +57,9 @@ def open_cache(
     keyring = open_keyring(keys, environ)
     names = KeyBuilder(keyring.naming_secret())
     metrics = metrics or CacheMetrics()
+    policies = privacy.book()
+    longest = max([policies.default.max_ttl, policies.shared.max_ttl,
+                   *(p.max_ttl for p in policies.users.values())])
     redis_tier = None
     if redis.enabled:
         redis_tier = RedisTier(
@@ -64,27 +68,34 @@ def open_cache(
             timeout=redis.timeout,
             breaker=CircuitBreaker(threshold=redis.breaker_threshold,
                                    cooldown=redis.breaker_cooldown),
+            # A forget is remembered as long as anything of the user may live anywhere.
+            tombstone_ttl=longest + 3600,
         )
     sqlite_tier = None
     if sqlite.enabled:
         def quarantined(path: Path) -> None:
             metrics.errors.labels("l3", "quarantined").inc()
 
-        sqlite_tier = SqliteTier(
-            sqlite.path,
-            max_bytes=sqlite.max_bytes,
-            batch_size=sqlite.batch_size,
-            flush_interval=sqlite.flush_interval,
-            queue_size=sqlite.queue_size,
-            gc_interval=sqlite.gc_interval,
-            on_quarantine=quarantined,
-        )
+        try:
+            sqlite_tier = SqliteTier(
+                sqlite.path,
+                max_bytes=sqlite.max_bytes,
+                batch_size=sqlite.batch_size,
+                flush_interval=sqlite.flush_interval,
+                queue_size=sqlite.queue_size,
+                gc_interval=sqlite.gc_interval,
+                on_quarantine=quarantined,
+            )
+        except TierUnavailable as error:
+            # Answers still come from memory and Redis; the disk tier is back after a restart.
+            log.error("disk cache unavailable, running without it: %s", error)
+            metrics.errors.labels("l3", "unavailable").inc()
     tiered = TieredCache(
         keyring=keyring,
         memory=MemoryTier(cache.memory_bytes),
         redis_tier=redis_tier,
         sqlite_tier=sqlite_tier,
-        policies=privacy.book(),
+        policies=policies,
         metrics=metrics,
         zstd_level=cache.zstd_level,
         compress_min_bytes=cache.compress_min_bytes,

@@ -78,9 +78,9 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"key_id": cache.keyring.current_id, "resealed": count}))
             print("restart running services so they read the new key", file=sys.stderr)
         if cache.pending_events:
-            print("error: redis is unreachable: this node's memory and disk are done, but Redis "
-                  "and the other nodes are not; run the command again when Redis is up",
-                  file=sys.stderr)
+            print("error: not applied everywhere yet (Redis unreachable, or the disk tier busy): "
+                  "what could not be done is kept and sent by the next run or the service; "
+                  "run the command again to be sure", file=sys.stderr)
             return 1
     finally:
         cache.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Keyring:
                 raise KeyringError(f"master key {key_id} must be {KEY_BYTES} bytes, not {len(key)}")
         self._keys = dict(keys)
         self._aead: dict[tuple[int, str | None, bytes], AESGCM] = {}
+        self._lock = threading.Lock()
 
     @property
     def current_id(self) -> int:
@@ -76,21 +78,25 @@ class Keyring:
         cache_key = (key_id, user, salt)
         aead = self._aead.get(cache_key)
         if aead is None:
-            try:
-                master = self._keys[key_id]
-            except KeyError:
-                raise KeyringError(f"master key id {key_id} is not in the keyring") from None
-            if user is None:
-                data_key = _hkdf(master, b"data/shared")
-            else:
-                data_key = _hkdf(master, b"data/user/" + user.encode("utf-8"), salt=salt)
-            aead = self._aead[cache_key] = AESGCM(data_key)
+            aead = self._derive(key_id, user, salt)
+            with self._lock:
+                self._aead[cache_key] = aead
         return aead
+
+    def _derive(self, key_id: int, user: str | None, salt: bytes) -> AESGCM:
+        try:
+            master = self._keys[key_id]
+        except KeyError:
+            raise KeyringError(f"master key id {key_id} is not in the keyring") from None
+        if user is None:
+            return AESGCM(_hkdf(master, b"data/shared"))
+        return AESGCM(_hkdf(master, b"data/user/" + user.encode("utf-8"), salt=salt))
 
     def forget(self, user: str) -> None:
         """Drop the derived ciphers of ``user`` held in memory."""
-        for cache_key in [k for k in self._aead if k[1] == user]:
-            del self._aead[cache_key]
+        with self._lock:
+            for cache_key in [k for k in self._aead if k[1] == user]:
+                del self._aead[cache_key]
 
 
 def new_salt() -> bytes:

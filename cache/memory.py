@@ -113,6 +113,7 @@ class MemoryTier:
 
     def delete(self, key: str) -> bool:
         with self._lock:
+            self.generation += 1
             return self._remove(key)
 
     def _remove_all(self, keys: AbstractSet[str] | None) -> int:
@@ -129,7 +130,10 @@ class MemoryTier:
     def invalidate_tag(self, tag: str) -> int:
         with self._lock:
             self.generation += 1
-            return self._remove_all(self._by_tag.get(tag))
+            count = self._remove_all(self._by_tag.get(tag))
+            if tag.startswith("user:"):  # a user's items carry this tag in every other tier
+                count += self._remove_all(self._by_user.get(tag[5:]))
+            return count
 
     def forget_user(self, user: str) -> int:
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -60,10 +60,6 @@ class TierMetrics:
         """Count a failure of this tier (``unavailable``, ``corrupt``, ...)."""
         self._parent.errors.labels(self.tier, kind).inc()
 
-    def evicted(self, count: int) -> None:
-        """Count entries the tier dropped to stay within its bound."""
-        if count:
-            self._parent.evictions.labels(self.tier).inc(count)
 
 
 class _CountsCollector(Collector):
@@ -90,14 +86,24 @@ class _CountsCollector(Collector):
         yield latency
 
 
+class _EvictionsCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("cache_evictions", "Entries evicted to stay within bounds",
+                                     labels=["tier"])
+        for tier, count in self._counts().items():
+            family.add_metric([tier], count)
+        yield family
+
+
 class CacheMetrics:
     """Hits, misses, sets, evictions, errors and latency per tier, plus computes."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.evictions = Counter("cache_evictions", "Entries evicted to stay within bounds",
-                                 ["tier"], registry=r)
         self.errors = Counter("cache_errors", "Tier failures by kind", ["tier", "kind"],
                               registry=r)
         self.computes = Counter("cache_computes", "Values computed after a miss in every tier",
@@ -108,6 +114,10 @@ class CacheMetrics:
                                      ["kind", "origin"], registry=r)
         self.tiers = {tier: TierMetrics(self, tier) for tier in TIERS}
         r.register(_CountsCollector(self.tiers))
+
+    def track_evictions(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Export ``counts()`` (evictions by tier, kept by the tiers) as ``cache_evictions``."""
+        self.registry.register(_EvictionsCollector(counts))
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when it has not been recorded yet)."""

@@ -37,7 +37,12 @@ class PolicyBook:
         """The policy that governs an item of ``user`` (``None``: a shared item)."""
         if user is None:
             return self.shared
-        return self.users.get(user, self.default)
+        found = self.users.get(user)
+        if found is None:
+            # Environment variable names are case-insensitive, so policies set there arrive
+            # lower-cased: match them case-insensitively rather than drop them.
+            found = self.users.get(user.casefold(), self.default)
+        return found
 
     def ttl(self, ttl: float, user: str | None) -> float:
         """The effective TTL: the smaller of the item's and the policy's."""

@@ -13,10 +13,19 @@ is back.
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
 entries in memory.
+
+Every purge also bumps the tag's epoch. A value computed after a miss is written
+only if the epochs of its tags are still those read before the compute began, so
+a compute that raced a purge on another node cannot put the purged answer back.
+A forget leaves a tombstone, so a node that still holds the forgotten user's
+salt on disk cannot publish it again. Items, tag sets, epochs and tombstones all
+expire; the salts hash and the event stream do not, so with
+``maxmemory-policy volatile-lru`` Redis never evicts them.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -30,21 +39,34 @@ from cache.errors import TierUnavailable
 from cache.tier import Clock, Record, wall_clock
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">dH")
 EVENTS_STREAM = "v1:events"
 SALTS_HASH = "v1:salts"
 
+# KEYS: item, n tag sets, then (when ARGV[3] = 'cas') n epoch keys.
+# ARGV: value, ttl ms, 'cas' or 'set', then n expected epochs.
 _SET = """
+local n = #KEYS - 1
+if ARGV[3] == 'cas' then
+  n = n / 2
+  for i = 1, n do
+    if (redis.call('GET', KEYS[1 + n + i]) or '0') ~= ARGV[3 + i] then return 0 end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
+for i = 2, n + 1 do
   redis.call('SADD', KEYS[i], KEYS[1])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
 """
 
+# KEYS: tag set, epoch, [salts hash, tombstone]. ARGV: epoch ttl ms, [salt field, tombstone ttl ms].
 _PURGE = """
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
 local members = redis.call('SMEMBERS', KEYS[1])
 local wanted = ' ' .. KEYS[1] .. ' '
 local n = 0
@@ -59,13 +81,20 @@ for _, key in ipairs(members) do
   end
 end
 redis.call('UNLINK', KEYS[1])
-if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+if KEYS[3] then
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
+end
 return n
 """
 
+# KEYS: salts hash, tombstone. ARGV: field, candidate, 'local' (a salt read from disk) or 'new'.
 _SALT = """
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HGET', KEYS[1], ARGV[1])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then return current end
+if ARGV[3] == 'local' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
 """
 
 
@@ -92,6 +121,8 @@ class RedisTier:
         timeout: float = 0.2,
         breaker: CircuitBreaker | None = None,
         clock: Clock = wall_clock,
+        epoch_ttl: float = 86400.0,
+        tombstone_ttl: float = 30 * 86400.0,
     ) -> None:
         """
         Args:
@@ -100,12 +131,17 @@ class RedisTier:
             timeout: socket connect/read timeout in seconds; keep it short, Redis is local.
             breaker: the circuit breaker (a default one when omitted).
             clock: the clock expiries are measured on.
+            epoch_ttl: seconds a tag's purge epoch is kept: longer than any compute runs.
+            tombstone_ttl: seconds a forget is remembered: longer than any item of the user
+                may live on any node's disk (the largest ``max_ttl`` of the policies).
         """
         self.url = url
         self.client = _client(url, timeout)
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._namer = namer
         self._clock = clock
+        self._epoch_ms = str(int(epoch_ttl * 1000))
+        self._tombstone_ms = str(int(tombstone_ttl * 1000))
         self._set = self.client.register_script(_SET)
         self._purge = self.client.register_script(_PURGE)
         self._salt = self.client.register_script(_SALT)
@@ -118,6 +154,10 @@ class RedisTier:
         except redis.RedisError as error:
             self.breaker.failure()
             raise TierUnavailable(f"redis: {error}") from None
+        except Exception as error:  # never leave the breaker's trial call hanging
+            self.breaker.failure()
+            log.exception("redis call failed unexpectedly")
+            raise TierUnavailable(f"redis: {error!r}") from None
         self.breaker.success()
         return result
 
@@ -135,35 +175,69 @@ class RedisTier:
         blob = memoryview(raw)[_HEADER.size + names :]
         return Record(blob, expires_at, size=len(blob))
 
-    def set(self, key: str, record: Record) -> None:
+    @staticmethod
+    def all_tags(tags: tuple[str, ...], user: str | None) -> list[str]:
+        """The tags an item is filed under here: its own and its user's, sorted."""
+        found = set(tags)
+        if user is not None:
+            found.add(f"user:{user}")
+        return sorted(found)
+
+    def epochs(self, tags: list[str]) -> list[str]:
+        """The current purge epochs of ``tags`` (as from :meth:`all_tags`), for :meth:`set`."""
+        if not tags:
+            return []
+        names = [self._namer("epoch", t) for t in tags]
+        values = cast("list[bytes | None]", self._call(lambda: self.client.mget(names)))
+        return [v.decode() if v is not None else "0" for v in values]
+
+    def set(self, key: str, record: Record, epochs: list[str] | None = None) -> bool:
+        """Store ``record``; with ``epochs``, only if no tag was purged since they were read.
+
+        False when a purge intervened (nothing was written).
+        """
         ttl_ms = int(record.ttl(self._clock()) * 1000)
         if ttl_ms <= 0:
-            return
-        tags = set(record.tags)
-        if record.user is not None:
-            tags.add(f"user:{record.user}")
-        names = [self.tag_name(t) for t in sorted(tags)]
+            return False
+        tags = self.all_tags(record.tags, record.user)
+        names = [self.tag_name(t) for t in tags]
         joined = " ".join(names).encode()
         value = _HEADER.pack(record.expires_at, len(joined)) + joined + bytes(record.payload)
+        if epochs is not None and tags:
+            keys = [key, *names, *(self._namer("epoch", t) for t in tags)]
+            args: list[bytes | str | int] = [value, ttl_ms, "cas", *epochs]
+            return bool(self._call(lambda: self._set(keys=keys, args=args)))
         if names:
-            self._call(lambda: self._set(keys=[key, *names], args=[value, ttl_ms]))
+            self._call(lambda: self._set(keys=[key, *names], args=[value, ttl_ms, "set"]))
         else:
             self._call(lambda: self.client.set(key, value, px=ttl_ms))
+        return True
 
     def delete(self, key: str) -> bool:
         return bool(self._call(lambda: self.client.unlink(key)))
 
     def invalidate_tag(self, tag: str) -> int:
-        return int(self._call(lambda: self._purge(keys=[self.tag_name(tag)], args=[""])))
+        keys = [self.tag_name(tag), self._namer("epoch", tag)]
+        return int(self._call(lambda: self._purge(keys=keys, args=[self._epoch_ms])))
 
     def forget_user(self, user: str) -> int:
-        keys = [self.tag_name(f"user:{user}"), SALTS_HASH]
-        return int(self._call(lambda: self._purge(keys=keys, args=[self._namer("salt", user)])))
+        tag = f"user:{user}"
+        keys = [self.tag_name(tag), self._namer("epoch", tag), SALTS_HASH,
+                self._namer("forgotten", user)]
+        args = [self._epoch_ms, self._namer("salt", user), self._tombstone_ms]
+        return int(self._call(lambda: self._purge(keys=keys, args=args)))
 
-    def salt(self, user: str, candidate: bytes) -> bytes:
-        """The user's salt shared by every node: the stored one, or ``candidate`` stored now."""
+    def salt(self, user: str, candidate: bytes, *, from_disk: bool) -> bytes | None:
+        """The user's salt shared by every node: the stored one, or ``candidate`` stored now.
+
+        ``None`` when ``candidate`` came from this node's disk (``from_disk``) but the user
+        was forgotten since: that salt must die with the rest of their data.
+        """
         field = self._namer("salt", user)
-        return bytes(self._call(lambda: self._salt(keys=[SALTS_HASH], args=[field, candidate])))
+        keys = [SALTS_HASH, self._namer("forgotten", user)]
+        args: list[bytes | str] = [field, candidate, "local" if from_disk else "new"]
+        found = self._call(lambda: self._salt(keys=keys, args=args))
+        return None if found is None else bytes(found)
 
     def publish(self, fields: dict[str, str], maxlen: int = 10000) -> str:
         """Append an invalidation event to the stream; its id."""

@@ -2,8 +2,11 @@
 
 Keeping the salts out of the data file is what makes a forgotten user's data
 unreadable everywhere it may linger: in the data file's free pages, in its WAL,
-and in any copy or backup of it. The file uses a rollback journal and
-``secure_delete``, so a deleted salt is overwritten in place.
+and in any copy or backup of it. Deleted salts are overwritten in place
+(``secure_delete``) and the rollback journal stays in memory, so no old copy of
+a page is ever written to another file. A crash during a write can then corrupt
+the file; a corrupt salts file is deleted, which costs every user's cached
+items (they become unreadable misses), never their privacy.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from cache.errors import TierUnavailable
@@ -46,7 +48,7 @@ class SaltStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=5.0)
             try:
-                conn.execute("PRAGMA journal_mode = DELETE")
+                conn.execute("PRAGMA journal_mode = MEMORY")
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("PRAGMA secure_delete = ON")
                 conn.execute("CREATE TABLE IF NOT EXISTS salts "
@@ -56,9 +58,10 @@ class SaltStore:
                 conn.close()
                 if attempt == 2 or isinstance(error, sqlite3.OperationalError):
                     raise TierUnavailable(f"salts file {self.path}: {error}") from None
-                target = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
-                log.error("salts file %s is unusable (%s): moved to %s", self.path, error, target)
-                self.path.replace(target)
+                # Not moved aside like the data file: a copy would keep forgotten users' salts.
+                log.error("salts file %s is unusable (%s): deleted; cached items of every user "
+                          "will be recomputed", self.path, error)
+                self.path.unlink()
         raise AssertionError("unreachable")
 
     def _run(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:

@@ -69,9 +69,12 @@ ON CONFLICT (key) DO UPDATE SET blob = excluded.blob, expires_at = excluded.expi
 _MAGIC = b"SQLite format 3\x00"
 
 
-def _is_corruption(error: sqlite3.DatabaseError) -> bool:
-    # OperationalError (locked, busy, disk full, I/O) is transient; the rest means a bad file.
-    return not isinstance(error, sqlite3.OperationalError)
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_corruption(error: sqlite3.Error) -> bool:
+    # Only these codes mean a bad file; locked, busy, full, I/O or a closed handle are not.
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT_CODES
 
 
 class SqliteTier:
@@ -117,9 +120,14 @@ class SqliteTier:
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._generation = 0
-        self._closed = False
+        self._closed = False  # no new writes accepted
+        self._shut = False  # connections closed
         self.evictions = 0
         self.quarantined = 0
+        self.dropped = 0
+        """Queued writes given up while the file could not be written (the queue is bounded)."""
+        self.pending_forgets: set[str] = set()
+        """Users whose rows could not be deleted yet (their salt is already gone)."""
         self.salts = SaltStore(self.path.with_name(f"{self.path.stem}-salts{self.path.suffix}"))
         self._writer = self._open_writer()
         self._thread = threading.Thread(target=self._run, name="l3-writer", daemon=True)
@@ -149,12 +157,16 @@ class SqliteTier:
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.executescript(SCHEMA)
                 return conn
-            except sqlite3.DatabaseError as error:
+            except sqlite3.Error as error:
                 if conn is not None:
                     conn.close()
                 if attempt == 2 or not _is_corruption(error):
                     raise TierUnavailable(f"sqlite {self.path}: {error}") from None
                 self._move_aside(error)
+            except OSError as error:
+                if conn is not None:
+                    conn.close()
+                raise TierUnavailable(f"sqlite {self.path}: {error}") from None
         raise AssertionError("unreachable")
 
     def _reader(self) -> sqlite3.Connection:
@@ -181,11 +193,15 @@ class SqliteTier:
         if self._on_quarantine is not None:
             self._on_quarantine(target)
 
-    def _quarantine(self, error: sqlite3.DatabaseError) -> None:
+    def _quarantine(self, error: BaseException) -> None:
         with self._write_lock:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.close()
-            self._move_aside(error)
+            try:
+                self._move_aside(error)
+            except OSError as move_error:
+                raise TierUnavailable(f"sqlite {self.path} is corrupt and cannot be moved "
+                                      f"aside: {move_error}") from None
             self._writer = self._open_writer()
 
     def check_file(self) -> bool:
@@ -199,27 +215,33 @@ class SqliteTier:
                 header = file.read(len(_MAGIC))
         except FileNotFoundError:
             header = b""
+        except OSError as error:
+            raise TierUnavailable(f"sqlite {self.path}: {error}") from None
         if header == _MAGIC:
             return False
         with self._write_lock:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.close()
             if header:
-                self._move_aside(sqlite3.DatabaseError("file header is not sqlite's"))
+                self._quarantine(sqlite3.DatabaseError("file header is not sqlite's"))
             else:
                 log.error("sqlite cache %s vanished; starting a fresh file", self.path)
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.close()
                 self._generation += 1
-            self._writer = self._open_writer()
+                self._writer = self._open_writer()
         return True
 
     def _guard(self, op: Callable[[], Any]) -> Any:
-        """Run ``op``; quarantine a corrupt file, translate every sqlite error."""
+        """Run ``op``; quarantine a corrupt file, translate sqlite and OS errors."""
+        if self._shut:
+            raise TierUnavailable("sqlite tier is closed")
         try:
             return op()
-        except sqlite3.DatabaseError as error:
+        except sqlite3.Error as error:
             if _is_corruption(error):
                 self._quarantine(error)
             raise TierUnavailable(f"sqlite: {error}") from None
+        except OSError as error:
+            raise TierUnavailable(f"sqlite {self.path}: {error}") from None
 
     # -- the tier contract ---------------------------------------------------------------
 
@@ -232,12 +254,12 @@ class SqliteTier:
             if queued.expires_at <= now:
                 return None
             return Record(queued.payload, queued.expires_at, queued.tags, queued.user, queued.size)
+        if self._shut:
+            raise TierUnavailable("sqlite tier is closed")
         try:
             row = self._reader().execute(_SELECT, (key, now)).fetchone()
-        except sqlite3.DatabaseError as error:
-            if _is_corruption(error):
-                self._quarantine(error)
-            raise TierUnavailable(f"sqlite: {error}") from None
+        except (sqlite3.Error, OSError):  # quarantine if need be, and say why in one place
+            row = self._guard(lambda: self._reader().execute(_SELECT, (key, now)).fetchone())
         if row is None:
             return None
         self._touched[key] = now
@@ -254,14 +276,17 @@ class SqliteTier:
         with self._cond:
             if self._closed:
                 raise TierUnavailable("sqlite tier is closed")
-            if len(self._pending) >= self._queue_size and key not in self._pending:
+            if self._queued() >= self._queue_size and key not in self._pending:
                 self._cond.notify_all()
-                if not self._cond.wait_for(lambda: len(self._pending) < self._queue_size, 2.0):
+                if not self._cond.wait_for(lambda: self._queued() < self._queue_size, 2.0):
                     raise TierUnavailable("sqlite write queue is full")
             self._pending[key] = record
             self._touched.pop(key, None)
             if len(self._pending) >= self._batch_size:
                 self._cond.notify_all()
+
+    def _queued(self) -> int:
+        return len(self._pending) + len(self._flushing)
 
     def delete(self, key: str) -> bool:
         with self._write_lock:
@@ -277,19 +302,37 @@ class SqliteTier:
                 "DELETE FROM items WHERE key IN (SELECT key FROM tags WHERE tag = ?)", (tag,))))
 
     def forget_user(self, user: str) -> int:
+        """Destroy the user's salt, then delete their rows; retried by the writer if it fails.
+
+        The salt goes first, in its own file: once it is gone, whatever rows remain are
+        unreadable, so a busy or full disk can delay the deletion but not the forgetting.
+        """
+        self.salts.delete(user)
+        with self._cond:
+            # The batch being written is left alone (its rows are deleted right after it).
+            unwritten = [k for k, r in self._pending.items() if r.user == user]
+            for key in unwritten:
+                del self._pending[key]
+            self.pending_forgets.add(user)
         with self._write_lock:
-            self.flush()
+            return len(unwritten) + self._delete_user_rows(user)
 
-            def forget() -> int:
-                with self._tx() as conn:
-                    count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
-                self.salts.delete(user)
-                # Old versions of the deleted pages still sit in the WAL: copy the zeroed
-                # pages back and cut the WAL file to nothing.
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                return int(count)
+    def _delete_user_rows(self, user: str) -> int:
+        def forget() -> int:
+            with self._tx() as conn:
+                count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
+            # Old versions of the deleted pages still sit in the WAL: copy the zeroed pages
+            # back and cut the WAL file to nothing.
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                log.warning("forget %s: WAL checkpoint incomplete (readers active); the WAL is "
+                            "cut at the next checkpoint", user)
+            return int(count)
 
-            return int(self._guard(forget))
+        count = int(self._guard(forget))
+        with self._cond:
+            self.pending_forgets.discard(user)
+        return count
 
     def close(self) -> None:
         with self._cond:
@@ -299,11 +342,17 @@ class SqliteTier:
             self._cond.notify_all()
         self._thread.join(timeout=30)
         with self._write_lock:
-            with contextlib.suppress(TierUnavailable):
+            try:
                 self.flush()
+                for user in list(self.pending_forgets):
+                    self._delete_user_rows(user)
+            except TierUnavailable as error:
+                log.error("sqlite cache closed with %d writes not written: %s",
+                          len(self._pending), error)
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._writer.close()
+            self._shut = True
         self.salts.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -319,7 +368,9 @@ class SqliteTier:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # sqlite may have rolled back already (disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -339,6 +390,9 @@ class SqliteTier:
                     return
             try:
                 self.flush()
+                for user in list(self.pending_forgets):
+                    with self._write_lock:
+                        self._delete_user_rows(user)
                 if time.monotonic() - last_check >= 1.0:
                     last_check = time.monotonic()
                     self.check_file()
@@ -365,14 +419,26 @@ class SqliteTier:
             try:
                 self.check_file()
                 self._guard(lambda: self._apply(pending, touched))
-            except TierUnavailable:
-                with self._cond:  # keep what was accepted; newer writes win
-                    for key, op in pending.items():
-                        self._pending.setdefault(key, op)
+            except BaseException:
+                self._requeue(pending)
                 raise
             finally:
                 self._flushing = {}
             return len(pending)
+
+    def _requeue(self, batch: dict[str, Record]) -> None:
+        """Put a batch that failed back in the queue; newer writes win, the bound holds."""
+        now = self._clock()
+        with self._cond:
+            room = self._queue_size - len(self._pending)
+            for key, record in batch.items():
+                if key in self._pending or record.expires_at <= now:
+                    continue
+                if room <= 0:
+                    self.dropped += 1
+                    continue
+                self._pending[key] = record
+                room -= 1
 
     def _apply(self, pending: dict[str, Record], touched: dict[str, float]) -> None:
         now = self._clock()
@@ -396,8 +462,9 @@ class SqliteTier:
                 added = sum(u[4] for u in upserts) - sum(old.values())
                 conn.execute("UPDATE meta SET value = value + ? WHERE name = 'bytes'", (added,))
             if touched:
+                # list() copies in one step: a late reader may still add to this dict.
                 conn.executemany("UPDATE items SET accessed_at = ? WHERE key = ?",
-                                 [(t, k) for k, t in touched.items()])
+                                 [(t, k) for k, t in list(touched.items())])
             self._evict(conn)
 
     @staticmethod
@@ -430,6 +497,29 @@ class SqliteTier:
             now = self._clock()
             return int(self._guard(lambda: self._in_tx(
                 "DELETE FROM items WHERE expires_at <= ?", (now,))))
+
+    def restrict(self, *, expires_by: float, keep: bool, users: list[str] | None = None,
+                 others_than: list[str] | None = None) -> int:
+        """Cap the expiry of some rows at ``expires_by``, or delete them when not ``keep``.
+
+        The rows: those of ``users``; with ``others_than``, those of every user not named;
+        with neither, the shared ones. The number of rows changed.
+        """
+        if others_than is not None:
+            marks = ",".join("?" * len(others_than))
+            where, params = f"user IS NOT NULL AND user NOT IN ({marks})", list(others_than)
+        elif users is not None:
+            where, params = f"user IN ({','.join('?' * len(users))})", list(users)
+        else:
+            where, params = "user IS NULL", []
+        with self._write_lock:
+            self.flush()
+            if keep:
+                return int(self._guard(lambda: self._in_tx(
+                    f"UPDATE items SET expires_at = ? WHERE {where} AND expires_at > ?",
+                    [expires_by, *params, expires_by])))
+            return int(self._guard(lambda: self._in_tx(f"DELETE FROM items WHERE {where}",
+                                                       params)))
 
     def get_salt(self, user: str) -> bytes | None:
         """The salt of ``user`` stored on this node, if any."""
@@ -469,14 +559,24 @@ class SqliteTier:
                     (marker, batch)).fetchall())
                 if not rows:
                     return done
-                with self._tx() as conn:
-                    for key, blob, user in rows:
-                        new = reseal(key, bytes(blob), user)
-                        if new is None:
-                            conn.execute("DELETE FROM items WHERE key = ?", (key,))
-                        else:
-                            conn.execute("UPDATE items SET blob = ? WHERE key = ?", (new, key))
-                            done += 1
+                def rewrite(rows: list[Any] = rows) -> int:
+                    count = 0
+                    with self._tx() as conn:
+                        for key, blob, user in rows:
+                            new = reseal(key, bytes(blob), user)
+                            if new is None:
+                                conn.execute("DELETE FROM items WHERE key = ?", (key,))
+                                continue
+                            old = conn.execute("SELECT size FROM items WHERE key = ?",
+                                               (key,)).fetchone()[0]
+                            conn.execute("UPDATE items SET blob = ?, size = ? WHERE key = ?",
+                                         (new, len(new), key))
+                            conn.execute("UPDATE meta SET value = value + ? WHERE name = 'bytes'",
+                                         (len(new) - old,))
+                            count += 1
+                    return count
+
+                done += int(self._guard(rewrite))
 
     def stats(self) -> dict[str, Any]:
         """Rows, bytes, file sizes and quarantines."""

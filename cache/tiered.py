@@ -1,16 +1,27 @@
 """The tiered cache: memory (L1) -> Redis (L2) -> sqlite (L3) -> compute.
 
-A hit is promoted to the faster tiers with its remaining TTL. Concurrent misses
-on one key compute once (single flight); errors from ``compute`` are never
-cached. A tier that fails is skipped and counted: the caller still gets an
-answer. Tag purges and forgets are applied to every local tier and announced
+A hit is promoted into memory with its remaining TTL. (An L3 hit is not copied
+into Redis: this node's disk may still hold an item another node has just
+purged, and Redis is what every node shares.) Concurrent misses on one key
+compute once (single flight); errors from ``compute`` are never cached. A tier
+that fails is skipped and counted: the caller still gets an answer.
+
+Tag purges and forgets are applied to every tier, lowest first, and announced
 on a Redis stream, which every other process reads to drop the same items; one
-that was cut off from Redis catches up when it reconnects.
+that was cut off from Redis catches up when it reconnects, and purges made
+while Redis was down are sent when it is back (kept on disk across restarts).
+A value computed across a purge is returned but not stored: locally a memory
+generation tells, across nodes the purged tags' epochs in Redis do.
+
+Values held in memory are returned as they are: ``str`` and ``bytes`` are
+immutable, and other (JSON) values are kept serialized and decoded per read, so
+a caller that modifies what it got cannot change the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -21,7 +32,7 @@ from typing import Any
 
 import redis
 
-from cache.codec import Codec
+from cache.codec import Codec, deserialize, serialize
 from cache.crypto import Keyring, new_salt
 from cache.errors import BlobError, CacheError, TierUnavailable
 from cache.memory import MemoryTier
@@ -47,6 +58,25 @@ class Outcome:
     """``l1``, ``l2``, ``l3``, ``computed``, or ``waited`` (another thread computed it)."""
     seconds: float = 0.0
     """Time taken to produce it, lookup and compute included."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Frozen:
+    """A JSON value held in memory as its serialized bytes."""
+
+    data: bytes
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, str | bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return _Frozen(serialize(value))
+
+
+def _thaw(payload: Any) -> Any:
+    return deserialize(payload.data) if type(payload) is _Frozen else payload
 
 
 @dataclass(slots=True)
@@ -110,6 +140,12 @@ class TieredCache:
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
         self.events_applied = 0
+        self.metrics.track_evictions(self._evictions)
+        if sqlite_tier is not None:
+            self._enforce_policies(sqlite_tier)
+            self._load_outbox(sqlite_tier)
+        if redis_tier is not None and self._outbox:
+            self._replay_outbox()
         if listen and redis_tier is not None:
             self._start_listening(listen_block)
 
@@ -123,7 +159,7 @@ class TieredCache:
         m = self._m["l1"]
         if record is not None:
             m.hits += 1
-            return Outcome(record.payload, "l1", time.perf_counter() - started)
+            return Outcome(_thaw(record.payload), "l1", time.perf_counter() - started)
         m.misses += 1
         for tier in (self.redis, self.sqlite):
             if tier is None:
@@ -161,9 +197,12 @@ class TieredCache:
         except BlobError as error:
             m.error("corrupt")
             m.misses += 1
-            log.warning("%s: dropped an unreadable blob: %s", tier.name, error)
-            with contextlib.suppress(TierUnavailable):
-                tier.delete(key)
+            log.warning("%s: unreadable blob (%s)", tier.name, error)
+            if tier is self.sqlite:
+                # Only this node's disk is cleaned: in Redis the blob may be another node's,
+                # readable there (a salt this node has not seen yet); it expires by itself.
+                with contextlib.suppress(TierUnavailable):
+                    tier.delete(key)
             return None
         m.hits += 1
         record.tags, record.user, record.size = tags, user, size
@@ -172,26 +211,22 @@ class TieredCache:
     def _promote(self, tier: RedisTier | SqliteTier, key: str, value: Any, record: Record,
                  user: str | None, generation: int) -> None:
         policy = self.policies.for_user(user)
-        # A policy tightened since the item was stored applies from now on.
+        if tier is self.sqlite and not policy.persist and self.sqlite is not None:
+            # The user no longer allows disk: this copy goes now, not when it expires.
+            with contextlib.suppress(TierUnavailable):
+                self.sqlite.delete(key)
+        # A policy tightened since the item was stored applies from now on. Not stored if a
+        # purge ran since the read began: the copy read may be what it purged.
         expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
-        # Not stored if a purge ran since the read began: the copy may be what it purged.
-        if not self.memory.set(key, Record(value, expires_at, record.tags, user, record.size),
-                               generation):
-            return
-        if tier is self.sqlite:
-            if not policy.persist:
-                with contextlib.suppress(TierUnavailable):
-                    self.sqlite.delete(key)
-            if self.redis is not None:
-                blob = Record(record.payload, expires_at, record.tags, user, len(record.payload))
-                self._write(self.redis, key, blob)
+        self.memory.set(key, Record(_freeze(value), expires_at, record.tags, user, record.size),
+                        generation)
 
     def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
         record = self.memory.get(key)
         if record is not None:  # the hot path: no timing, no Outcome
             self._l1.hits += 1
-            return record.payload
+            return _thaw(record.payload)
         found = self.lookup(key, user=user)
         return default if found is None else found.value
 
@@ -200,42 +235,58 @@ class TieredCache:
     def set(self, key: str, value: Any, *, ttl: float, tags: Iterable[str] = (),
             user: str | None = None) -> None:
         """Store ``value`` for ``ttl`` seconds (capped by the user's policy) in every allowed tier."""
-        self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=None)
+        self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=None,
+                    epochs=None)
 
     def _store(self, key: str, value: Any, *, ttl: float, tags: tuple[str, ...],
-               user: str | None, generation: int | None) -> None:
+               user: str | None, generation: int | None, epochs: list[str] | None) -> bool:
+        """Write to every allowed tier; with ``generation``/``epochs`` (read before a compute),
+        only if no purge happened meanwhile. False when a purge intervened."""
         policy = self.policies.for_user(user)
         ttl = min(ttl, policy.max_ttl)
         if ttl <= 0:
-            return
+            return True
         expires_at = self.clock() + ttl
         body = self.codec.plaintext(value, tags)
         if generation is not None and generation != self.memory.generation:
-            return  # computed from inputs a purge has since declared stale
-        self.memory.set(key, Record(value, expires_at, tags, user, len(body)))
-        self._m["l1"].sets += 1
+            return False
         to_disk = policy.persist and self.sqlite is not None
-        if self.redis is None and not to_disk:
-            return
-        blob = self.codec.seal(key, body, user)
-        record = Record(blob, expires_at, tags, user, len(blob))
-        if self.redis is not None:
-            self._write(self.redis, key, record)
-        if to_disk and self.sqlite is not None:
-            self._write(self.sqlite, key, record)
+        if self.redis is not None or to_disk:
+            blob = self.codec.seal(key, body, user)
+            record = Record(blob, expires_at, tags, user, len(blob))
+            if self.redis is not None and not self._write(self.redis, key, record, epochs):
+                self.metrics.errors.labels("l2", "purged_meanwhile").inc()
+                return False
+            if to_disk and self.sqlite is not None:
+                self._write(self.sqlite, key, record)
+        stored = self.memory.set(key, Record(_freeze(value), expires_at, tags, user, len(body)),
+                                 generation)
+        if not stored and generation is not None and generation != self.memory.generation:
+            # A purge arrived while writing: what was written below may predate it.
+            self.delete(key)
+            return False
+        self._l1.sets += 1
+        return True
 
-    def _write(self, tier: RedisTier | SqliteTier, key: str, record: Record) -> None:
+    def _write(self, tier: RedisTier | SqliteTier, key: str, record: Record,
+               epochs: list[str] | None = None) -> bool:
+        """Write to one tier; false only when Redis refused because of a purge."""
         m = self._m[tier.name]
         started = time.perf_counter()
         try:
-            tier.set(key, record)
+            if isinstance(tier, RedisTier):
+                if not tier.set(key, record, epochs):
+                    return False
+            else:
+                tier.set(key, record)
         except TierUnavailable as error:
             m.error("unavailable")
             log.debug("%s write skipped: %s", tier.name, error)
-            return
+            return True
         finally:
             m.set_seconds.observe(time.perf_counter() - started)
         m.sets += 1
+        return True
 
     def get_or_compute(self, key: str, compute: Callable[[], Any], *, ttl: float,
                        tags: Iterable[str] = (), user: str | None = None) -> Any:
@@ -264,8 +315,10 @@ class TieredCache:
             # A leader that finished just before this one took over has filled L1.
             again = self.memory.get(key)
             if again is not None:
-                flight.value = again.payload
-                return Outcome(again.payload, "l1", time.perf_counter() - started)
+                flight.value = _thaw(again.payload)
+                return Outcome(flight.value, "l1", time.perf_counter() - started)
+            tags = tuple(tags)
+            epochs = self._epochs(tags, user)
             self.metrics.computes.inc()
             try:
                 value = compute()
@@ -274,39 +327,52 @@ class TieredCache:
                 flight.error = error
                 raise
             flight.value = value
-            self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=generation)
+            self._store(key, value, ttl=ttl, tags=tags, user=user, generation=generation,
+                        epochs=epochs)
             return Outcome(value, COMPUTED, time.perf_counter() - started)
         finally:
             with self._flight_lock:
                 del self._flights[key]
             flight.done.set()
 
+    def _epochs(self, tags: tuple[str, ...], user: str | None) -> list[str] | None:
+        """The purge epochs of an item's tags before its compute (None: write unconditionally)."""
+        if self.redis is None:
+            return None
+        try:
+            return self.redis.epochs(RedisTier.all_tags(tags, user))
+        except TierUnavailable:
+            self._m["l2"].error("unavailable")
+            return None
+
     # -- removing ----------------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` from every tier here (other processes' L1 copies expire or are purged)."""
-        self.memory.delete(key)
-        for tier in (self.redis, self.sqlite):
+        """Remove ``key`` from every tier here, lowest first (other processes' L1 copies
+        expire or are purged)."""
+        for tier in (self.sqlite, self.redis):
             if tier is not None:
                 try:
                     tier.delete(key)
                 except TierUnavailable:
                     self._m[tier.name].error("unavailable")
+        self.memory.delete(key)
 
     def invalidate_tag(self, tag: str) -> dict[str, int]:
         """Remove every item tagged ``tag`` from every tier and every process; counts per tier."""
-        # Lowest tier first and memory last, so no copy read from below survives the purge.
-        l2 = self._remote("tag", tag, lambda r: r.invalidate_tag(tag))
-        return {"l2": l2, **self._apply_local("tag", tag, origin="local")}
+        return self._apply_local("tag", tag, origin="local",
+                                 remote=lambda r: r.invalidate_tag(tag))
 
     def forget_user(self, user: str) -> dict[str, int]:
         """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier."""
-        l2 = self._remote("forget", user, lambda r: r.forget_user(user))
-        return {"l2": l2, **self._apply_local("forget", user, origin="local")}
+        return self._apply_local("forget", user, origin="local",
+                                 remote=lambda r: r.forget_user(user))
 
-    def _apply_local(self, op: str, arg: str, *, origin: str) -> dict[str, int]:
-        """Apply a tag purge (``tag``) or a forget (``forget``) to L3, then L1."""
-        counts = {"l3": 0, "l1": 0}
+    def _apply_local(self, op: str, arg: str, *, origin: str,
+                     remote: Callable[[RedisTier], int] | None = None) -> dict[str, int]:
+        """Apply a tag purge (``tag``) or a forget (``forget``) to L3, then (when it starts
+        here) to L2, then to L1: lowest first, so no copy read from below outlives it."""
+        counts = {"l3": 0, "l2": 0, "l1": 0}
         if self.sqlite is not None:
             try:
                 counts["l3"] = (self.sqlite.invalidate_tag(arg) if op == "tag"
@@ -314,6 +380,8 @@ class TieredCache:
             except TierUnavailable as error:
                 self._m["l3"].error("unavailable")
                 log.warning("l3 %s %s not applied: %s", op, arg, error)
+        if remote is not None:
+            counts["l2"] = self._remote(op, arg, remote)
         if op == "tag":
             counts["l1"] = self.memory.invalidate_tag(arg)
         else:
@@ -343,8 +411,10 @@ class TieredCache:
 
     @property
     def pending_events(self) -> int:
-        """Purges and forgets not yet applied to Redis (it was unreachable)."""
-        return len(self._outbox)
+        """Purges and forgets not yet applied everywhere: Redis was unreachable, or rows of a
+        forgotten user are still on this node's disk (their salt is already gone)."""
+        disk = 0 if self.sqlite is None else len(self.sqlite.pending_forgets)
+        return len(self._outbox) + disk
 
     def _replay_outbox(self) -> None:
         assert self.redis is not None
@@ -380,13 +450,19 @@ class TieredCache:
             shared = False
             if self.redis is not None:
                 try:
-                    candidate = self.redis.salt(user, candidate)
-                    shared = True
+                    found = self.redis.salt(user, candidate, from_disk=local is not None)
+                    if found is None:
+                        # Forgotten elsewhere since this disk last saw them: their salt and
+                        # rows here go, and they start afresh.
+                        log.warning("user forgotten elsewhere: dropping their items on this disk")
+                        found = self.redis.salt(user, new_salt(), from_disk=False)
+                    candidate = found or new_salt()
+                    shared = found is not None
                 except TierUnavailable:
                     self._m["l2"].error("unavailable")
             if self.sqlite is not None and candidate != local:
                 with contextlib.suppress(TierUnavailable):
-                    if local is not None:  # another node's salt wins: ours sealed nothing shared
+                    if local is not None:  # rows sealed under the old salt can't be read now
                         self.sqlite.forget_user(user)
                     candidate = self.sqlite.put_salt(user, candidate)
             self._salts[user] = candidate
@@ -539,11 +615,48 @@ class TieredCache:
                 out["l3"] = {"error": str(error)}
         return out
 
+    def _evictions(self) -> dict[str, int]:
+        counts = {"l1": self.memory.evictions}
+        if self.sqlite is not None:
+            counts["l3"] = self.sqlite.evictions
+        return counts
+
+    def _enforce_policies(self, sqlite: SqliteTier) -> None:
+        """Apply the policies in force now to what an earlier run left on disk."""
+        now = self.clock()
+        book = self.policies
+        try:
+            for user, policy in book.users.items():
+                sqlite.restrict(users=[user], expires_by=now + policy.max_ttl,
+                                keep=policy.persist)
+            sqlite.restrict(others_than=list(book.users), expires_by=now + book.default.max_ttl,
+                            keep=book.default.persist)
+            sqlite.restrict(users=None, expires_by=now + book.shared.max_ttl,
+                            keep=book.shared.persist)
+        except TierUnavailable as error:
+            log.error("could not apply privacy policies to the disk tier: %s", error)
+
+    def _load_outbox(self, sqlite: SqliteTier) -> None:
+        """Purges a previous run could not send to Redis: they are sent now."""
+        with contextlib.suppress(TierUnavailable, ValueError):
+            saved = json.loads(sqlite.get_meta("events.outbox") or "[]")
+            self._outbox = [dict(event) for event in saved]
+            if self._outbox:
+                log.warning("%d purges or forgets from the last run still go to Redis",
+                            len(self._outbox))
+
     def close(self) -> None:
-        """Stop listening, flush L3 and close every tier."""
+        """Stop listening, keep unsent purges on disk, flush L3 and close every tier."""
         self._stop.set()
         if self._listener is not None:
             self._listener.join(timeout=5)
+        if self.redis is not None and self._outbox:
+            self._replay_outbox()
+        if self.sqlite is not None:
+            try:
+                self.sqlite.set_meta("events.outbox", json.dumps(self._outbox))
+            except TierUnavailable as error:
+                log.error("%d purges for Redis are lost: %s", len(self._outbox), error)
         for tier in (self.sqlite, self.redis):
             if tier is not None:
                 with contextlib.suppress(CacheError):

@@ -47,7 +47,7 @@ class RedisServer:
              "--save", "", "--dir", str(self.workdir),
              *(["--appendonly", "yes", "--appendfsync", "always"] if self.durable
                else ["--appendonly", "no"]),
-             "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
+             "--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru",
              "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

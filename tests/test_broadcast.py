@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from cache import KeyBuilder, Keyring, TieredCache
 from tests.conftest import make_cache
@@ -119,3 +121,48 @@ def test_a_stopped_process_catches_up_when_it_starts(here: TieredCache, redis_ur
         assert second.ask("get", key, None) is None
     finally:
         second.close()
+
+
+def test_a_compute_racing_a_purge_elsewhere_is_not_stored(here: TieredCache, keyring: Keyring,
+                                                          names: KeyBuilder, redis_url: str,
+                                                          tmp_path: Path) -> None:
+    there = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                       db=tmp_path / "there.db")  # another node, no listener: sees no events
+    key = names.key("answer", "is the kitchen light on")
+
+    def compute_while_state_changes() -> str:
+        answer = "It is off."  # read from the registry before the change...
+        here.invalidate_tag("entity:light.kitchen")  # ...which another node now announces
+        return answer
+
+    result = there.fetch(key, compute_while_state_changes, ttl=600,
+                         tags=["entity:light.kitchen"])
+    assert result.value == "It is off." and result.source == "computed"  # answered once
+    assert there.redis.get(key) is None  # type: ignore[union-attr]  # but not shared
+    assert here.lookup(key) is None and there.lookup(key) is None
+    assert there.metrics.value("cache_errors_total", tier="l2", kind="purged_meanwhile") == 1
+    there.close()
+
+
+def test_a_forgotten_users_salt_on_another_disk_is_not_published_again(
+        keyring: Keyring, names: KeyBuilder, redis_url: str, tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    b = make_cache(keyring=keyring, names=names, redis_url=redis_url, db=db)
+    key = names.key("gen", "gus's reminder")
+    b.set(key, "Gus: pills at 8", ttl=3600, user="gus")
+    old_salt = b.sqlite.get_salt("gus")  # type: ignore[union-attr]
+    b.close()  # node B is down while the forget happens (and misses the event)
+
+    a = make_cache(keyring=keyring, names=names, redis_url=redis_url, db=tmp_path / "a.db")
+    a.forget_user("gus")
+    a.close()
+
+    b = make_cache(keyring=keyring, names=names, redis_url=redis_url, db=db)  # no listener
+    assert b.lookup(key, user="gus") is None
+    salts = redis.Redis.from_url(redis_url).hgetall("v1:salts")
+    assert old_salt not in salts.values()  # not put back for others to use
+    assert b.sqlite.get_salt("gus") != old_salt  # type: ignore[union-attr]
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM items WHERE user = 'gus'").fetchone()[0] == 0
+    conn.close()
+    b.close()

@@ -477,3 +477,32 @@ def test_append_key_beyond_255_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyringError):
         append_key(key_file)
     assert key_file.read_text() == before
+
+
+def test_keyring_forgets_while_other_threads_derive_keys() -> None:
+    import threading
+
+    ring = Keyring({1: os.urandom(32)})
+    errors: list[BaseException] = []
+
+    def derive(seed: int) -> None:
+        try:
+            for i in range(300):
+                ring.aead(1, f"user{seed}-{i % 7}", b"s" * 16)
+        except BaseException as error:
+            errors.append(error)
+
+    def forget() -> None:
+        try:
+            for i in range(300):
+                ring.forget(f"user0-{i % 7}")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=derive, args=(n,)) for n in range(4)]
+    threads.append(threading.Thread(target=forget))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

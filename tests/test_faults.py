@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from cache import KeyBuilder, Keyring, TieredCache
+from cache import KeyBuilder, Keyring, TieredCache, TierUnavailable
 from tests.conftest import make_cache
 from tests.servers import RedisServer
 
@@ -118,3 +120,67 @@ def test_garbage_file_at_start_is_quarantined(keyring: KeyBuilder, names: KeyBui
     cache.memory.clear()
     assert cache.get("v1:t:a") == "works"
     cache.close()
+
+
+def test_forget_while_the_disk_is_locked_destroys_the_salt_first(
+        keyring: Keyring, names: KeyBuilder, tmp_path: Path) -> None:
+    db = tmp_path / "cache.db"
+    cache = make_cache(keyring=keyring, names=names, redis_url=None, db=db)
+    key = names.key("gen", "hal's note")
+    cache.set(key, "Hal's note", ttl=3600, user="hal")
+    cache.sqlite.flush()  # type: ignore[union-attr]
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # e.g. a backup tool holding the file
+    try:
+        counts = cache.forget_user("hal")
+        assert counts["l3"] == 0 and counts["l1"] == 1
+        assert cache.sqlite.get_salt("hal") is None  # type: ignore[union-attr]
+        assert cache.pending_events == 1  # the rows are still to go
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    deadline = time.monotonic() + 10
+    while cache.pending_events and time.monotonic() < deadline:
+        time.sleep(0.05)  # the writer thread retries
+    assert cache.pending_events == 0
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM items WHERE user = 'hal'").fetchone()[0] == 0
+    conn.close()
+    cache.close()
+
+
+def test_calls_after_close_fail_cleanly_and_never_quarantine(
+        keyring: Keyring, names: KeyBuilder, tmp_path: Path) -> None:
+    cache = make_cache(keyring=keyring, names=names, redis_url=None, db=tmp_path / "cache.db")
+    cache.set("v1:t:a", "x", ttl=60)
+    cache.close()
+    assert cache.sqlite is not None
+    for call in (lambda: cache.sqlite.delete("v1:t:a"),  # type: ignore[union-attr]
+                 lambda: cache.sqlite.invalidate_tag("t"),  # type: ignore[union-attr]
+                 lambda: cache.sqlite.gc()):  # type: ignore[union-attr]
+        with pytest.raises(TierUnavailable):
+            call()
+    assert cache.lookup("v1:t:b") is None  # a request still in flight gets a miss
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_purges_queued_while_redis_is_down_survive_a_restart(
+        keyring: Keyring, names: KeyBuilder, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "durable", durable=True).start()
+    db = tmp_path / "cache.db"
+    cache = make_cache(keyring=keyring, names=names, redis_url=server.url, db=db)
+    key = names.key("answer", "stale")
+    cache.set(key, "old answer", ttl=300, tags=["intent:HassGetWeather"])
+    server.kill()
+    cache.invalidate_tag("intent:HassGetWeather")
+    assert cache.pending_events == 1
+    cache.close()  # the service stops before Redis is back
+    server.start()
+    try:
+        assert redis.Redis(port=server.port).exists(key)  # the stale copy is still there
+        restarted = make_cache(keyring=keyring, names=names, redis_url=server.url, db=db)
+        assert restarted.pending_events == 0
+        assert not redis.Redis(port=server.port).exists(key)
+        restarted.close()
+    finally:
+        server.stop()

@@ -40,20 +40,31 @@ def test_user_ttl_caps_every_tier(keyring: Keyring, names: KeyBuilder, redis_url
     cache.close()
 
 
-def test_policy_tightened_after_storing_applies_on_read(keyring: Keyring, names: KeyBuilder,
-                                                        tmp_path: Path, clock: FakeClock) -> None:
+def test_policy_tightened_after_storing_applies_at_start(keyring: Keyring, names: KeyBuilder,
+                                                         tmp_path: Path, clock: FakeClock) -> None:
     db = tmp_path / "c.db"
     cache = make_cache(keyring=keyring, names=names, redis_url=None, db=db, clock=clock)
-    cache.set("v1:t:a", "kept a day", ttl=86400, user="bob")
+    cache.set("v1:t:bob", "kept a day", ttl=86400, user="bob")
+    cache.set("v1:t:carol", "kept a day", ttl=86400, user="carol")
+    cache.set("v1:t:dan", "kept a day", ttl=86400, user="dan")
+    cache.set("v1:t:shared", "kept a day", ttl=86400)
     cache.close()
-    strict = PolicyBook(users={"bob": PrivacyPolicy(max_ttl=60, persist=False)})
+    strict = PolicyBook(
+        default=PrivacyPolicy(max_ttl=120),
+        users={"bob": PrivacyPolicy(max_ttl=60, persist=False),
+               "carol": PrivacyPolicy(max_ttl=60)},
+    )
     cache = make_cache(keyring=keyring, names=names, redis_url=None, db=db, clock=clock,
                        policies=strict)
-    assert cache.get("v1:t:a", user="bob") == "kept a day"  # promoted with the new cap
-    cache.sqlite.flush()  # type: ignore[union-attr]
-    assert cache.sqlite.stats()["rows"] == 0  # and taken off the disk it may no longer touch  # type: ignore[union-attr]
+    conn = sqlite3.connect(db)
+    rows = dict(conn.execute("SELECT user, expires_at FROM items"))
+    conn.close()
+    assert "bob" not in rows  # no longer allowed on disk: gone before anything is served
+    assert rows["carol"] == clock() + 60 and rows["dan"] == clock() + 120
+    assert rows[None] == clock() + 86400  # shared items keep their TTL
     clock.advance(61)
-    assert cache.get("v1:t:a", user="bob") is None
+    assert cache.get("v1:t:carol", user="carol") is None
+    assert cache.get("v1:t:dan", user="dan") == "kept a day"
     cache.close()
 
 

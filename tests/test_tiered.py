@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache import KeyBuilder, Keyring, TieredCache
+from cache import KeyBuilder, Keyring, MemoryTier, SqliteTier, TieredCache
 from tests.conftest import FakeClock, make_cache
 
 
@@ -21,18 +21,19 @@ def test_hit_is_promoted_with_its_remaining_ttl(tiered: TieredCache, clock: Fake
     tiered.sqlite.flush()  # type: ignore[union-attr]
     clock.advance(40)
     tiered.memory.clear()
+    found = tiered.lookup(key)
+    assert found is not None and (found.value, found.source) == ("It is noon.", "l2")
+    l1 = tiered.memory.get(key)
+    assert l1 is not None and l1.expires_at == pytest.approx(clock() + 60)  # not a fresh 100
+    assert tiered.lookup(key).source == "l1"  # type: ignore[union-attr]
+
+    tiered.memory.clear()
     tiered.redis.delete(key)  # type: ignore[union-attr]
     found = tiered.lookup(key)
-    assert found is not None and (found.value, found.source) == ("It is noon.", "l3")
-    # Promoted to L2 and L1, each with 60 s left, not a fresh 100.
-    l1 = tiered.memory.get(key)
-    l2 = tiered.redis.get(key)  # type: ignore[union-attr]
-    assert l1 is not None and l2 is not None
-    assert l1.expires_at == pytest.approx(clock() + 60)
-    assert l2.expires_at == pytest.approx(clock() + 60)
-    assert tiered.lookup(key).source == "l1"  # type: ignore[union-attr]
-    tiered.memory.clear()
-    assert tiered.lookup(key).source == "l2"  # type: ignore[union-attr]
+    assert found is not None and found.source == "l3"
+    assert tiered.memory.get(key).expires_at == pytest.approx(clock() + 60)  # type: ignore[union-attr]
+    # Not copied into Redis: this disk may hold what another node has just purged.
+    assert tiered.redis.get(key) is None  # type: ignore[union-attr]
     clock.advance(61)
     tiered.memory.clear()
     assert tiered.lookup(key) is None
@@ -266,3 +267,40 @@ def test_value_computed_across_a_purge_is_returned_but_not_stored(
     assert tiered.lookup(key) is None
     assert tiered.get_or_compute(key, lambda: "fresh", ttl=60, tags=["entities"]) == "fresh"
     assert tiered.lookup(key).value == "fresh"  # type: ignore[union-attr]
+
+
+def test_json_values_from_memory_cannot_be_changed_by_callers(tiered: TieredCache,
+                                                              names: KeyBuilder) -> None:
+    key = names.key("answer", "plan")
+    tiered.set(key, {"fragments": ["a", "b"]}, ttl=60)
+    got = tiered.get(key)
+    got["fragments"].append("mutated")
+    assert tiered.get(key) == {"fragments": ["a", "b"]}
+    assert tiered.lookup(key).value == {"fragments": ["a", "b"]}  # type: ignore[union-attr]
+
+
+def test_a_user_tag_purge_reaches_memory_too(tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("gen", "fay's question")
+    tiered.set(key, "fay's answer", ttl=60, user="fay")
+    counts = tiered.invalidate_tag("user:fay")
+    assert counts["l1"] == 1 and counts["l2"] == 1 and counts["l3"] == 1
+    assert tiered.lookup(key, user="fay") is None
+
+
+def test_rotation_keeps_the_disk_byte_total_exact(tmp_path: Path, names: KeyBuilder,
+                                                   clock: FakeClock) -> None:
+    cache = make_cache(keyring=Keyring({1: b"a" * 32}), names=names, redis_url=None,
+                       db=tmp_path / "r.db", clock=clock)
+    for i in range(20):
+        cache.set(f"v1:t:{i}", "x" * (100 * i), ttl=60)
+    cache.close()
+    cache = TieredCache(keyring=Keyring({1: b"a" * 32, 2: b"b" * 32}),
+                        memory=MemoryTier(1 << 20, clock=clock),
+                        sqlite_tier=SqliteTier(tmp_path / "r.db", clock=clock),
+                        clock=clock, compress_min_bytes=0, listen=False)
+    assert cache.rotate() == 20  # now compressed as well as re-encrypted: sizes change
+    conn = sqlite3.connect(tmp_path / "r.db")
+    actual = conn.execute("SELECT sum(length(blob)), sum(size) FROM items").fetchone()
+    conn.close()
+    assert actual[0] == actual[1] == cache.sqlite.stats()["bytes"]  # type: ignore[union-attr]
+    cache.close()
