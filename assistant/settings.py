@@ -101,6 +101,33 @@ class PrivacySettings(_Section):
         )
 
 
+class MqttSettings(_Section):
+    """The MQTT broker the assistant and the home's devices talk through."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "assistant"
+    keepalive: int = Field(30, ge=5)
+
+
+class HomeSettings(_Section):
+    """Where the home (floors, areas, entities) comes from."""
+
+    entities_file: Path = Path("configs/entities.yaml")
+    discovery: bool = Field(True, description="learn entities from Home Assistant MQTT discovery")
+    discovery_prefix: str = "homeassistant"
+
+
+class IntentsSettings(_Section):
+    """The user-editable intent templates and how sentences are recognised."""
+
+    folder: Path = Path("intents")
+    language: str = "en"
+    watch: bool = Field(True, description="reload edited templates while running")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -113,6 +140,9 @@ class Settings(BaseSettings):
     sqlite: SqliteSettings = SqliteSettings()
     keys: KeySettings = KeySettings()
     privacy: PrivacySettings = PrivacySettings()
+    mqtt: MqttSettings = MqttSettings()
+    home: HomeSettings = HomeSettings()
+    intents: IntentsSettings = IntentsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,21 @@
+"""The service's errors: one small hierarchy; each carries a code for the error topic."""
+
+from __future__ import annotations
+
+
+class AssistantError(Exception):
+    """Base class of the service's own errors."""
+
+    code = "internal"
+
+
+class ConfigError(AssistantError):
+    """A settings, entities or template file is wrong; the message names the file and line."""
+
+    code = "bad_config"
+
+
+class TemplateError(ConfigError):
+    """An intent template does not load, validate or render."""
+
+    code = "bad_template"
