@@ -139,6 +139,7 @@ class TieredCache:
         self._outbox_lock = threading.Lock()
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
+        self._announcement_listeners: list[Callable[[str, str], None]] = []
         self.events_applied = 0
         self.metrics.track_evictions(self._evictions)
         if sqlite_tier is not None:
@@ -576,6 +577,24 @@ class TieredCache:
         if op in ("tag", "forget"):
             self._apply_local(op, arg, origin="remote")
             self.events_applied += 1
+        elif op.startswith("app:"):
+            for listener in list(self._announcement_listeners):
+                listener(op[4:], arg)
+
+    def announce(self, name: str, arg: str = "") -> bool:
+        """Tell every other process sharing Redis something (e.g. templates were reloaded);
+        false when Redis is unreachable."""
+        if self.redis is None:
+            return False
+        try:
+            self.redis.publish({"op": f"app:{name}", "arg": arg, "origin": self.node_id})
+        except TierUnavailable:
+            return False
+        return True
+
+    def on_announcement(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(name, arg)`` for every announcement made by another process."""
+        self._announcement_listeners.append(listener)
 
     # -- maintenance -------------------------------------------------------------------------
 

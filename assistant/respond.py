@@ -1,0 +1,220 @@
+"""Answers: an intent's response plan rendered fragment by fragment through the cache.
+
+Static fragments are rendered in the template sandbox and cached as text, keyed
+by the template's version and everything the template can see (slots, the
+target entities with their states, the time bucket it declared, and the user
+when it mentions the user), so an edit, a changed state or another user never
+meets an old answer. Generated fragments use their fallback text until a
+generation backend is configured (never cached).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
+
+import jinja2
+
+from assistant.errors import TemplateError
+from assistant.home import Entity, Home
+from assistant.recognize import Match
+from assistant.templates import Fragment, IntentTemplate
+from cache import KeyBuilder, TieredCache
+
+NOT_UNDERSTOOD = "Sorry, I didn't understand that."
+
+_BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+STATIC_TTL = 24 * 3600.0
+"""How long a rendered static fragment is kept (less when it varies by time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentResult:
+    """How one fragment was produced."""
+
+    kind: str
+    """``text`` or ``generate``."""
+    text: str
+    """What it said."""
+    source: str
+    """``l1``, ``l2``, ``l3``, ``computed``, ``waited`` or ``fallback``."""
+    seconds: float
+    """Time it took."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """An MQTT publish the answer asks for."""
+
+    entity_id: str
+    """The entity it acts on."""
+    topic: str
+    """Where to publish."""
+    payload: str
+    """What to publish."""
+    retain: bool = False
+    """Publish retained."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the assistant says and does for one request."""
+
+    text: str
+    """The whole answer, fragments joined."""
+    intent: str | None = None
+    """The intent recognised, or ``None``."""
+    slots: Mapping[str, Any] = field(default_factory=dict)
+    """Slot values."""
+    targets: tuple[str, ...] = ()
+    """Entity ids acted on or asked about."""
+    fragments: tuple[FragmentResult, ...] = ()
+    """Per fragment: its text, where it came from, how long it took."""
+    actions: tuple[PlannedAction, ...] = ()
+    """MQTT publishes to make."""
+
+
+def entity_view(entity: Entity, home: Home) -> dict[str, Any]:
+    """What templates see of an entity."""
+    area = home.area_of(entity)
+    return {
+        "entity_id": entity.entity_id,
+        "name": entity.name,
+        "domain": entity.domain,
+        "area": area.name if area else None,
+        "state": entity.state,
+        "attributes": dict(entity.attributes),
+        "command_topic": entity.command_topic,
+        "state_topic": entity.state_topic,
+    }
+
+
+def join_fragments(parts: list[str]) -> str:
+    """Fragments joined with clean spacing and sentence punctuation."""
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if out and out[-1][-1] not in ".!?":
+            out[-1] += "."
+        out.append(part)
+    return " ".join(out)
+
+
+class Responder:
+    """Renders answers for matches, through the cache."""
+
+    def __init__(self, cache: TieredCache | None, keys: KeyBuilder | None, *,
+                 clock: Callable[[], float] = time.time, tz: tzinfo | None = None) -> None:
+        """
+        Args:
+            cache: where rendered fragments are kept (``None``: render every time).
+            keys: builds their cache keys (with ``cache``).
+            clock: the time templates with ``vary_by`` see.
+            tz: their time zone (the system's when ``None``).
+        """
+        self.cache = cache
+        self.keys = keys
+        self.clock = clock
+        self.tz = tz
+
+    def _time(self, vary_by: str) -> datetime:
+        now = datetime.fromtimestamp(self.clock(), tz=self.tz).astimezone(self.tz)
+        if vary_by == "minute":
+            return now.replace(second=0, microsecond=0)
+        if vary_by == "hour":
+            return now.replace(minute=0, second=0, microsecond=0)
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def context(self, match: Match, template: IntentTemplate, home: Home, *,
+                user: str | None, site: str | None) -> dict[str, Any]:
+        """Everything a template of ``match`` may use."""
+        targets = [entity_view(e, home) for e in match.targets]
+        context: dict[str, Any] = {
+            "slots": match.slot_values(), "targets": targets,
+            "target": targets[0] if targets else None,
+            "user": user or "", "site": site or "", "intent": match.intent,
+        }
+        if template.vary_by:
+            context["time"] = self._time(template.vary_by)
+        return context
+
+    def answer(self, match: Match | None, template: IntentTemplate | None, home: Home, *,
+               user: str | None = None, site: str | None = None) -> Answer:
+        """The answer to ``match`` (``None``: nothing understood)."""
+        if match is None or template is None:
+            return Answer(text=NOT_UNDERSTOOD)
+        context = self.context(match, template, home, user=user, site=site)
+        results = []
+        for index, fragment in enumerate(template.fragments(match.response)):
+            results.append(self._fragment(template, match, index, fragment, context, user))
+        actions = self._actions(template, match, home, context)
+        return Answer(
+            text=join_fragments([r.text for r in results]),
+            intent=match.intent,
+            slots=match.slot_values(),
+            targets=tuple(e.entity_id for e in match.targets),
+            fragments=tuple(results),
+            actions=tuple(actions),
+        )
+
+    def _render(self, template: IntentTemplate, fragment: Fragment, source: jinja2.Template,
+                context: Mapping[str, Any]) -> str:
+        try:
+            return " ".join(source.render(context).split())
+        except jinja2.TemplateError as error:
+            raise TemplateError(f"{template.file}, line {fragment.line} ({template.name}): "
+                                f"{error}") from None
+
+    def _fragment(self, template: IntentTemplate, match: Match, index: int, fragment: Fragment,
+                  context: Mapping[str, Any], user: str | None) -> FragmentResult:
+        started = time.perf_counter()
+        if fragment.generate is not None:
+            # No generation backend yet: the declared fallback, never cached.
+            return FragmentResult("generate", fragment.generate.fallback, "fallback",
+                                  time.perf_counter() - started)
+        assert fragment.text is not None
+        source = fragment.text
+
+        def render() -> str:
+            return self._render(template, fragment, source, context)
+
+        if self.cache is None or self.keys is None:
+            return FragmentResult("text", render(), "computed", time.perf_counter() - started)
+        scope_user = user if fragment.uses_user and user else None
+        visible = json.dumps({k: v for k, v in context.items() if k != "time"}, sort_keys=True,
+                             default=str, ensure_ascii=False)
+        bucket = context["time"].isoformat() if "time" in context else ""
+        key = self.keys.key("frag", template.name, template.version, match.response, index,
+                            visible, bucket, f"user:{scope_user}" if scope_user else "shared")
+        ttl = _BUCKET_SECONDS.get(template.vary_by or "", STATIC_TTL)
+        tags = (*template.tags, *(f"entity:{e.entity_id}" for e in match.targets))
+        outcome = self.cache.fetch(key, render, ttl=ttl, tags=tags, user=scope_user)
+        return FragmentResult("text", str(outcome.value), outcome.source,
+                              time.perf_counter() - started)
+
+    def _actions(self, template: IntentTemplate, match: Match, home: Home,
+                 context: Mapping[str, Any]) -> list[PlannedAction]:
+        if template.action is None:
+            return []
+        actions = []
+        for entity in match.targets:
+            view = entity_view(entity, home)
+            if not view["command_topic"]:
+                continue
+            scope = {**context, "entity": view}
+            try:
+                topic = template.action.topic.render(scope).strip()
+                payload = template.action.payload.render(scope).strip()
+            except jinja2.TemplateError as error:
+                raise TemplateError(f"{template.file}, line {template.line} ({template.name}."
+                                    f"action): {error}") from None
+            if topic:
+                actions.append(PlannedAction(entity.entity_id, topic, payload,
+                                             template.action.retain))
+        return actions
+
