@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from assistant.caching import open_cache
+from assistant.errors import AssistantError, TemplateError
+from assistant.intents import RELOAD, versions_key
+from assistant.recognize import builtin_intents
 from assistant.settings import Settings, load_settings
+from assistant.templates import load_file, load_templates
 from cache import CacheError, TieredCache
 from cache.crypto import append_key
 
@@ -36,7 +40,61 @@ def _parser() -> argparse.ArgumentParser:
         help="do not add a key to the key file (use when the new key was added by hand, "
              "or the keys come from the environment or a credential)",
     )
+    intents = commands.add_parser("intents", help="check and reload the intent templates")
+    intent_ops = intents.add_subparsers(dest="op", required=True)
+    check = intent_ops.add_parser("check", help="validate templates; exit 1 on any error")
+    check.add_argument("path", nargs="?", type=Path,
+                       help="a folder or one .yaml file (default: the configured folder)")
+    intent_ops.add_parser(
+        "reload", help="validate, purge the cached answers of changed intents everywhere, "
+                       "and make running services re-read the templates")
     return parser
+
+
+def _check(settings: Settings, path: Path | None) -> int:
+    target = path or settings.intents.folder
+    builtin = builtin_intents(settings.intents.language)
+    try:
+        if target.is_file():
+            found, _ = load_file(target, folder=target.parent, builtin=builtin)
+            names = sorted(found)
+        else:
+            names = sorted(load_templates(target, builtin=builtin,
+                                          language=settings.intents.language).intents)
+    except TemplateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(names)} intents in {target}: {', '.join(names)}")
+    return 0
+
+
+def _reload(settings: Settings) -> int:
+    try:
+        templates = load_templates(settings.intents.folder,
+                                   builtin=builtin_intents(settings.intents.language),
+                                   language=settings.intents.language)
+    except TemplateError as error:
+        print(f"error: nothing reloaded: {error}", file=sys.stderr)
+        return 1
+    cache, keys = open_cache(
+        cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+        keys=settings.keys, privacy=settings.privacy, listen=False,
+    )
+    try:
+        before = cache.get(versions_key(keys)) or {}
+        after = templates.versions()
+        stale = sorted(n for n in before if before[n] != after.get(n))
+        purged = {name: cache.invalidate_tag(f"intent:{name}") for name in stale}
+        cache.set(versions_key(keys), after, ttl=10 * 365 * 86400)
+        told = cache.announce(RELOAD, str(settings.intents.folder))
+        print(json.dumps({"purged": purged, "intents": len(after), "services_told": told}))
+        if cache.pending_events or not told:
+            print("error: Redis is unreachable: other nodes and running services were not told",
+                  file=sys.stderr)
+            return 1
+    finally:
+        cache.close()
+    return 0
 
 
 def _open(settings: Settings) -> TieredCache:
@@ -96,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         if args.command == "cache":
             return _cache_command(args, settings)
-    except (CacheError, OSError, ValueError) as error:
+        if args.command == "intents":
+            return _check(settings, args.path) if args.op == "check" else _reload(settings)
+    except (CacheError, AssistantError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
