@@ -1,0 +1,206 @@
+"""Editing templates while running: exactly the edited intents are re-rendered, everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assistant.home import Registry, load_home
+from assistant.intents import IntentEngine
+from assistant.settings import IntentsSettings
+from cache import KeyBuilder, Keyring, TieredCache
+from tests.conftest import make_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    target = tmp_path / "intents"
+    shutil.copytree(ROOT / "intents", target)
+    return target
+
+
+@pytest.fixture
+def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
+          tmp_path: Path) -> Iterator[TieredCache]:
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                        db=tmp_path / "cache.db", listen=True)
+    yield tiered
+    tiered.close()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(load_home(ROOT / "configs" / "entities.yaml"))
+
+
+@pytest.fixture
+def engine(folder: Path, registry: Registry, cache: TieredCache,
+           names: KeyBuilder) -> Iterator[IntentEngine]:
+    errors: list[str] = []
+    engine = IntentEngine(IntentsSettings(folder=folder), registry, cache=cache, keys=names,
+                          on_error=errors.append)
+    engine.errors = errors  # type: ignore[attr-defined]
+    yield engine
+    engine.close()
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def sources(engine: IntentEngine, text: str) -> tuple[str, list[str]]:
+    answer = engine.respond(text)
+    return answer.text, [f.source for f in answer.fragments]
+
+
+def test_an_edit_rerenders_only_the_edited_intent(engine: IntentEngine, folder: Path) -> None:
+    assert sources(engine, "turn on the kitchen light") == ("Turned on the Kitchen Light.",
+                                                            ["computed"])
+    assert sources(engine, "turn off the kitchen light")[1] == ["computed"]
+    assert sources(engine, "never mind")[1] == ["computed"]
+    for sentence in ("turn on the kitchen light", "turn off the kitchen light", "never mind"):
+        assert sources(engine, sentence)[1] == ["l1"]
+
+    _edit(folder / "lights.yaml", '"Turned on {{ targets | names }}."',
+          '"Switched on {{ targets | names }} for you."')
+    result = engine.reload()
+    assert result.error is None
+    assert result.changed == ("HassTurnOn",)
+    assert result.purged["HassTurnOn"]["l1"] >= 1 and result.purged["HassTurnOn"]["l2"] >= 1
+
+    assert sources(engine, "turn on the kitchen light") == (
+        "Switched on the Kitchen Light for you.", ["computed"])
+    # The same file's other intent and another file's intent still come from the cache.
+    assert sources(engine, "turn off the kitchen light")[1] == ["l1"]
+    assert sources(engine, "never mind")[1] == ["l1"]
+
+
+def test_the_watcher_picks_up_an_edit(engine: IntentEngine, folder: Path) -> None:
+    engine.watch()
+    assert engine.respond("never mind").text == "Okay."
+    time.sleep(0.3)  # let the watcher start before the edit it must see
+    _edit(folder / "info.yaml", '- text: "Okay."', '- text: "Alright, never mind."')
+    _until(lambda: engine.respond("never mind").text == "Alright, never mind.")
+
+
+def test_an_invalid_edit_keeps_the_old_templates(engine: IntentEngine, folder: Path) -> None:
+    assert engine.respond("never mind").text == "Okay."
+    _edit(folder / "info.yaml", '- text: "Okay."', '- text: "{{ nonsense }}"')
+    result = engine.reload()
+    assert result.error is not None and "info.yaml" in result.error and "nonsense" in result.error
+    assert engine.errors and "info.yaml" in engine.errors[0]  # type: ignore[attr-defined]
+    assert engine.respond("never mind").text == "Okay."
+    (folder / "info.yaml").write_text("intents: [broken")
+    assert engine.reload().error is not None
+    assert engine.respond("never mind").text == "Okay."
+
+
+def test_a_home_change_purges_answers_about_that_entity(engine: IntentEngine,
+                                                        registry: Registry,
+                                                        cache: TieredCache) -> None:
+    assert engine.respond("is the kitchen light on").text == "No, Kitchen Light is off."
+    purges = cache.metrics.value("cache_invalidations_total", kind="tag", origin="local")
+    registry.set_state("light.kitchen_light", "on")
+    assert cache.metrics.value("cache_invalidations_total", kind="tag",
+                               origin="local") == purges + 1
+    assert engine.respond("is the kitchen light on").text == "Yes, Kitchen Light is on."
+
+
+class Peer:
+    def __init__(self, redis_url: str, db: Path, folder: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.intents_peer", redis_url, str(db), str(folder)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self._read() == {"ready": True}
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("peer died")
+        return json.loads(line)
+
+    def ask(self, *command: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask("close")
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_two_processes_both_see_an_edit(engine: IntentEngine, folder: Path, redis_url: str,
+                                        tmp_path: Path) -> None:
+    engine.watch()
+    peer = Peer(redis_url, tmp_path / "peer.db", folder)
+    try:
+        assert peer.ask("ask", "never mind") == ["Okay.", ["computed"]]
+        assert peer.ask("ask", "never mind") == ["Okay.", ["l1"]]
+        assert engine.respond("never mind").text == "Okay."
+        time.sleep(0.3)
+        _edit(folder / "info.yaml", '- text: "Okay."', '- text: "Fine, forget it."')
+        _until(lambda: engine.respond("never mind").text == "Fine, forget it.")
+        _until(lambda: peer.ask("ask", "never mind")[0] == "Fine, forget it.")
+    finally:
+        peer.close()
+
+
+def test_cli_reload_purges_changed_intents(folder: Path, redis_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "assistant.toml"
+    config.write_text(f"""
+[redis]
+url = "{redis_url}"
+[sqlite]
+path = "{tmp_path / 'cli.db'}"
+[keys]
+file = "{tmp_path / 'master.key'}"
+[intents]
+folder = "{folder}"
+""")
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "assistant", "--config", str(config),
+                               "intents", "reload"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60)
+
+    first = reload()
+    assert first.returncode == 0, first.stderr
+    _edit(folder / "media.yaml", '"Paused."', '"Paused it."')
+    second = reload()
+    assert second.returncode == 0, second.stderr
+    assert list(json.loads(second.stdout)["purged"]) == ["HassMediaPause"]
+    (folder / "media.yaml").write_text("intents: [")
+    broken = reload()
+    assert broken.returncode == 1 and "media.yaml" in broken.stderr
