@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ ACTION_VARIABLES = BASE_VARIABLES | {"entity"}
 
 class _Map(dict[str, Any]):
     line = 0
+    key_lines: dict[Any, int] = {}  # noqa: RUF012 - replaced per instance
 
 
 class _List(list[Any]):
@@ -75,6 +77,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
     loader.flatten_mapping(node)
     result = _Map(loader.construct_pairs(node, deep=True))
     result.line = node.start_mark.line + 1
+    result.key_lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
     return result
 
 
@@ -125,9 +128,15 @@ def _check_template(env: SandboxedEnvironment, source: Any, *, where: str,
     if unknown:
         raise TemplateError(f"{where}: unknown variable(s) {sorted(unknown)}; "
                             f"available: {sorted(allowed)}")
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        name = (node.attr if isinstance(node, nodes.Getattr)
-                else getattr(getattr(node, "arg", None), "value", None))
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Filter):  # {{ x | attr('__class__') }}
+            if node.name != "attr" or not node.args:
+                continue
+            name = getattr(node.args[0], "value", None)
+        elif isinstance(node, nodes.Getattr):
+            name = node.attr
+        else:
+            name = getattr(getattr(node, "arg", None), "value", None)
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateError(f"{where}: refused: access to {name!r} is not allowed in "
                                 f"templates (template line {node.lineno})")
@@ -252,6 +261,10 @@ def _version(*parts: Any) -> str:
 def _unknown(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = set(section) - allowed
     if extra:
+        key_lines = getattr(section, "key_lines", {})
+        lines = [key_lines[k] for k in extra if k in key_lines]
+        if lines:  # name the line of the first unknown key, not of its mapping
+            where = re.sub(r", line \d+", f", line {min(lines)}", where, count=1)
         raise TemplateError(f"{where}: unknown key(s) {sorted(extra)}; expected {sorted(allowed)}")
 
 

@@ -1,0 +1,261 @@
+"""Recognition over Home Assistant's English library and the repo's ``intents/`` templates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from assistant.home import Area, Entity, Floor, Home, Registry
+from assistant.recognize import Recognizer, builtin_intents
+from assistant.templates import TemplateSet, load_templates
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def light(entity_id: str, name: str, area: str) -> Entity:
+    return Entity(entity_id, name, area=area, command_topic=f"home/{entity_id}/set", state="off")
+
+
+def make_entities() -> list[Entity]:
+    return [
+        light("light.kitchen_light", "Kitchen Light", "kitchen"),
+        light("light.ceiling", "Ceiling Light", "living_room"),
+        light("light.floor_lamp", "Floor Lamp", "living_room"),
+        light("light.bedside", "Bedside Lamp", "bedroom"),
+        Entity("switch.coffee_maker", "Coffee Maker", area="kitchen",
+               command_topic="home/kitchen/coffee/set", state="off"),
+        Entity("climate.thermostat", "Thermostat", area="living_room",
+               command_topic="home/living_room/thermostat/set", state="heat",
+               attributes=MappingProxyType({"current_temperature": 20.5, "temperature": 21})),
+        Entity("cover.blinds", "Blinds", area="living_room", device_class="blind",
+               command_topic="home/living_room/blinds/set", state="closed"),
+        Entity("media_player.tv", "TV", aliases=("Television",), area="living_room",
+               command_topic="home/living_room/tv/set", state="playing"),
+        Entity("sensor.outside_temperature", "Outside Temperature", device_class="temperature",
+               state="12.5", attributes=MappingProxyType({"unit_of_measurement": "°C"})),
+        Entity("weather.home", "Home", state="sunny",
+               attributes=MappingProxyType({"temperature": 14})),
+    ]
+
+
+def make_home(entities: list[Entity] | None = None) -> Home:
+    """Two floors, four areas, and the entities (the example home's by default)."""
+    floors = [Floor("ground", "Ground", ("downstairs",), 0),
+              Floor("first", "First", ("upstairs",), 1)]
+    areas = [Area("kitchen", "Kitchen", floor="ground"),
+             Area("living_room", "Living Room", ("Lounge",), floor="ground"),
+             Area("bedroom", "Bedroom", floor="first"),
+             Area("office", "Office", floor="first")]
+    return Home(floors={f.id: f for f in floors}, areas={a.id: a for a in areas},
+                entities={e.entity_id: e for e in entities or make_entities()})
+
+
+@pytest.fixture(scope="module")
+def templates() -> TemplateSet:
+    return load_templates(ROOT / "intents", builtin=builtin_intents("en"))
+
+
+@pytest.fixture(scope="module")
+def recognizer(templates: TemplateSet) -> Recognizer:
+    """Built once: parsing the library takes a few hundred milliseconds."""
+    return Recognizer(templates, make_home())
+
+
+def ids(entities: tuple[Entity, ...]) -> list[str]:
+    return [e.entity_id for e in entities]
+
+
+# ---------------------------------------------------------------- one sentence per intent
+
+
+CASES = [
+    # sentence, said in, intent, response, slots, targets
+    pytest.param("turn on the kitchen light", None, "HassTurnOn", "default",
+                 {"name": "Kitchen Light"}, ["light.kitchen_light"], id="turn-on-by-name"),
+    pytest.param("turn on the coffee maker", None, "HassTurnOn", "default",
+                 {"name": "Coffee Maker"}, ["switch.coffee_maker"], id="turn-on-a-switch"),
+    pytest.param("turn off the floor lamp", None, "HassTurnOff", "default",
+                 {"name": "Floor Lamp"}, ["light.floor_lamp"], id="turn-off-by-name"),
+    pytest.param("turn off the downstairs lights", None, "HassTurnOff", "lights_floor",
+                 {"floor": "Ground", "domain": "light"},
+                 ["light.ceiling", "light.floor_lamp", "light.kitchen_light"],
+                 id="turn-off-floor-alias"),
+    pytest.param("turn on the upstairs lights", None, "HassTurnOn", "lights_floor",
+                 {"floor": "First", "domain": "light"}, ["light.bedside"],
+                 id="turn-on-other-floor-alias"),
+    pytest.param("turn on the lights in the lounge", None, "HassTurnOn", "lights_area",
+                 {"area": "Living Room", "domain": "light"}, ["light.ceiling", "light.floor_lamp"],
+                 id="turn-on-area-alias"),
+    pytest.param("turn on the lights", "bedroom", "HassTurnOn", "lights_area",
+                 {"area": "Bedroom", "domain": "light"}, ["light.bedside"],
+                 id="turn-on-lights-where-said"),
+    pytest.param("toggle the floor lamp", None, "HassToggle", "default",
+                 {"name": "Floor Lamp"}, ["light.floor_lamp"], id="toggle"),
+    pytest.param("set the ceiling light to 50%", None, "HassLightSet", "brightness",
+                 {"name": "Ceiling Light", "brightness": 50}, ["light.ceiling"],
+                 id="light-brightness"),
+    pytest.param("set the kitchen light to red", None, "HassLightSet", "color",
+                 {"name": "Kitchen Light", "color": "red"}, ["light.kitchen_light"],
+                 id="light-color"),
+    pytest.param("set the bedroom brightness to 30%", None, "HassLightSet", "brightness",
+                 {"area": "Bedroom", "domain": "light", "brightness": 30}, ["light.bedside"],
+                 id="light-brightness-area"),
+    pytest.param("set the thermostat to 21 degrees", None, "HassClimateSetTemperature", "default",
+                 {"name": "Thermostat", "temperature": 21}, ["climate.thermostat"],
+                 id="climate-set-by-name"),
+    pytest.param("set the temperature to 21 degrees", "living_room", "HassClimateSetTemperature",
+                 "default", {"area": "Living Room", "temperature": 21}, ["climate.thermostat"],
+                 id="climate-set-where-said"),
+    pytest.param("what is the temperature", "living_room", "HassClimateGetTemperature", "default",
+                 {"area": "Living Room"}, ["climate.thermostat"], id="climate-get-where-said"),
+    pytest.param("what's the temperature in the lounge", None, "HassClimateGetTemperature",
+                 "default", {"area": "Living Room"}, ["climate.thermostat"],
+                 id="climate-get-area-alias"),
+    pytest.param("is the coffee maker on", None, "HassGetState", "one_yesno",
+                 {"name": "Coffee Maker", "state": "on"}, ["switch.coffee_maker"],
+                 id="get-state-yes-no"),
+    pytest.param("what is the outside temperature", None, "HassGetState", "one",
+                 {"name": "Outside Temperature"}, ["sensor.outside_temperature"],
+                 id="get-state-sensor"),
+    pytest.param("set the blinds to 50%", None, "HassSetPosition", "default",
+                 {"name": "Blinds", "position": 50}, ["cover.blinds"], id="set-position"),
+    pytest.param("set a timer for 5 minutes", None, "HassStartTimer", "default",
+                 {"minutes": 5}, [], id="start-timer"),
+    pytest.param("set a timer for 1 hour and 30 minutes", None, "HassStartTimer", "default",
+                 {"hours": 1, "minutes": 30}, [], id="start-timer-hours-minutes"),
+    pytest.param("cancel the timer", None, "HassCancelTimer", "default", {}, [],
+                 id="cancel-timer"),
+    pytest.param("how much time is left on my timer", None, "HassTimerStatus", "default", {}, [],
+                 id="timer-status"),
+    pytest.param("what time is it", None, "HassGetCurrentTime", "default", {}, [],
+                 id="current-time"),
+    pytest.param("what's the date", None, "HassGetCurrentDate", "default", {}, [],
+                 id="current-date"),
+    pytest.param("what's the weather", None, "HassGetWeather", "default", {}, ["weather.home"],
+                 id="weather"),
+    pytest.param("never mind", None, "HassNevermind", "default", {}, [], id="nevermind"),
+    pytest.param("pause", "living_room", "HassMediaPause", "default",
+                 {"area": "Living Room"}, ["media_player.tv"], id="pause-where-said"),
+    pytest.param("pause the tv", None, "HassMediaPause", "default",
+                 {"name": "TV"}, ["media_player.tv"], id="pause-by-name"),
+    pytest.param("pause the television", None, "HassMediaPause", "default",
+                 {"name": "TV"}, ["media_player.tv"], id="pause-by-entity-alias"),
+    pytest.param("resume", "living_room", "HassMediaUnpause", "default",
+                 {"area": "Living Room"}, ["media_player.tv"], id="unpause-where-said"),
+    pytest.param("unpause the tv", None, "HassMediaUnpause", "default",
+                 {"name": "TV"}, ["media_player.tv"], id="unpause-by-name"),
+    pytest.param("set the volume to 40%", "living_room", "HassSetVolume", "default",
+                 {"area": "Living Room", "volume_level": 40}, ["media_player.tv"],
+                 id="volume-where-said"),
+]
+
+
+@pytest.mark.parametrize(("sentence", "area", "intent", "response", "slots", "targets"), CASES)
+def test_sentence(recognizer: Recognizer, sentence: str, area: str | None, intent: str,
+                  response: str, slots: dict[str, Any], targets: list[str]) -> None:
+    match = recognizer.recognize(sentence, area=area)
+    assert match is not None, sentence
+    assert match.intent == intent
+    assert match.response == response
+    assert match.slot_values() == slots
+    assert ids(match.targets) == targets
+
+
+def test_every_template_intent_has_a_sentence_case(templates: TemplateSet) -> None:
+    covered = {case.values[2] for case in CASES}
+    assert set(templates.intents) <= covered
+
+
+# ---------------------------------------------------------------- resolution, as in Home Assistant
+
+
+def test_an_entity_name_wins_over_area_and_domain(recognizer: Recognizer) -> None:
+    # "kitchen light" is both an entity's name and "the kitchen" + "light": the name wins.
+    match = recognizer.recognize("turn on the kitchen light")
+    assert match is not None
+    assert "name" in match.slots and "area" not in match.slots
+    assert ids(match.targets) == ["light.kitchen_light"]
+
+
+def test_without_such_a_name_the_area_lights_are_meant(recognizer: Recognizer) -> None:
+    entities = [e for e in make_entities() if e.entity_id != "light.kitchen_light"]
+    entities += [light("light.pendant", "Pendant", "kitchen"),
+                 light("light.spots", "Spotlights", "kitchen")]
+    other = recognizer.with_home(make_home(entities))
+    match = other.recognize("turn on the kitchen light")
+    assert match is not None
+    assert match.intent == "HassTurnOn"
+    assert match.slot_values() == {"area": "Kitchen", "domain": "light"}
+    # the coffee maker is in the kitchen too, but it is not a light
+    assert ids(match.targets) == ["light.pendant", "light.spots"]
+
+
+def test_the_same_words_mean_the_lights_where_they_are_said(recognizer: Recognizer) -> None:
+    bedroom = recognizer.recognize("turn on the lights", area="bedroom")
+    living = recognizer.recognize("turn on the lights", area="living_room")
+    assert bedroom is not None and living is not None
+    assert ids(bedroom.targets) == ["light.bedside"]
+    assert ids(living.targets) == ["light.ceiling", "light.floor_lamp"]
+
+
+def test_unknown_sentence_gives_none(recognizer: Recognizer) -> None:
+    assert recognizer.recognize("do the dishes and walk the dog") is None
+    assert recognizer.recognize("turn on the jacuzzi") is None
+
+
+# ---------------------------------------------------------------- a changing home
+
+
+def test_after_a_rename_the_new_name_is_recognised_and_not_the_old(recognizer: Recognizer) -> None:
+    registry = Registry(make_home())
+    registry.put(replace(registry.home.entities["media_player.tv"], name="Telly", aliases=()))
+    renamed = recognizer.with_home(registry.home)
+    match = renamed.recognize("pause the telly")
+    assert match is not None
+    assert match.slot_values() == {"name": "Telly"}
+    assert ids(match.targets) == ["media_player.tv"]
+    assert renamed.recognize("pause the tv") is None
+    assert renamed.recognize("pause the television") is None
+    # the recognizer it was made from still knows the old names
+    assert recognizer.recognize("pause the telly") is None
+    assert recognizer.recognize("pause the tv") is not None
+
+
+def test_after_a_state_change_targets_carry_the_new_state(recognizer: Recognizer) -> None:
+    registry = Registry(make_home())
+    before = recognizer.recognize("is the kitchen light on")
+    assert before is not None and before.targets[0].state == "off"
+    assert registry.set_state("light.kitchen_light", "on")
+    after = recognizer.with_home(registry.home).recognize("is the kitchen light on")
+    assert after is not None
+    assert (after.intent, after.slot_values()) == (before.intent, before.slot_values())
+    assert ids(after.targets) == ["light.kitchen_light"]
+    assert after.targets[0].state == "on"
+
+
+def test_a_sentence_heard_again_comes_from_memory(recognizer: Recognizer) -> None:
+    first = recognizer.recognize("turn off the ceiling light")
+    second = recognizer.recognize("Turn off  the CEILING light")
+    assert first is not None and second is not None
+    assert second == first
+    # match() makes a new metadata dict every time: the same one means hassil was not asked
+    assert second.metadata is first.metadata
+
+
+def test_a_remembered_match_is_resolved_against_the_current_home(recognizer: Recognizer) -> None:
+    first = recognizer.recognize("is the floor lamp on")
+    assert first is not None and first.targets[0].state == "off"
+    registry = Registry(make_home())
+    registry.set_state("light.floor_lamp", "on")
+    updated = recognizer.with_home(registry.home)
+    second = updated.recognize("is the floor lamp on")
+    assert second is not None
+    assert second.metadata is first.metadata  # the memory is kept over a state-only change
+    assert (second.intent, second.slots, second.response) == (first.intent, first.slots,
+                                                              first.response)
+    assert second.targets[0].state == "on"
+    assert second != first
