@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import watchfiles
@@ -80,6 +81,7 @@ class IntentEngine:
         self._record_versions(templates)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._changes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="home-changes")
         registry.listen(self._home_changed)
         if cache is not None:
             cache.on_announcement(self._announced)
@@ -148,11 +150,24 @@ class IntentEngine:
             self.cache.set(versions_key(self.keys), templates.versions(), ttl=10 * 365 * 86400)
 
     def _home_changed(self, home: Home, changed: frozenset[str], structural: bool) -> None:
-        with self._lock:
-            self._recognizer = self._recognizer.with_home(home)
-        if self.cache is not None:
-            for entity_id in sorted(changed):
-                self.cache.invalidate_tag(f"entity:{entity_id}")
+        # Called on whatever thread changed the home (MQTT's network thread, for discovery
+        # and states): the work, which may wait on Redis and disk, is done by our own.
+        self._changes.submit(self._apply_home, home, changed)
+
+    def _apply_home(self, home: Home, changed: frozenset[str]) -> None:
+        try:
+            with self._lock:
+                if home is self.registry.home:  # skip snapshots already superseded
+                    self._recognizer = self._recognizer.with_home(home)
+            if self.cache is not None:
+                for entity_id in sorted(changed):
+                    self.cache.invalidate_tag(f"entity:{entity_id}")
+        except Exception:
+            log.exception("could not apply a change of the home")
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the changes of the home made so far are applied."""
+        self._changes.submit(lambda: None).result(timeout=timeout)
 
     def _announced(self, name: str, arg: str) -> None:
         if name == RELOAD:
@@ -181,7 +196,8 @@ class IntentEngine:
             log.exception("intent template watcher stopped")
 
     def close(self) -> None:
-        """Stop watching."""
+        """Stop watching and applying changes."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        self._changes.shutdown(wait=True)

@@ -125,6 +125,7 @@ def test_a_home_change_purges_answers_about_that_entity(engine: IntentEngine,
     assert engine.respond("is the kitchen light on").text == "No, Kitchen Light is off."
     purges = cache.metrics.value("cache_invalidations_total", kind="tag", origin="local")
     registry.set_state("light.kitchen_light", "on")
+    engine.settle()
     assert cache.metrics.value("cache_invalidations_total", kind="tag",
                                origin="local") == purges + 1
     assert engine.respond("is the kitchen light on").text == "Yes, Kitchen Light is on."
