@@ -126,8 +126,9 @@ class SqliteTier:
         self.quarantined = 0
         self.dropped = 0
         """Queued writes given up while the file could not be written (the queue is bounded)."""
-        self.pending_forgets: set[str] = set()
-        """Users whose rows could not be deleted yet (their salt is already gone)."""
+        self.pending_forgets: dict[str, set[str]] = {}
+        """Users whose rows could not be deleted yet (their salt is already gone), with the
+        keys of their writes that were dropped from the queue."""
         self.salts = SaltStore(self.path.with_name(f"{self.path.stem}-salts{self.path.suffix}"))
         self._writer = self._open_writer()
         self._thread = threading.Thread(target=self._run, name="l3-writer", daemon=True)
@@ -316,14 +317,22 @@ class SqliteTier:
             unwritten = [k for k, r in self._pending.items() if r.user == user]
             for key in unwritten:
                 del self._pending[key]
-            self.pending_forgets.add(user)
+            # A write dropped here may have been overwriting an older row of the same key,
+            # perhaps not theirs: that row is stale too, and goes with theirs.
+            self.pending_forgets.setdefault(user, set()).update(unwritten)
         with self._write_lock:
             return len(unwritten) + self._delete_user_rows(user)
 
     def _delete_user_rows(self, user: str) -> int:
+        keys = sorted(self.pending_forgets.get(user, ()))
+
         def forget() -> int:
             with self._tx() as conn:
                 count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    conn.execute(f"DELETE FROM items WHERE key IN ({','.join('?' * len(chunk))})",
+                                 chunk)
             # Old versions of the deleted pages still sit in the WAL: copy the zeroed pages
             # back and cut the WAL file to nothing.
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
@@ -334,7 +343,7 @@ class SqliteTier:
 
         count = int(self._guard(forget))
         with self._cond:
-            self.pending_forgets.discard(user)
+            self.pending_forgets.pop(user, None)
         return count
 
     def close(self) -> None:

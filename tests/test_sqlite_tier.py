@@ -145,3 +145,14 @@ def test_files_are_private_to_the_service(tmp_path: Path, clock: FakeClock) -> N
     for path in (tmp_path / "state").iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
     tier.close()
+
+
+def test_forgetting_a_queued_overwrite_does_not_resurrect_the_older_row(
+        tmp_path: Path, clock: FakeClock) -> None:
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier.set("v1:t:a", rec(b"older, shared", clock))
+    tier.flush()
+    tier.set("v1:t:a", rec(b"newer, alice's", clock, user="alice"))  # still queued
+    assert tier.forget_user("alice") == 1
+    assert tier.get("v1:t:a") is None
+    tier.close()
