@@ -435,7 +435,9 @@ class SqliteTier:
                 self._requeue(pending)
                 raise
             finally:
-                self._flushing = {}
+                with self._cond:
+                    self._flushing = {}
+                    self._cond.notify_all()  # writers waiting for room in the queue
             return len(pending)
 
     def _requeue(self, batch: dict[str, Record]) -> None:
