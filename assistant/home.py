@@ -164,7 +164,7 @@ class Registry:
         self._listeners.append(listener)
 
     def _publish(self, home: Home, changed: Iterable[str], structural: bool) -> None:
-        self._home = home
+        """Call the listeners; outside the lock, so a listener may change the home itself."""
         ids = frozenset(changed)
         for listener in list(self._listeners):
             listener(home, ids, structural)
@@ -178,10 +178,11 @@ class Registry:
                 known = old.entities.get(entity_id)
                 state = entity.state if entity.state is not None else (known.state if known else None)
                 entities[entity_id] = replace(entity, state=state)
-            home = Home(floors=dict(config.floors), areas=dict(config.areas), entities=entities)
+            home = self._home = Home(floors=dict(config.floors), areas=dict(config.areas),
+                                     entities=entities)
             changed = {k for k in set(old.entities) | set(entities)
                        if old.entities.get(k) != entities.get(k)}
-            self._publish(home, changed, home.version != old.version)
+        self._publish(home, changed, home.version != old.version)
 
     def put(self, entity: Entity) -> None:
         """Add or replace one entity (from discovery); its state is kept if it had one."""
@@ -194,7 +195,8 @@ class Registry:
                 return
             entities = {**old.entities, entity.entity_id: entity}
             structural = known is None or known.structure() != entity.structure()
-            self._publish(replace(old, entities=entities), {entity.entity_id}, structural)
+            home = self._home = replace(old, entities=entities)
+        self._publish(home, {entity.entity_id}, structural)
 
     def remove(self, entity_id: str) -> bool:
         """Remove one entity; true when it was there."""
@@ -203,8 +205,9 @@ class Registry:
             if entity_id not in old.entities:
                 return False
             entities = {k: e for k, e in old.entities.items() if k != entity_id}
-            self._publish(replace(old, entities=entities), {entity_id}, True)
-            return True
+            home = self._home = replace(old, entities=entities)
+        self._publish(home, {entity_id}, True)
+        return True
 
     def set_state(self, entity_id: str, state: str) -> bool:
         """Record an entity's new state; true when it changed."""
@@ -214,8 +217,9 @@ class Registry:
             if entity is None or entity.state == state:
                 return False
             entities = {**old.entities, entity_id: replace(entity, state=state)}
-            self._publish(replace(old, entities=entities), {entity_id}, False)
-            return True
+            home = self._home = replace(old, entities=entities)
+        self._publish(home, {entity_id}, False)
+        return True
 
 
 # -- the entities file ---------------------------------------------------------------------
