@@ -1,7 +1,9 @@
-"""Real servers for tests: redis-server on a free loopback port, in a temp folder."""
+"""Real servers for tests: redis-server and mosquitto on free loopback ports, in temp folders."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -66,6 +68,83 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL: the server is gone at once, as after a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+class MosquittoServer:
+    """A private mosquitto: anonymous, no persistence, loopback only, Nagle off, logging to a file."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self._port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def start(self) -> MosquittoServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence false",
+            "set_tcp_nodelay true",
+            f"log_dest file {self.log_file}",
+        ]
+        if os.geteuid() == 0:
+            # As root, mosquitto switches to the user "mosquitto", who cannot write the log
+            # file in a root-owned temp folder; naming root keeps it as it is.
+            lines.append(f"user {pwd.getpwuid(0).pw_name}")
+        self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [find_binary("mosquitto"), "-c", str(self.config_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+                    raise RuntimeError(f"mosquitto did not start on port {self.port}: {log}") from None
+                time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the broker is gone at once, as after a crash."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
