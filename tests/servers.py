@@ -28,7 +28,31 @@ def find_binary(name: str) -> str:
     return path
 
 
-class RedisServer:
+class _Server:
+    """A server process of a test's own."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server is gone at once, as after a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+class RedisServer(_Server):
     """A private redis-server: no persistence, loopback only, killable and restartable."""
 
     def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False) -> None:
@@ -66,25 +90,9 @@ class RedisServer:
         client.close()
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: the server is gone at once, as after a crash."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
 
 
-class MosquittoServer:
+class MosquittoServer(_Server):
     """A private mosquitto: anonymous, no persistence, loopback only, Nagle off, logging to a file."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -143,19 +151,3 @@ class MosquittoServer:
                 time.sleep(0.02)
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: the broker is gone at once, as after a crash."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,41 +11,15 @@ import pytest
 import redis
 
 from cache import KeyBuilder, Keyring, TieredCache
+from tests import helpers
 from tests.conftest import make_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Peer:
-    """The other process."""
-
-    def __init__(self, redis_url: str, db: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.peer", redis_url, str(db)], cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert self.ask_raw() == {"ready": True}
-
-    def ask_raw(self) -> Any:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("peer process died")
-        return json.loads(line)
-
-    def ask(self, *command: Any) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self.ask_raw()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.ask("close")
-            self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+def cache_peer(redis_url: str, db: Path) -> helpers.Peer:
+    """The other process: a TieredCache of its own over the same Redis."""
+    return helpers.Peer("tests.peer", redis_url, str(db))
 
 
 @pytest.fixture
@@ -58,8 +28,8 @@ def peer_db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def peer(redis_url: str, peer_db: Path) -> Iterator[Peer]:
-    p = Peer(redis_url, peer_db)
+def peer(redis_url: str, peer_db: Path) -> Iterator[helpers.Peer]:
+    p = cache_peer(redis_url, peer_db)
     yield p
     p.close()
 
@@ -73,17 +43,11 @@ def here(keyring: Keyring, names: KeyBuilder, redis_url: str,
     cache.close()
 
 
-def _until(condition: Any, timeout: float = 5.0) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.005)
-    return time.monotonic() - started
+def _until(condition: Any) -> None:
+    helpers.until(condition, timeout=5.0)
 
 
-def test_tag_purge_reaches_the_other_process(here: TieredCache, peer: Peer,
+def test_tag_purge_reaches_the_other_process(here: TieredCache, peer: helpers.Peer,
                                              names: KeyBuilder) -> None:
     on, off = names.key("answer", "turn on"), names.key("answer", "turn off")
     assert peer.ask("set", on, "Turned on.", ["intent:HassTurnOn"], None) is True
@@ -98,7 +62,7 @@ def test_tag_purge_reaches_the_other_process(here: TieredCache, peer: Peer,
     assert here.lookup(on) is None
 
 
-def test_forget_reaches_the_other_process(here: TieredCache, peer: Peer,
+def test_forget_reaches_the_other_process(here: TieredCache, peer: helpers.Peer,
                                           names: KeyBuilder) -> None:
     key = names.key("gen", "dave's reminder")
     assert peer.ask("set", key, "Dave: dentist at 3", [], "dave") is True
@@ -111,12 +75,12 @@ def test_forget_reaches_the_other_process(here: TieredCache, peer: Peer,
 def test_a_stopped_process_catches_up_when_it_starts(here: TieredCache, redis_url: str,
                                                      peer_db: Path, names: KeyBuilder) -> None:
     key = names.key("answer", "lights")
-    first = Peer(redis_url, peer_db)
+    first = cache_peer(redis_url, peer_db)
     assert first.ask("set", key, "Old template answer", ["template:light.yaml"], None) is True
     first.close()
     here.invalidate_tag("template:light.yaml")  # while the peer is not running
     # Redis is emptied of the item too, so only the peer's own disk could still serve it.
-    second = Peer(redis_url, peer_db)
+    second = cache_peer(redis_url, peer_db)
     try:
         assert second.ask("get", key, None) is None
     finally:

@@ -13,23 +13,10 @@ import pytest
 
 from assistant.caching import open_cache
 from assistant.settings import load_settings
+from tests.helpers import write_config
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_config(folder: Path, redis_url: str) -> Path:
-    """A settings file with everything in ``folder``."""
-    path = folder / "assistant.toml"
-    path.write_text(f"""
-[redis]
-url = "{redis_url}"
-[sqlite]
-path = "{folder / 'cache.db'}"
-[keys]
-file = "{folder / 'master.key'}"
-""")
-    return path
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,20 +16,11 @@ from assistant.home import Registry, load_home
 from assistant.intents import IntentEngine
 from assistant.settings import IntentsSettings
 from cache import KeyBuilder, Keyring, TieredCache
+from tests import helpers
 from tests.conftest import make_cache
+from tests.helpers import until, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -104,7 +93,7 @@ def test_the_watcher_picks_up_an_edit(engine: IntentEngine, folder: Path) -> Non
     assert engine.respond("never mind").text == "Okay."
     time.sleep(0.3)  # let the watcher start before the edit it must see
     _edit(folder / "info.yaml", '- text: "Okay."', '- text: "Alright, never mind."')
-    _until(lambda: engine.respond("never mind").text == "Alright, never mind.")
+    until(lambda: engine.respond("never mind").text == "Alright, never mind.")
 
 
 def test_an_invalid_edit_keeps_the_old_templates(engine: IntentEngine, folder: Path) -> None:
@@ -131,65 +120,24 @@ def test_a_home_change_purges_answers_about_that_entity(engine: IntentEngine,
     assert engine.respond("is the kitchen light on").text == "Yes, Kitchen Light is on."
 
 
-class Peer:
-    def __init__(self, redis_url: str, db: Path, folder: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.intents_peer", redis_url, str(db), str(folder)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert self._read() == {"ready": True}
-
-    def _read(self) -> Any:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("peer died")
-        return json.loads(line)
-
-    def ask(self, *command: Any) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.ask("close")
-            self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
 def test_two_processes_both_see_an_edit(engine: IntentEngine, folder: Path, redis_url: str,
                                         tmp_path: Path) -> None:
     engine.watch()
-    peer = Peer(redis_url, tmp_path / "peer.db", folder)
+    peer = helpers.Peer("tests.intents_peer", redis_url, str(tmp_path / "peer.db"), str(folder))
     try:
         assert peer.ask("ask", "never mind") == ["Okay.", ["computed"]]
         assert peer.ask("ask", "never mind") == ["Okay.", ["l1"]]
         assert engine.respond("never mind").text == "Okay."
         time.sleep(0.3)
         _edit(folder / "info.yaml", '- text: "Okay."', '- text: "Fine, forget it."')
-        _until(lambda: engine.respond("never mind").text == "Fine, forget it.")
-        _until(lambda: peer.ask("ask", "never mind")[0] == "Fine, forget it.")
+        until(lambda: engine.respond("never mind").text == "Fine, forget it.")
+        until(lambda: peer.ask("ask", "never mind")[0] == "Fine, forget it.")
     finally:
         peer.close()
 
 
 def test_cli_reload_purges_changed_intents(folder: Path, redis_url: str, tmp_path: Path) -> None:
-    config = tmp_path / "assistant.toml"
-    config.write_text(f"""
-[redis]
-url = "{redis_url}"
-[sqlite]
-path = "{tmp_path / 'cli.db'}"
-[keys]
-file = "{tmp_path / 'master.key'}"
-[intents]
-folder = "{folder}"
-""")
+    config = write_config(tmp_path, redis_url, f'[intents]\nfolder = "{folder}"')
 
     def reload() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "assistant", "--config", str(config),
