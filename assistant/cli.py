@@ -13,9 +13,9 @@ from pathlib import Path
 from assistant.caching import open_cache
 from assistant.errors import AssistantError, TemplateError
 from assistant.intents import RELOAD, versions_key
-from assistant.recognize import builtin_intents
+from assistant.recognize import builtin_intents, load_intent_templates
 from assistant.settings import Settings, load_settings
-from assistant.templates import load_file, load_templates
+from assistant.templates import load_file
 from cache import CacheError, TieredCache
 from cache.crypto import append_key
 
@@ -59,8 +59,7 @@ def _check(settings: Settings, path: Path | None) -> int:
             found, _ = load_file(target, folder=target.parent, builtin=builtin)
             names = sorted(found)
         else:
-            names = sorted(load_templates(target, builtin=builtin,
-                                          language=settings.intents.language).intents)
+            names = sorted(load_intent_templates(target, settings.intents.language).intents)
     except TemplateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -70,9 +69,7 @@ def _check(settings: Settings, path: Path | None) -> int:
 
 def _reload(settings: Settings) -> int:
     try:
-        templates = load_templates(settings.intents.folder,
-                                   builtin=builtin_intents(settings.intents.language),
-                                   language=settings.intents.language)
+        templates = load_intent_templates(settings.intents.folder, settings.intents.language)
     except TemplateError as error:
         print(f"error: nothing reloaded: {error}", file=sys.stderr)
         return 1

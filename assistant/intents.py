@@ -24,10 +24,10 @@ import watchfiles
 
 from assistant.errors import TemplateError
 from assistant.home import Home, Registry
-from assistant.recognize import Match, Recognizer, builtin_intents
+from assistant.recognize import Match, Recognizer, load_intent_templates
 from assistant.respond import Answer, Responder
 from assistant.settings import IntentsSettings
-from assistant.templates import TemplateSet, load_templates
+from assistant.templates import TemplateSet
 from cache import KeyBuilder, TieredCache
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ class IntentEngine:
         self.on_error = on_error
         self.responder = responder or Responder(cache, keys)
         self._lock = threading.Lock()
-        self._builtin = builtin_intents(settings.language)
         templates = self._load()
         self._recognizer = Recognizer(templates, registry.home, language=settings.language)
         self._record_versions(templates)
@@ -94,8 +93,7 @@ class IntentEngine:
         return self._recognizer.templates
 
     def _load(self) -> TemplateSet:
-        return load_templates(self.settings.folder, builtin=self._builtin,
-                              language=self.settings.language)
+        return load_intent_templates(self.settings.folder, self.settings.language)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -121,20 +119,29 @@ class IntentEngine:
             try:
                 new = self._load()
                 recognizer = Recognizer(new, self.registry.home, language=self.settings.language)
-            except TemplateError as error:
-                message = f"intent templates not reloaded, the previous ones stay: {error}"
+            except Exception as error:  # noqa: BLE001 - any failure refuses the edit, never kills
+                detail = str(error) if isinstance(error, TemplateError) else (
+                    f"{type(error).__name__}: {error}")
+                message = f"intent templates not reloaded, the previous ones stay: {detail}"
                 log.error("%s", message)
                 if self.on_error is not None:
-                    self.on_error(message)
-                return ReloadResult(error=str(error), seconds=time.perf_counter() - started)
+                    try:
+                        self.on_error(message)
+                    except Exception:
+                        log.exception("could not report a template error")
+                return ReloadResult(error=detail, seconds=time.perf_counter() - started)
             self._recognizer = recognizer
             before, after = old.versions(), new.versions()
             changed = tuple(sorted(n for n in before.keys() & after.keys()
                                    if before[n] != after[n]))
             removed = tuple(sorted(before.keys() - after.keys()))
             added = tuple(sorted(after.keys() - before.keys()))
-            purged = self._purge((*changed, *removed))
-            self._record_versions(new)
+            try:
+                purged = self._purge((*changed, *removed))
+                self._record_versions(new)
+            except Exception:  # the new templates answer; a purge that failed is logged
+                log.exception("could not purge the cached answers of changed intents")
+                purged = {}
         if changed or removed or added:
             log.info("intent templates reloaded: changed %s, added %s, removed %s",
                      list(changed), list(added), list(removed))
@@ -186,14 +193,16 @@ class IntentEngine:
         def yaml_only(change: watchfiles.Change, path: str) -> bool:
             return path.endswith(".yaml")
 
-        try:
-            for _changes in watchfiles.watch(self.settings.folder, watch_filter=yaml_only,
-                                             stop_event=self._stop, debounce=200, step=20,
-                                             rust_timeout=500, yield_on_timeout=False,
-                                             raise_interrupt=False):
-                self.reload()
-        except Exception:
-            log.exception("intent template watcher stopped")
+        while not self._stop.is_set():
+            try:
+                for _changes in watchfiles.watch(self.settings.folder, watch_filter=yaml_only,
+                                                 stop_event=self._stop, debounce=200, step=20,
+                                                 rust_timeout=500, yield_on_timeout=False,
+                                                 raise_interrupt=False):
+                    self.reload()
+            except Exception:  # keep watching: one bad moment must not end reloads for good
+                log.exception("intent template watcher failed; watching again")
+                self._stop.wait(1.0)
 
     def close(self) -> None:
         """Stop watching and applying changes."""

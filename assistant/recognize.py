@@ -23,6 +23,7 @@ import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cachetools import LRUCache
@@ -32,7 +33,7 @@ from home_assistant_intents import get_intents
 
 from assistant.errors import ConfigError
 from assistant.home import Entity, Home
-from assistant.templates import TemplateSet
+from assistant.templates import TemplateSet, load_templates
 
 CUSTOM = "custom"
 """Metadata key marking the users' own sentences (they win ties)."""
@@ -57,6 +58,14 @@ def builtin_intents(language: str) -> frozenset[str]:
     return frozenset(library(language)["intents"])
 
 
+def load_intent_templates(folder: Path, language: str = "en") -> TemplateSet:
+    """The templates under ``folder``, checked against the library's intents, lists and rules."""
+    data = library(language)
+    return load_templates(folder, builtin=builtin_intents(language), language=language,
+                          known_lists=data.get("lists", {}),
+                          known_rules=data.get("expansion_rules", {}))
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One slot of a match."""
@@ -65,6 +74,8 @@ class Slot:
     """What it means: a name, an area name, a number..."""
     text: str
     """What was said."""
+    wildcard: bool = False
+    """Free text captured by a wildcard: whatever the person said, so private to them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +215,7 @@ class Recognizer:
         if result is None:
             return None
         slots = {
-            e.name: Slot(e.value, str(e.text if e.text else e.value))
+            e.name: Slot(e.value, str(e.text if e.text else e.value), bool(e.is_wildcard))
             for e in result.entities_list
         }
         metadata = dict(result.intent_metadata or {})

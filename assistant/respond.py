@@ -105,6 +105,31 @@ def join_fragments(parts: list[str]) -> str:
     return " ".join(out)
 
 
+def _nothing_to_act_on(match: Match) -> str:
+    slots = match.slot_values()
+    if match.targets:
+        names = _names_of(match.targets)
+        return f"Sorry, I can't control {names}."
+    if "name" in slots:
+        thing = f"the {slots['name']}"
+    elif "domain" in slots:
+        domain = slots["domain"]
+        domain = domain[0] if isinstance(domain, list) and domain else domain
+        thing = f"any {str(domain).replace('_', ' ')}s"
+    else:
+        thing = "anything to control"
+    if "area" in slots:
+        thing += f" in the {slots['area']}"
+    elif "floor" in slots:
+        thing += f" on the {slots['floor']}"
+    return f"Sorry, I couldn't find {thing}."
+
+
+def _names_of(entities: tuple[Entity, ...]) -> str:
+    names = [f"the {e.name}" for e in entities]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 class Responder:
     """Renders answers for matches, through the cache."""
 
@@ -148,6 +173,11 @@ class Responder:
         """The answer to ``match`` (``None``: nothing understood)."""
         if match is None or template is None:
             return Answer(text=NOT_UNDERSTOOD)
+        if template.action is not None and not any(e.command_topic for e in match.targets):
+            # Never claim to have done what nothing was there to do.
+            return Answer(text=_nothing_to_act_on(match), intent=match.intent,
+                          slots=match.slot_values(),
+                          targets=tuple(e.entity_id for e in match.targets))
         context = self.context(match, template, home, user=user, site=site)
         results = []
         for index, fragment in enumerate(template.fragments(match.response)):
@@ -185,9 +215,15 @@ class Responder:
 
         if self.cache is None or self.keys is None:
             return FragmentResult("text", render(), "computed", time.perf_counter() - started)
-        scope_user = user if fragment.uses_user and user else None
-        visible = json.dumps({k: v for k, v in context.items() if k != "time"}, sort_keys=True,
-                             default=str, ensure_ascii=False)
+        # Words someone said freely (a wildcard slot) are theirs: such a fragment is cached
+        # for them alone, under their privacy policy.
+        private = "slots" in fragment.uses and any(s.wildcard for s in match.slots.values())
+        scope_user = user if (fragment.uses_user or private) and user else None
+        # Only what the template reads goes into its key, so an answer that does not depend on
+        # who asks, or where, is cached once for everyone.
+        visible = json.dumps({k: v for k, v in context.items()
+                              if k in fragment.uses and k != "time"},
+                             sort_keys=True, default=str, ensure_ascii=False)
         bucket = context["time"].isoformat() if "time" in context else ""
         key = self.keys.key("frag", template.name, template.version, match.response, index,
                             visible, bucket, f"user:{scope_user}" if scope_user else "shared")

@@ -43,8 +43,11 @@ from typing import Any
 
 import jinja2
 import yaml
+from hassil.expression import Expression, Group, ListReference, RuleReference
+from hassil.parse_expression import parse_sentence
+from hassil.parser import ParseError
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from assistant.errors import TemplateError
 
@@ -108,8 +111,12 @@ def _names(targets: Any) -> str:
 
 def make_environment() -> SandboxedEnvironment:
     """The Jinja2 environment every template renders in."""
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                               keep_trailing_newline=False)
+    # Immutable: a template cannot change the slots or the home it is shown. No random
+    # filter or lorem ipsum: a fragment's text must follow from its inputs, it is cached.
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                        keep_trailing_newline=False)
+    env.filters.pop("random", None)
+    env.globals.pop("lipsum", None)
     env.filters["names"] = _names
     return env
 
@@ -178,6 +185,8 @@ class Fragment:
     """A generated fragment's settings."""
     uses_user: bool = False
     """Does it depend on who asks? Then it is cached per user."""
+    uses: frozenset[str] = frozenset()
+    """The variables it reads: only these go into its cache key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +295,8 @@ def _fragment(env: SandboxedEnvironment, item: Any, *, where: str, line: int,
         raise TemplateError(f"{where}: a fragment is {{text: ...}} or {{generate: {{...}}}}")
     if "text" in item:
         template = _check_template(env, item["text"], where=where, allowed=allowed)
-        used = meta.find_undeclared_variables(env.parse(item["text"]))
-        return Fragment(line=line, text=template, uses_user="user" in used)
+        used = frozenset(meta.find_undeclared_variables(env.parse(item["text"])))
+        return Fragment(line=line, text=template, uses_user="user" in used, uses=used)
     spec = item["generate"]
     if not isinstance(spec, Mapping):
         raise TemplateError(f"{where}: generate must be a mapping")
@@ -303,7 +312,7 @@ def _fragment(env: SandboxedEnvironment, item: Any, *, where: str, line: int,
     fallback = spec.get("fallback", "")
     if not isinstance(fallback, str):
         raise TemplateError(f"{where}: fallback must be a string")
-    used = meta.find_undeclared_variables(env.parse(str(spec["prompt"])))
+    used = frozenset(meta.find_undeclared_variables(env.parse(str(spec["prompt"]))))
     return Fragment(
         line=line,
         generate=Generate(
@@ -318,7 +327,46 @@ def _fragment(env: SandboxedEnvironment, item: Any, *, where: str, line: int,
             fallback=fallback,
         ),
         uses_user=scope == "user" or "user" in used,
+        uses=used,
     )
+
+
+def _references(expression: Expression, lists: set[str], rules: set[str]) -> None:
+    if isinstance(expression, ListReference):
+        lists.add(expression.list_name)
+    elif isinstance(expression, RuleReference):
+        rules.add(expression.rule_name)
+    elif isinstance(expression, Group):
+        for item in expression.items:
+            _references(item, lists, rules)
+
+
+def _parse(text: Any, where: str) -> tuple[set[str], set[str]]:
+    """The lists and rules a hassil sentence template refers to; TemplateError if malformed."""
+    if not isinstance(text, str) or not text.strip():
+        raise TemplateError(f"{where}: a sentence must be a non-empty string, not {text!r}")
+    try:
+        sentence = parse_sentence(text)
+    except (ParseError, ValueError, AssertionError, IndexError, KeyError, TypeError) as error:
+        raise TemplateError(f"{where}: sentence {text!r} does not parse: {error}") from None
+    lists: set[str] = set()
+    rules: set[str] = set()
+    _references(sentence.expression, lists, rules)
+    return lists, rules
+
+
+def _check_block(block: Mapping[str, Any], *, path: Path, line: int, name: str) -> None:
+    where = f"{path}, line {line} ({name}.data)"
+    _unknown(block, {"sentences", "slots", "requires_context", "excludes_context", "metadata",
+                     "expansion_rules", "response", "wildcard_list"}, where)
+    sentences = block["sentences"]
+    if not isinstance(sentences, list):
+        raise TemplateError(f"{where}: sentences must be a list of strings")
+    for key in ("slots", "requires_context", "excludes_context", "metadata", "expansion_rules"):
+        if key in block and not isinstance(block[key], Mapping):
+            raise TemplateError(f"{where}: {key} must be a mapping")
+    for text in sentences:
+        _parse(text, where)
 
 
 def _intent(env: SandboxedEnvironment, name: str, section: Any, *, file: str, path: Path,
@@ -336,6 +384,8 @@ def _intent(env: SandboxedEnvironment, name: str, section: Any, *, file: str, pa
     if not isinstance(data, list) or not all(isinstance(d, Mapping) and d.get("sentences")
                                              for d in data):
         raise TemplateError(f"{where}: data must be a list of blocks with sentences")
+    for block in data:
+        _check_block(block, path=path, line=_line_of(block, line), name=name)
     if not data and name not in builtin:
         raise TemplateError(f"{where}: intent {name} has no sentences and is not a built-in "
                             "intent (add data: - sentences: [...])")
@@ -365,11 +415,16 @@ def _intent(env: SandboxedEnvironment, name: str, section: Any, *, file: str, pa
         _unknown(spec, {"publish", "payload", "retain"}, act)
         if "publish" not in spec or "payload" not in spec:
             raise TemplateError(f"{act}: action needs publish (a topic) and payload")
+        if not isinstance(spec["payload"], str):
+            # YAML reads a bare ON as true: a payload must be written as a string.
+            raise TemplateError(f"{act}: payload must be a quoted string, not "
+                                f"{spec['payload']!r} (write \"ON\", not ON)")
+        if not isinstance(spec.get("retain", False), bool):
+            raise TemplateError(f"{act}: retain must be true or false")
         action = Action(
             topic=_check_template(env, spec["publish"], where=act, allowed=ACTION_VARIABLES),
-            payload=_check_template(env, str(spec["payload"]), where=act,
-                                    allowed=ACTION_VARIABLES),
-            retain=bool(spec.get("retain", False)),
+            payload=_check_template(env, spec["payload"], where=act, allowed=ACTION_VARIABLES),
+            retain=spec.get("retain", False),
         )
     return IntentTemplate(
         name=name, file=file, line=line,
@@ -389,6 +444,9 @@ def load_file(path: Path, *, folder: Path, builtin: Iterable[str],
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - safe
     except OSError as error:
         raise TemplateError(f"{path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise TemplateError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") \
+            from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark is not None else ""
@@ -402,6 +460,12 @@ def load_file(path: Path, *, folder: Path, builtin: Iterable[str],
     intents_in = data.get("intents") or {}
     if not isinstance(intents_in, Mapping):
         raise TemplateError(f"{path}, line {_line_of(intents_in, 1)}: intents must be a mapping")
+    for key, kind in (("lists", Mapping), ("expansion_rules", Mapping), ("skip_words", list)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise TemplateError(f"{path}, line {_line_of(data, 1)}: {key} must be a "
+                                f"{'mapping' if kind is Mapping else 'list of words'}")
+    for rule, text in (data.get("expansion_rules") or {}).items():
+        _parse(text, f"{path} (expansion rule {rule!r})")
     shared = {"language": data.get("language"), "lists": data.get("lists") or {},
               "expansion_rules": data.get("expansion_rules") or {}}
     intents = {
@@ -438,8 +502,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_templates(folder: Path, *, builtin: Iterable[str], language: str = "en") -> TemplateSet:
-    """Every ``*.yaml`` under ``folder``; :class:`TemplateError` lists every mistake found."""
+def load_templates(folder: Path, *, builtin: Iterable[str], language: str = "en",
+                   known_lists: Iterable[str] = (), known_rules: Iterable[str] = ()
+                   ) -> TemplateSet:
+    """Every ``*.yaml`` under ``folder``; :class:`TemplateError` lists every mistake found.
+
+    ``known_lists`` and ``known_rules`` are those sentences may use without defining them
+    (the sentence library's, and the home's ``name``, ``area`` and ``floor`` lists).
+    """
     env = make_environment()
     builtin = frozenset(builtin)
     errors: list[str] = []
@@ -471,6 +541,22 @@ def load_templates(folder: Path, *, builtin: Iterable[str], language: str = "en"
             merged.setdefault("skip_words", []).extend(sentences["skip_words"])
         if "default_system_prompt" in sentences:
             default_prompt = sentences["default_system_prompt"]
+    lists = {"name", "area", "floor"} | set(known_lists) | set(merged["lists"])
+    rules = set(known_rules) | set(merged["expansion_rules"])
+    for template in intents.values():
+        for block in template.sentences:
+            used_lists: set[str] = set()
+            used_rules: set[str] = set()
+            for text in [*block["sentences"], *(block.get("expansion_rules") or {}).values()]:
+                found_lists, found_rules = _parse(text, "")
+                used_lists |= found_lists
+                used_rules |= found_rules
+            missing = sorted((used_lists - lists - set(block.get("slots") or {}))
+                             | {f"<{r}>" for r in used_rules - rules
+                                - set(block.get("expansion_rules") or {})})
+            if missing:
+                errors.append(f"{folder / template.file}, line {_line_of(block, template.line)} "
+                              f"({template.name}): undefined list(s) or rule(s) {missing}")
     if errors:
         raise TemplateError("\n".join(errors))
     return TemplateSet(intents=intents, language=language, sentences=merged,

@@ -153,3 +153,37 @@ def test_cli_reload_purges_changed_intents(folder: Path, redis_url: str, tmp_pat
     (folder / "media.yaml").write_text("intents: [")
     broken = reload()
     assert broken.returncode == 1 and "media.yaml" in broken.stderr
+
+
+def test_an_answer_that_does_not_depend_on_who_asks_is_cached_once(engine: IntentEngine) -> None:
+    first = engine.respond("turn on the kitchen light", user="alice", site="kitchen")
+    second = engine.respond("turn on the kitchen light", user="bob", site="hall")
+    assert [f.source for f in first.fragments] == ["computed"]
+    assert [f.source for f in second.fragments] == ["l1"]
+
+
+def test_words_said_freely_are_cached_per_user(engine: IntentEngine, folder: Path,
+                                               cache: TieredCache) -> None:
+    (folder / "notes.yaml").write_text("""
+language: en
+intents:
+  RememberThis:
+    data:
+      - sentences: ["remember {note}"]
+    responses:
+      default:
+        - text: "I'll remember {{ slots.note }}."
+lists:
+  note:
+    wildcard: true
+""")
+    assert engine.reload().added == ("RememberThis",)
+    alice = engine.respond("remember my pin is 4321", user="alice")
+    assert alice.text == "I'll remember my pin is 4321."
+    bob = engine.respond("remember my pin is 4321", user="bob")
+    assert [f.source for f in bob.fragments] == ["computed"]  # not alice's copy
+    again = engine.respond("remember my pin is 4321", user="alice")
+    assert [f.source for f in again.fragments] == ["l1"]
+    cache.forget_user("alice")
+    after = engine.respond("remember my pin is 4321", user="alice")
+    assert [f.source for f in after.fragments] == ["computed"]
