@@ -336,6 +336,16 @@ def _readable(object_id: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in words if w) or object_id
 
 
+def _check_topic(value: str, topic: str, key: str) -> None:
+    """Refuse a topic MQTT cannot carry: subscribing to it would fail in paho's thread."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise DiscoveryError(f"{topic}: {key} is not valid UTF-8") from None
+    if size > 65535 or "\x00" in value:
+        raise DiscoveryError(f"{topic}: {key} is not a valid MQTT topic")
+
+
 def _text(config: Mapping[str, Any], key: str, topic: str) -> str | None:
     value = config.get(key)
     if value is None:
@@ -392,6 +402,9 @@ def parse(topic: str, payload: bytes, prefix: str = "homeassistant") -> Discover
         # Home Assistant treats an empty config like an empty payload.
         return DiscoveryUpdate(discovery_id, None)
     config = expand(raw)
+    for key, value in config.items():
+        if key.endswith("topic") and isinstance(value, str):
+            _check_topic(value, topic, key)
 
     device = config.get("device")
     if device is not None and not isinstance(device, dict):
@@ -446,6 +459,27 @@ def state_of(payload: bytes) -> str:
             value = data["state"]
             return value if isinstance(value, str) else json.dumps(value)
     return text
+
+
+_STATE_KEYS = {
+    "on": ("state_on", "payload_on"), "off": ("state_off", "payload_off"),
+    "open": ("state_open", "payload_open"), "closed": ("state_closed", "payload_close"),
+    "opening": ("state_opening",), "closing": ("state_closing",),
+    "locked": ("state_locked", "payload_lock"), "unlocked": ("state_unlocked", "payload_unlock"),
+}
+_DEFAULT_STATES = {"ON": "on", "OFF": "off", "OPEN": "open", "CLOSED": "closed",
+                   "LOCKED": "locked", "UNLOCKED": "unlocked"}
+
+
+def normalize_state(entity: Entity, state: str) -> str:
+    """A published state in Home Assistant's words (``on``, ``off``, ``open``...), using the
+    payloads the device announced (``payload_on: "1"``) and MQTT's usual upper-case ones."""
+    for word, keys in _STATE_KEYS.items():
+        if any(entity.attributes.get(k) == state for k in keys):
+            return word
+    if entity.domain in ("light", "switch", "fan", "binary_sensor", "cover", "lock", "valve"):
+        return _DEFAULT_STATES.get(state, state)
+    return state
 
 
 class DiscoveryListener:
@@ -551,7 +585,12 @@ class DiscoveryListener:
         # Subscribed again on every connection: the broker keeps no session for us.
         with self._lock:
             topics = [(f, 1) for f in self._filters] + [(t, 0) for t in self._entities_on]
-            _, mid = client.subscribe(topics)
+            try:
+                _, mid = client.subscribe(topics)
+            except (ValueError, UnicodeError) as error:  # never raise in paho's thread
+                self.errors += 1
+                log.error("discovery: could not subscribe: %s", error)
+                return
             self._subscribe_mid = -1 if mid is None else mid
 
     def _on_subscribe(self, client: Client, userdata: Any, mid: int, reasons: list[ReasonCode],
@@ -601,10 +640,14 @@ class DiscoveryListener:
             client = self._client
             if client is not None and client.is_connected():
                 # Queued by paho, never waited for; a lost one is redone by _on_connect.
-                if added:
-                    client.subscribe([(t, 0) for t in added])
-                if dropped:
-                    client.unsubscribe(dropped)
+                try:
+                    if added:
+                        client.subscribe([(t, 0) for t in added])
+                    if dropped:
+                        client.unsubscribe(dropped)
+                except (ValueError, UnicodeError) as error:
+                    self.errors += 1
+                    log.error("discovery: could not follow state topics: %s", error)
 
     # -- the worker thread -------------------------------------------------------------------
 
@@ -651,7 +694,12 @@ class DiscoveryListener:
         (the file is the user's word, and most likely describes the same device)."""
         known = self._ids.get(discovery_id)
         if known is not None and known[0] == wanted:
-            return known[1]
+            held = home.entities.get(known[1])
+            if held is None or held.source == "discovery":
+                return known[1]
+            # The entities file has taken this id since: the file wins.
+            del self._ids[discovery_id]
+            return None
         if known is not None:
             # The config now asks for another id: the old entity goes.
             del self._ids[discovery_id]
@@ -684,5 +732,8 @@ class DiscoveryListener:
             return
         if not state:
             return  # an empty retained message only clears the broker's copy
+        home = self._registry.home
         for entity_id in entity_ids:
-            self._registry.set_state(entity_id, state)
+            entity = home.entities.get(entity_id)
+            if entity is not None:
+                self._registry.set_state(entity_id, normalize_state(entity, state))

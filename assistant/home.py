@@ -8,8 +8,10 @@ aliases, areas, floors: what recognition matches against) or only a state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +22,8 @@ from typing import Any
 import yaml
 
 from assistant.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +167,20 @@ class Registry:
         """Call ``listener`` after every change."""
         self._listeners.append(listener)
 
+    def unlisten(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
     def _publish(self, home: Home, changed: Iterable[str], structural: bool) -> None:
-        """Call the listeners; outside the lock, so a listener may change the home itself."""
+        """Call the listeners; outside the lock, so a listener may change the home itself.
+        One that fails is logged and the others are still called."""
         ids = frozenset(changed)
         for listener in list(self._listeners):
-            listener(home, ids, structural)
+            try:
+                listener(home, ids, structural)
+            except Exception:
+                log.exception("a listener of the home failed")
 
     def replace_config(self, config: Home) -> None:
         """Swap in a newly loaded entities file; discovered entities stay."""
@@ -321,6 +334,8 @@ def load_home(path: Path) -> Home:
         if not isinstance(attributes, dict):
             raise ConfigError(f"{where}: attributes must be a mapping")
         state = item.get("state")
+        if isinstance(state, bool):  # YAML reads a bare on/off as true/false
+            state = "on" if state else "off"
         entities[entity_id] = Entity(
             entity_id=entity_id,
             name=text_field(item, "name", where),

@@ -76,12 +76,15 @@ class IntentEngine:
         self.responder = responder or Responder(cache, keys)
         self._lock = threading.Lock()
         templates = self._load()
-        self._recognizer = Recognizer(templates, registry.home, language=settings.language)
+        home = registry.home
+        self._recognizer = Recognizer(templates, home, language=settings.language)
         self._record_versions(templates)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._changes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="home-changes")
         registry.listen(self._home_changed)
+        if registry.home is not home:  # changed while the recognizer was being built
+            self._home_changed(registry.home, frozenset(), True)
         if cache is not None:
             cache.on_announcement(self._announced)
 
@@ -207,6 +210,7 @@ class IntentEngine:
     def close(self) -> None:
         """Stop watching and applying changes."""
         self._stop.set()
+        self.registry.unlisten(self._home_changed)
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self._changes.shutdown(wait=True)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -348,9 +349,10 @@ def test_listener_follows_discovery_and_states(
     assert climate.attributes["temperature_unit"] == "C"
 
     # The retained state came with the subscription the new entity caused.
-    wait_until(lambda: entities()["light.kitchen_ceiling"].state == "ON", "the retained light state")
+    # In Home Assistant's words: the device's ON is the state "on".
+    wait_until(lambda: entities()["light.kitchen_ceiling"].state == "on", "the retained light state")
     device.send("home/kitchen/ceiling/state", "OFF")
-    wait_until(lambda: entities()["light.kitchen_ceiling"].state == "OFF", "the light turning off")
+    wait_until(lambda: entities()["light.kitchen_ceiling"].state == "off", "the light turning off")
     # Retained: the thermostat's subscription may not be confirmed yet, the light's is.
     device.send("home/living/thermostat/mode", {"state": "heat", "since": 3}, retain=True)
     wait_until(lambda: entities()["climate.thermostat"].state == "heat", "the thermostat's mode")
@@ -511,3 +513,23 @@ def test_client_sockets_have_no_delay_and_on_connect_is_kept(mqtt: MqttSettings)
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_states_are_put_in_home_assistant_words() -> None:
+    from assistant.discovery import normalize_state
+    from assistant.home import Entity
+
+    porch = Entity("light.porch", "Porch", attributes=MappingProxyType({"payload_on": "1",
+                                                                        "payload_off": "0"}))
+    assert normalize_state(porch, "1") == "on" and normalize_state(porch, "0") == "off"
+    assert normalize_state(Entity("switch.fan", "Fan"), "ON") == "on"
+    assert normalize_state(Entity("cover.blinds", "Blinds"), "CLOSED") == "closed"
+    assert normalize_state(Entity("sensor.t", "T"), "OFF") == "OFF"  # a sensor's value as sent
+
+
+def test_a_topic_mqtt_cannot_carry_is_refused_not_subscribed() -> None:
+    from assistant.discovery import DiscoveryError, parse
+
+    config = b'{"name": "Bad", "stat_t": "bad/\\ud800", "cmd_t": "ok/set"}'
+    with pytest.raises(DiscoveryError, match="state_topic"):
+        parse("homeassistant/light/bad/config", config)
