@@ -159,3 +159,23 @@ def test_no_match_is_not_understood(responder: Responder, templates: TemplateSet
     # a match of an intent that has no template is not understood either
     unknown = responder.answer(match("HassTurnOn", targets=(KITCHEN_LIGHT,)), None, HOME)
     assert unknown.text == NOT_UNDERSTOOD and unknown.actions == ()
+
+
+@pytest.mark.parametrize(("sentence", "expected"), [
+    ("are any lights on", "Yes, the Ceiling Light is on."),
+    ("which lights are on", "The Ceiling Light is on."),
+    ("how many lights are on", "1 is on."),
+    ("are all the lights off", "No, the Ceiling Light is not off."),
+])
+def test_questions_about_several_entities(sentence: str, expected: str) -> None:
+    from assistant.home import Registry, load_home
+    from assistant.intents import IntentEngine
+    from assistant.settings import IntentsSettings
+
+    registry = Registry(load_home(ROOT / "configs" / "entities.yaml"))
+    registry.set_state("light.ceiling", "on")
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"), registry)
+    try:
+        assert engine.respond(sentence).text == expected
+    finally:
+        engine.close()
