@@ -195,8 +195,11 @@ class Recognizer:
             found = self._seen.get(key, _UNSEEN)
         if found is _UNSEEN:
             found = self.match(text, area=area)
-            with self._seen_lock:
-                self._seen[key] = found
+            # Free text someone said (a wildcard slot) is theirs: not kept in a memory that
+            # outlives the request and that forgetting them could not reach.
+            if found is None or not any(slot.wildcard for slot in found.slots.values()):
+                with self._seen_lock:
+                    self._seen[key] = found
         if found is None:
             return None
         return _with_targets(found, self._home, found.metadata.get("_context", {}), area)

@@ -187,3 +187,26 @@ lists:
     cache.forget_user("alice")
     after = engine.respond("remember my pin is 4321", user="alice")
     assert [f.source for f in after.fragments] == ["computed"]
+
+
+def test_free_text_is_not_kept_in_the_recognizers_memory(engine: IntentEngine,
+                                                         folder: Path) -> None:
+    (folder / "notes.yaml").write_text("""
+language: en
+intents:
+  RememberThis:
+    data:
+      - sentences: ["remember {note}"]
+    responses:
+      default:
+        - text: "Noted."
+lists:
+  note:
+    wildcard: true
+""")
+    engine.reload()
+    engine.respond("remember the safe code is 1234", user="alice")
+    engine.respond("never mind")
+    seen = engine._recognizer._seen
+    assert all("1234" not in text for text, _area in seen)
+    assert any(text == "never mind" for text, _area in seen)
