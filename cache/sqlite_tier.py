@@ -317,14 +317,19 @@ class SqliteTier:
             unwritten = [k for k, r in self._pending.items() if r.user == user]
             for key in unwritten:
                 del self._pending[key]
-            # A write dropped here may have been overwriting an older row of the same key,
-            # perhaps not theirs: that row is stale too, and goes with theirs.
-            self.pending_forgets.setdefault(user, set()).update(unwritten)
-        with self._write_lock:
-            return len(unwritten) + self._delete_user_rows(user)
+        # A write dropped here may have been overwriting an older row of the same key,
+        # perhaps not theirs: that row is stale too, and goes with theirs.
+        stale = set(unwritten) | self.pending_forgets.get(user, set())
+        try:
+            with self._write_lock:
+                return len(unwritten) + self._delete_user_rows(user, stale)
+        except TierUnavailable:
+            with self._cond:  # the writer thread tries again
+                self.pending_forgets.setdefault(user, set()).update(unwritten)
+            raise
 
-    def _delete_user_rows(self, user: str) -> int:
-        keys = sorted(self.pending_forgets.get(user, ()))
+    def _delete_user_rows(self, user: str, stale: Iterable[str]) -> int:
+        keys = sorted(stale)
 
         def forget() -> int:
             with self._tx() as conn:
@@ -356,8 +361,8 @@ class SqliteTier:
         with self._write_lock:
             try:
                 self.flush()
-                for user in list(self.pending_forgets):
-                    self._delete_user_rows(user)
+                for user, stale in list(self.pending_forgets.items()):
+                    self._delete_user_rows(user, stale)
             except TierUnavailable as error:
                 log.error("sqlite cache closed with %d writes not written: %s",
                           len(self._pending), error)
@@ -402,9 +407,9 @@ class SqliteTier:
                     return
             try:
                 self.flush()
-                for user in list(self.pending_forgets):
+                for user, stale in list(self.pending_forgets.items()):
                     with self._write_lock:
-                        self._delete_user_rows(user)
+                        self._delete_user_rows(user, stale)
                 if time.monotonic() - last_check >= 1.0:
                     last_check = time.monotonic()
                     self.check_file()
