@@ -19,7 +19,9 @@ against the current states.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from typing import Any
 
 from cachetools import LRUCache
 from hassil import Intents, SlotList, TextSlotList, filter_intents, recognize_best
+from hassil.expression import Alternative, Expression, Group, ListReference, RuleReference, Sentence
 from hassil.util import merge_dict
 from home_assistant_intents import get_intents
 
@@ -102,6 +105,61 @@ class Match:
         return {name: slot.value for name, slot in self.slots.items()}
 
 
+_HOME_LISTS = ("name", "area", "floor")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.casefold()))
+
+
+def _home_words(home: Home) -> dict[str, frozenset[str]]:
+    """Every word of the home's names, areas and floors (aliases included), by list."""
+    return {
+        "name": frozenset(w for e in home.entities.values() for n in (e.name, *e.aliases)
+                          for w in _words(n)),
+        "area": frozenset(w for a in home.areas.values() for n in (a.name, *a.aliases)
+                          for w in _words(n)),
+        "floor": frozenset(w for f in home.floors.values() for n in (f.name, *f.aliases)
+                           for w in _words(n)),
+    }
+
+
+def _required_lists(expression: Expression, rules: Mapping[str, Sentence],
+                    seen: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The lists every way of saying ``expression`` mentions."""
+    if isinstance(expression, ListReference):
+        return frozenset({expression.list_name})
+    if isinstance(expression, RuleReference):
+        rule = rules.get(expression.rule_name)
+        if rule is None or expression.rule_name in seen:
+            return frozenset()
+        return _required_lists(rule.expression, rules, seen | {expression.rule_name})
+    if isinstance(expression, Alternative):
+        if expression.is_optional or not expression.items:
+            return frozenset()
+        found = [_required_lists(item, rules, seen) for item in expression.items]
+        return frozenset.intersection(*found)
+    if isinstance(expression, Group):
+        return frozenset().union(*(_required_lists(i, rules, seen) for i in expression.items))
+    return frozenset()
+
+
+def _prunable(intents: Intents) -> list[tuple[str, int, frozenset[str]]]:
+    """(intent, block index, home lists every sentence of the block needs), for blocks that
+    need at least one: they cannot match a sentence without a word of that list."""
+    out = []
+    for name, intent in intents.intents.items():
+        for index, data in enumerate(intent.data):
+            rules = {**intents.expansion_rules, **data.expansion_rules}
+            needed = [(_required_lists(s.expression, rules) & set(_HOME_LISTS))
+                      - set(data.slots) for s in data.sentences]
+            common = frozenset.intersection(*needed) if needed else frozenset()
+            if common:
+                out.append((name, index, common))
+    return out
+
+
 def _slot_lists(home: Home) -> dict[str, SlotList]:
     names: list[tuple[str, str, dict[str, Any]]] = []
     for entity in home.entities.values():
@@ -145,6 +203,9 @@ class Recognizer:
         self._home = home
         self._intents = self._for_home(home)
         self._slot_lists = _slot_lists(home)
+        self._home_words = _home_words(home)
+        self._variants: dict[frozenset[str], Intents] = {}
+        self._prune = _prunable(self._intents)
         self._seen: LRUCache[tuple[str, str | None], Match | None] = LRUCache(4096)
         self._seen_lock = threading.Lock()
         for entity in list(home.entities.values())[:1]:
@@ -179,6 +240,9 @@ class Recognizer:
         same_domains = ({e.domain for e in home.entities.values()}
                         == {e.domain for e in self._home.entities.values()})
         other._intents = self._intents if same_domains else self._for_home(home)
+        other._prune = self._prune if same_domains else _prunable(other._intents)
+        other._variants = self._variants if same_domains else {}
+        other._home_words = _home_words(home)
         other._home = home
         if home.version == self._home.version:  # only states changed: same names, same matches
             other._slot_lists, other._seen = self._slot_lists, self._seen
@@ -204,6 +268,30 @@ class Recognizer:
             return None
         return _with_targets(found, self._home, found.metadata.get("_context", {}), area)
 
+    def _candidates(self, text: str) -> Intents:
+        """The sentence blocks that could match ``text``.
+
+        Most of the library's blocks need an entity, area or floor name in the sentence; one
+        whose needed list has no word in ``text`` cannot match, and matching it costs as much
+        as the rest together. There are only eight combinations, each built once.
+        """
+        words = _words(text)
+        present = frozenset(name for name in _HOME_LISTS if words & self._home_words[name])
+        variant = self._variants.get(present)
+        if variant is None:
+            drop: dict[str, set[int]] = {}
+            for name, index, needed in self._prune:
+                if not needed <= present:
+                    drop.setdefault(name, set()).add(index)
+            intents = {
+                name: dataclasses.replace(intent, data=[d for i, d in enumerate(intent.data)
+                                                        if i not in drop.get(name, ())])
+                for name, intent in self._intents.intents.items()
+            }
+            variant = self._variants[present] = dataclasses.replace(self._intents,
+                                                                    intents=intents)
+        return variant
+
     def match(self, text: str, *, area: str | None = None) -> Match | None:
         """What hassil makes of ``text`` (no cache, no entities resolved)."""
         home = self._home
@@ -212,7 +300,7 @@ class Recognizer:
             name = home.areas[area].name
             context = {"area": {"value": name, "text": name}}
         result = recognize_best(
-            text, self._intents, slot_lists=self._slot_lists, intent_context=context,
+            text, self._candidates(text), slot_lists=self._slot_lists, intent_context=context,
             language=self.language, best_metadata_key=CUSTOM, best_slot_name="name",
         )
         if result is None:

@@ -259,3 +259,38 @@ def test_a_remembered_match_is_resolved_against_the_current_home(recognizer: Rec
                                                               first.response)
     assert second.targets[0].state == "on"
     assert second != first
+
+
+EXTRA_SENTENCES = [
+    "turn off the downstairs lights", "turn on the upstairs lights", "turn on the lights",
+    "switch off the lounge lights", "turn on the ceiling light in the living room",
+    "turn on the kitchen light on the ground floor", "dim the kitchen light to 20%",
+    "what is the temperature in the lounge", "close the blinds", "open the living room blinds",
+    "set the lounge blinds to 30 percent", "is the coffee maker on", "are any lights on",
+    "which lights are off", "turn off everything", "play", "unpause the tv",
+    "set the tv volume to 10", "what's the weather like", "how much time is left on the timer",
+    "cancel my timer", "tell me a joke", "turn on the fridge", "lights on", "",
+]
+
+
+@pytest.mark.parametrize("area", [None, "kitchen", "living_room"])
+def test_leaving_out_blocks_that_cannot_match_changes_no_result(recognizer: Recognizer,
+                                                                area: str | None) -> None:
+    """The recognizer skips sentence blocks needing a name, area or floor the sentence has no
+    word of; checked here against matching with every block."""
+    from hassil import recognize_best
+
+    home = recognizer.home
+    context = ({"area": {"value": home.areas[area].name, "text": home.areas[area].name}}
+               if area else None)
+    for sentence in [case.values[0] for case in CASES] + EXTRA_SENTENCES:
+        full = recognize_best(sentence, recognizer._intents, slot_lists=recognizer._slot_lists,
+                              intent_context=context, language="en",
+                              best_metadata_key="custom", best_slot_name="name")
+        fast = recognizer.match(sentence, area=area)
+        if full is None:
+            assert fast is None, sentence
+            continue
+        assert fast is not None, sentence
+        assert fast.intent == full.intent.name, sentence
+        assert fast.slot_values() == {e.name: e.value for e in full.entities_list}, sentence
