@@ -337,8 +337,11 @@ def _with_targets(match: Match, home: Home, context: Mapping[str, Any],
 
     if "name" in slots:
         candidates = [e for e in home.named(str(slots["name"].value)) if fits(e)]
-        if area is not None:
-            candidates = [e for e in candidates if e.area == area.id] or candidates
+        if area is not None:  # "the lamp in the bedroom": only that one, or none
+            candidates = [e for e in candidates if e.area == area.id]
+        elif floor is not None:
+            on_floor = {e.entity_id for e in home.on_floor(floor.id)}
+            candidates = [e for e in candidates if e.entity_id in on_floor]
         elif said_in is not None and len(candidates) > 1:
             candidates = [e for e in candidates if e.area == said_in] or candidates
     elif area is not None:

@@ -173,6 +173,13 @@ class Responder:
         """The answer to ``match`` (``None``: nothing understood)."""
         if match is None or template is None:
             return Answer(text=NOT_UNDERSTOOD)
+        if template.action is not None and "name" in match.slots and len(match.targets) > 1:
+            # Several things share the name and nothing said which: ask, do not guess (as
+            # Home Assistant does with duplicate names).
+            return Answer(text=f"There is more than one {match.slots['name'].value}; "
+                               "say which room it is in.", intent=match.intent,
+                          slots=match.slot_values(),
+                          targets=tuple(e.entity_id for e in match.targets))
         if template.action is not None and not any(e.command_topic for e in match.targets):
             # Never claim to have done what nothing was there to do.
             return Answer(text=_nothing_to_act_on(match), intent=match.intent,

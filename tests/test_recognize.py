@@ -294,3 +294,8 @@ def test_leaving_out_blocks_that_cannot_match_changes_no_result(recognizer: Reco
         assert fast is not None, sentence
         assert fast.intent == full.intent.name, sentence
         assert fast.slot_values() == {e.name: e.value for e in full.entities_list}, sentence
+
+
+def test_a_named_entity_in_another_area_than_said_is_not_taken(recognizer: Recognizer) -> None:
+    match = recognizer.recognize("turn on the kitchen light in the bedroom")
+    assert match is not None and match.targets == ()

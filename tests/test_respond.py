@@ -179,3 +179,18 @@ def test_questions_about_several_entities(sentence: str, expected: str) -> None:
         assert engine.respond(sentence).text == expected
     finally:
         engine.close()
+
+
+def test_a_name_shared_by_two_entities_is_asked_about_not_guessed() -> None:
+    from assistant.home import Area, Entity, Home
+    from assistant.recognize import Match, Slot
+    from assistant.respond import Responder
+
+    home = Home(areas={"a": Area("a", "Attic"), "b": Area("b", "Bedroom")})
+    lamps = (Entity("light.l1", "Lamp", area="a", command_topic="x/1"),
+             Entity("light.l2", "Lamp", area="b", command_topic="x/2"))
+    templates = load_templates(ROOT / "intents", builtin=builtin_intents("en"))
+    match = Match("HassTurnOn", {"name": Slot("Lamp", "lamp")}, "default", lamps)
+    answer = Responder(None, None).answer(match, templates.intents["HassTurnOn"], home)
+    assert answer.text == "There is more than one Lamp; say which room it is in."
+    assert answer.actions == ()
