@@ -250,13 +250,6 @@ class RedisTier:
         """A separate client for blocking stream reads (its timeout outlasts the block)."""
         return _client(self.url, block_seconds + 2.0)
 
-    def ping(self) -> bool:
-        """True when Redis answers now (ignores the breaker)."""
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
     def info(self) -> dict[str, Any]:
         """Memory and key counts from ``INFO`` for ``stats``."""
         info = self._call(lambda: self.client.info("memory"))

@@ -611,5 +611,6 @@ class SqliteTier:
             "file_bytes": self.path.stat().st_size if self.path.exists() else 0,
             "wal_bytes": wal.stat().st_size if wal.exists() else 0,
             "queued": len(self._pending), "evictions": self.evictions,
-            "quarantined": self.quarantined,
+            "quarantined": self.quarantined, "dropped": self.dropped,
+            "forgets_pending": len(self.pending_forgets),
         }

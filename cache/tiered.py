@@ -624,7 +624,10 @@ class TieredCache:
         }
         if self.redis is not None:
             try:
-                out["l2"] = {**self.redis.info(), "breaker_open": self.redis.breaker.is_open}
+                out["l2"] = {**self.redis.info(), "breaker_open": self.redis.breaker.is_open,
+                             "breaker_opened": self.redis.breaker.opened,
+                             "events_applied": self.events_applied,
+                             "events_pending": len(self._outbox)}
             except TierUnavailable as error:
                 out["l2"] = {"error": str(error), "breaker_open": self.redis.breaker.is_open}
         if self.sqlite is not None:
