@@ -22,7 +22,7 @@ import jinja2
 from assistant.errors import TemplateError
 from assistant.home import Entity, Home
 from assistant.recognize import Match
-from assistant.templates import Fragment, IntentTemplate
+from assistant.templates import Fragment, IntentTemplate, spoken_names
 from cache import KeyBuilder, TieredCache
 
 NOT_UNDERSTOOD = "Sorry, I didn't understand that."
@@ -108,7 +108,7 @@ def join_fragments(parts: list[str]) -> str:
 def _nothing_to_act_on(match: Match) -> str:
     slots = match.slot_values()
     if match.targets:
-        names = _names_of(match.targets)
+        names = spoken_names([{"name": e.name} for e in match.targets])
         return f"Sorry, I can't control {names}."
     if "name" in slots:
         thing = f"the {slots['name']}"
@@ -123,11 +123,6 @@ def _nothing_to_act_on(match: Match) -> str:
     elif "floor" in slots:
         thing += f" on the {slots['floor']}"
     return f"Sorry, I couldn't find {thing}."
-
-
-def _names_of(entities: tuple[Entity, ...]) -> str:
-    names = [f"the {e.name}" for e in entities]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Responder:

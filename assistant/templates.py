@@ -101,7 +101,7 @@ def _line_of(value: Any, fallback: int) -> int:
 # -- the sandbox ---------------------------------------------------------------------------
 
 
-def _names(targets: Any) -> str:
+def spoken_names(targets: Any) -> str:
     """``the kitchen light and the ceiling light``."""
     names = [f"the {t['name']}" if isinstance(t, Mapping) else str(t) for t in targets or ()]
     if len(names) <= 1:
@@ -117,7 +117,7 @@ def make_environment() -> SandboxedEnvironment:
                                         keep_trailing_newline=False)
     env.filters.pop("random", None)
     env.globals.pop("lipsum", None)
-    env.filters["names"] = _names
+    env.filters["names"] = spoken_names
     return env
 
 

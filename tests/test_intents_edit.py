@@ -162,21 +162,26 @@ def test_an_answer_that_does_not_depend_on_who_asks_is_cached_once(engine: Inten
     assert [f.source for f in second.fragments] == ["l1"]
 
 
-def test_words_said_freely_are_cached_per_user(engine: IntentEngine, folder: Path,
-                                               cache: TieredCache) -> None:
-    (folder / "notes.yaml").write_text("""
+def add_note_intent(folder: Path, response: str) -> None:
+    """An intent of the user's own that captures free text (a wildcard slot)."""
+    (folder / "notes.yaml").write_text(f"""
 language: en
 intents:
   RememberThis:
     data:
-      - sentences: ["remember {note}"]
+      - sentences: ["remember {{note}}"]
     responses:
       default:
-        - text: "I'll remember {{ slots.note }}."
+        - text: "{response}"
 lists:
   note:
     wildcard: true
 """)
+
+
+def test_words_said_freely_are_cached_per_user(engine: IntentEngine, folder: Path,
+                                               cache: TieredCache) -> None:
+    add_note_intent(folder, "I'll remember {{ slots.note }}.")
     assert engine.reload().added == ("RememberThis",)
     alice = engine.respond("remember my pin is 4321", user="alice")
     assert alice.text == "I'll remember my pin is 4321."
@@ -191,19 +196,7 @@ lists:
 
 def test_free_text_is_not_kept_in_the_recognizers_memory(engine: IntentEngine,
                                                          folder: Path) -> None:
-    (folder / "notes.yaml").write_text("""
-language: en
-intents:
-  RememberThis:
-    data:
-      - sentences: ["remember {note}"]
-    responses:
-      default:
-        - text: "Noted."
-lists:
-  note:
-    wildcard: true
-""")
+    add_note_intent(folder, "Noted.")
     engine.reload()
     engine.respond("remember the safe code is 1234", user="alice")
     engine.respond("never mind")
