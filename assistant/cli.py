@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from assistant.caching import open_cache
-from assistant.errors import AssistantError, TemplateError
+from assistant.errors import AssistantError, AudioError, TemplateError
 from assistant.intents import RELOAD, versions_key
 from assistant.recognize import builtin_intents, load_intent_templates
 from assistant.settings import Settings, load_settings
 from assistant.templates import load_file
-from cache import CacheError, TieredCache
+from cache import CacheError, KeyBuilder, TieredCache
 from cache.crypto import append_key
 
 
@@ -48,7 +48,91 @@ def _parser() -> argparse.ArgumentParser:
     intent_ops.add_parser(
         "reload", help="validate, purge the cached answers of changed intents everywhere, "
                        "and make running services re-read the templates")
+
+    transcribe = commands.add_parser("transcribe", help="print the words in a WAV (or raw PCM) file")
+    transcribe.add_argument("file", type=Path, help="a WAV file, or raw PCM with --rate")
+    transcribe.add_argument("--user", help="whose words these are (their privacy policy applies)")
+    raw = transcribe.add_argument_group("raw PCM (instead of a WAV file)")
+    raw.add_argument("--rate", type=int, help="samples per second: the file is raw PCM")
+    raw.add_argument("--bits", type=int, default=16, help="bits per sample (default 16)")
+    raw.add_argument("--channels", type=int, default=1, help="interleaved channels (default 1)")
+    raw.add_argument("--float", action="store_true", help="IEEE float samples")
+    transcribe.add_argument("--no-cache", action="store_true", help="transcribe even if cached")
+
+    say = commands.add_parser("say", help="speak text into a WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", type=Path, required=True, help="WAV file to write; - for stdout")
+    say.add_argument("--user", help="cache the audio as this user's (personal content)")
+    say.add_argument("--stream", action="store_true",
+                     help="report each sentence as soon as it is ready")
+    say.add_argument("--no-cache", action="store_true", help="synthesise even if cached")
     return parser
+
+
+def _speech_cache(settings: Settings, no_cache: bool) -> tuple[TieredCache | None, KeyBuilder | None]:
+    if no_cache:
+        return None, None
+    return open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                      keys=settings.keys, privacy=settings.privacy, listen=False)
+
+
+def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.audio import PcmFormat
+    from assistant.stt import Transcriber
+
+    fmt = None
+    if args.rate is not None:
+        fmt = PcmFormat(rate=args.rate, bits=args.bits, channels=args.channels, float=args.float)
+    data = args.file.read_bytes()
+    cache, keys = _speech_cache(settings, args.no_cache)
+    try:
+        transcriber = Transcriber(settings.stt, cache=cache, keys=keys)
+        result = transcriber.transcribe(data, fmt=fmt, user=args.user)
+    finally:
+        if cache is not None:
+            cache.close()
+    print(result.text)
+    print(f"source={result.source} audio={result.audio_seconds:.2f}s "
+          f"took={result.seconds * 1000:.1f}ms rtf={result.seconds / result.audio_seconds:.3f} "
+          f"model_load={transcriber.load_seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+def _say(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from assistant.tts import Speaker
+
+    cache, keys = _speech_cache(settings, args.no_cache)
+    try:
+        speaker = Speaker(settings.tts, cache=cache, keys=keys)
+        started = time.perf_counter()
+        if args.stream:
+            spoken = []
+            for sentence in speaker.stream(args.text, user=args.user):
+                print(f"{(time.perf_counter() - started) * 1000:8.1f}ms ready: "
+                      f"{sentence.source:8} {sentence.text}", file=sys.stderr)
+                spoken.append(sentence)
+            wav = speaker.stitch([s.pcm for s in spoken])
+        else:
+            speech = speaker.speak(args.text, user=args.user)
+            spoken, wav = list(speech.sentences), speech.wav
+            for sentence in spoken:
+                print(f"{sentence.seconds * 1000:8.1f}ms {sentence.source:8} {sentence.text}",
+                      file=sys.stderr)
+        took = time.perf_counter() - started
+    finally:
+        if cache is not None:
+            cache.close()
+    if str(args.output) == "-":
+        sys.stdout.buffer.write(wav)
+    else:
+        args.output.write_bytes(wav)
+    audio = (len(wav) - 44) / 2 / speaker.rate
+    hits = sum(s.source not in ("computed", "waited") for s in spoken)
+    print(f"cached={hits}/{len(spoken)} audio={audio:.2f}s took={took * 1000:.1f}ms "
+          f"rtf={took / audio:.3f} voice_load={speaker.load_seconds:.2f}s", file=sys.stderr)
+    return 0
 
 
 def _check(settings: Settings, path: Path | None) -> int:
@@ -153,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cache_command(args, settings)
         if args.command == "intents":
             return _check(settings, args.path) if args.op == "check" else _reload(settings)
+        if args.command == "transcribe":
+            return _transcribe(args, settings)
+        if args.command == "say":
+            return _say(args, settings)
+    except AudioError as error:
+        print(f"error[{error.code}]: {error}", file=sys.stderr)
+        return 2
     except (CacheError, AssistantError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

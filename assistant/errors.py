@@ -19,3 +19,11 @@ class TemplateError(ConfigError):
     """An intent template does not load, validate or render."""
 
     code = "bad_template"
+
+
+class AudioError(AssistantError):
+    """Audio that cannot be used; ``code`` says why (see :mod:`assistant.audio`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

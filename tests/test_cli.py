@@ -103,3 +103,31 @@ def test_purge_reports_failure_when_redis_is_unreachable(tmp_path: Path) -> None
     result = run(path, "cache", "purge", "--tag", "intent:X")
     assert result.returncode == 1
     assert "redis" in result.stderr.lower()
+
+
+@pytest.mark.slow
+def test_say_then_transcribe_with_the_cache(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "answer.wav"
+    said = run(config, "say", "Turn on the porch light. It is dark outside.", "-o", str(out))
+    assert said.returncode == 0, said.stderr
+    assert "cached=0/2" in said.stderr and "rtf=" in said.stderr
+    assert out.read_bytes()[:4] == b"RIFF"
+    again = run(config, "say", "It is dark outside.", "-o", str(tmp_path / "again.wav"),
+                "--stream")
+    assert again.returncode == 0, again.stderr
+    assert "ready: l2" in again.stderr and "cached=1/1" in again.stderr  # a new process: Redis
+
+    heard = run(config, "transcribe", str(out), "--user", "erin")
+    assert heard.returncode == 0, heard.stderr
+    assert heard.stdout.strip().lower().rstrip(".") == "turn on the porch light. it is dark outside"
+    assert "source=computed" in heard.stderr
+    twice = run(config, "transcribe", str(out), "--user", "erin")
+    assert twice.stdout == heard.stdout and "source=l2" in twice.stderr
+
+    raw = run(config, "transcribe", str(out), "--rate", "22050", "--bits", "12")
+    assert raw.returncode == 2 and raw.stderr.startswith("error[bad_format]:")
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("just some words")
+    bad = run(config, "transcribe", str(not_audio))
+    assert bad.returncode == 2 and bad.stderr.startswith("error[not_wav]:")
+    assert "Traceback" not in raw.stderr + bad.stderr

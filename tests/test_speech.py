@@ -1,0 +1,236 @@
+"""Speech in and out with the real models: piper speaks, faster-whisper listens.
+
+The models are the packaged defaults (tiny.en and en_US-joe-medium), loaded once for the
+module; the cache behind them is real (redis-server on a free port and a sqlite file).
+Audio is checked by transcribing it back, never by comparing bytes with a recording.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+
+from assistant.audio import PcmFormat, resample, wav_bytes
+from assistant.errors import AudioError
+from assistant.settings import SttSettings, TtsSettings
+from assistant.stt import Transcriber
+from assistant.tts import Speaker, SpeechError, split_sentences
+from cache import KeyBuilder, Keyring, PolicyBook, PrivacyPolicy, TieredCache
+from tests.conftest import make_cache
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+HOME_SENTENCES = [
+    "Turn on the kitchen light.",
+    "Turn off the lights in the living room.",
+    "Close the garage door.",
+    "What is the weather like today?",
+    "Dim the hallway lights.",
+    "Lock the front door.",
+    "Play some music in the office.",
+    "Is the back door open?",
+    "Set a timer for ten minutes.",
+    "Open the blinds in the bedroom.",
+]
+
+_NORMALISE = jiwer.Compose([
+    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
+    jiwer.ReduceToListOfListOfWords(),
+])
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    return float(jiwer.wer(references, hypotheses, reference_transform=_NORMALISE,
+                           hypothesis_transform=_NORMALISE))
+
+
+@pytest.fixture(scope="module")
+def cache(redis_server: RedisServer, keyring: Keyring,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TieredCache, KeyBuilder]]:
+    names = KeyBuilder(keyring.naming_secret())
+    policies = PolicyBook(users={"guest": PrivacyPolicy(max_ttl=60, persist=False, private=True)})
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_server.url,
+                        db=tmp_path_factory.mktemp("speech") / "cache.db", policies=policies,
+                        memory_bytes=64 * 1024 * 1024)
+    yield tiered, names
+    tiered.close()
+
+
+@pytest.fixture(scope="module")
+def speaker(cache: tuple[TieredCache, KeyBuilder]) -> Speaker:
+    return Speaker(TtsSettings(), cache=cache[0], keys=cache[1])
+
+
+@pytest.fixture(scope="module")
+def transcriber(cache: tuple[TieredCache, KeyBuilder]) -> Transcriber:
+    return Transcriber(SttSettings(), cache=cache[0], keys=cache[1])
+
+
+@pytest.fixture(scope="module")
+def spoken(speaker: Speaker) -> list[bytes]:
+    """Each home sentence as a WAV file of the voice's own rate (22.05 kHz mono)."""
+    return [speaker.speak(sentence).wav for sentence in HOME_SENTENCES]
+
+
+def test_round_trip_word_error_rate(spoken: list[bytes], transcriber: Transcriber) -> None:
+    heard = [transcriber.transcribe(wav).text for wav in spoken]
+    assert wer(HOME_SENTENCES, heard) <= 0.10, list(zip(HOME_SENTENCES, heard, strict=True))
+
+
+def test_a_44k_stereo_recording_transcribes_to_the_same_words(
+        spoken: list[bytes], transcriber: Transcriber) -> None:
+    for wav in spoken[:3]:
+        with wave.open(io.BytesIO(wav)) as reader:
+            rate = reader.getframerate()
+            mono = np.frombuffer(reader.readframes(reader.getnframes()), "<i2") / 32768
+        upsampled = resample(mono.astype(np.float32), rate, 44100)
+        # Not the same on both channels: the right one is quieter.
+        stereo = np.stack([upsampled, upsampled * 0.6], axis=1).reshape(-1)
+        converted = wav_bytes((stereo * 32767).astype("<i2").tobytes(), rate=44100, channels=2)
+        original = transcriber.transcribe(wav).text
+        again = transcriber.transcribe(converted)
+        assert again.source == "computed"  # other bytes, so not the cached transcript
+        assert wer([original], [again.text]) == 0, (original, again.text)
+
+
+def test_raw_pcm_with_a_declared_format(spoken: list[bytes], transcriber: Transcriber) -> None:
+    pcm = spoken[0][44:]
+    heard = transcriber.transcribe(pcm, fmt=PcmFormat(rate=22050))
+    assert wer([HOME_SENTENCES[0]], [heard.text]) == 0, heard.text
+    # Declared wrongly (as stereo), the same bytes are a different, unusable request.
+    with pytest.raises(AudioError) as caught:
+        transcriber.transcribe(pcm + b"\x00\x00", fmt=PcmFormat(rate=22050, channels=2))
+    assert caught.value.code == "bad_format"
+
+
+def test_the_same_sentence_twice_is_synthesised_once(speaker: Speaker) -> None:
+    text = "The patio heater is now off."
+    before = speaker.synthesized
+    first = speaker.speak(text)
+    second = speaker.speak(text)
+    assert speaker.synthesized == before + 1
+    assert [s.source for s in first.sentences] == ["computed"]
+    assert [s.source for s in second.sentences] == ["l1"]
+    assert second.wav == first.wav
+    # In a new process (empty L1) it comes from Redis, still not synthesised.
+    cache = speaker._cache
+    assert cache is not None
+    cache.memory.clear()
+    third = speaker.speak(text)
+    assert [s.source for s in third.sentences] == ["l2"] and third.wav == first.wav
+    assert speaker.synthesized == before + 1
+
+
+def test_sentences_are_cached_one_by_one_and_stitched(speaker: Speaker,
+                                                      transcriber: Transcriber) -> None:
+    speaker.speak("The door is locked.")
+    before = speaker.synthesized
+    speech = speaker.speak("The door is locked. The alarm is armed. Good night.")
+    assert [s.source for s in speech.sentences] == ["l1", "computed", "computed"]
+    assert speaker.synthesized == before + 2
+    with wave.open(io.BytesIO(speech.wav)) as reader:
+        assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (22050, 1, 2)
+        frames = reader.getnframes()
+    pause = round(0.2 * 22050)
+    assert frames == sum(len(s.pcm) // 2 for s in speech.sentences) + 2 * pause
+    heard = transcriber.transcribe(speech.wav).text
+    assert wer(["The door is locked. The alarm is armed. Good night."], [heard]) <= 0.15, heard
+
+
+def test_streaming_yields_cached_sentences_first_and_all_in_order(speaker: Speaker) -> None:
+    speaker.speak("Welcome home.")
+    text = "Welcome home. The living room is warm. Dinner is at seven."
+    stream = speaker.stream(text)
+    first = next(stream)
+    assert (first.text, first.source) == ("Welcome home.", "l1")
+    rest = list(stream)
+    assert [s.text for s in rest] == split_sentences(text)[1:]
+    assert all(s.source == "computed" for s in rest)
+    # Stopping early is allowed; what was streamed is cached.
+    again = speaker.stream(text)
+    assert next(again).source == "l1"
+    again.close()
+    assert [s.source for s in speaker.speak(text).sentences] == ["l1", "l1", "l1"]
+
+
+def test_nothing_to_say_is_an_error(speaker: Speaker) -> None:
+    with pytest.raises(SpeechError):
+        speaker.speak(" ... !? ")
+
+
+def test_a_users_sentence_is_theirs(speaker: Speaker,
+                                    cache: tuple[TieredCache, KeyBuilder]) -> None:
+    tiered, _ = cache
+    text = "Your dentist appointment is on Friday."
+    mine = speaker.speak(text, user="alice")
+    assert speaker.speak(text).sentences[0].source == "computed"  # not shared with others
+    assert speaker.speak(text, user="alice").sentences[0].source == "l1"
+    tiered.forget_user("alice")
+    again = speaker.speak(text, user="alice")
+    assert again.sentences[0].source == "computed"
+    assert len(again.wav) > 44 and len(mine.wav) > 44
+
+
+def test_a_redelivered_request_is_not_transcribed_twice(spoken: list[bytes],
+                                                        transcriber: Transcriber) -> None:
+    wav = spoken[5]
+    first = transcriber.transcribe(wav, user="bob")
+    decoded = transcriber.decoded
+    second = transcriber.transcribe(wav, user="bob")
+    assert second.source == "l1" and second.text == first.text
+    assert transcriber.decoded == decoded
+    # Another user's identical audio is their own words: not answered from bob's items.
+    assert transcriber.transcribe(wav, user="carol").source == "computed"
+    # A guest whose words may not reach disk: cached in memory and Redis only.
+    assert transcriber.transcribe(wav, user="guest").source == "computed"
+    assert transcriber.transcribe(wav, user="guest").source == "l1"
+
+
+@pytest.mark.parametrize(("data", "fmt", "code"), [
+    (b"", None, "empty"),
+    (b"ID3\x04\x00 an mp3, not a wav", None, "not_wav"),
+    (wav_bytes(b"\x00\x01" * 8000, rate=16000)[:-3], None, "truncated"),
+    (wav_bytes(b"", rate=16000), None, "empty"),
+    (wav_bytes(b"\x00\x00" * 16000, rate=16000), None, "silence"),
+    (b"\x00\x01" * 8001 + b"\x00", PcmFormat(rate=16000), "bad_format"),
+    (wav_bytes(b"\x00\x01" * (16000 * 31), rate=16000), None, "too_long"),
+    (wav_bytes(b"\x00\x01" * (16000 * 20), rate=16000), None, "too_large"),
+])
+def test_bad_audio_gets_its_code_and_nothing_else_is_affected(
+        data: bytes, fmt: PcmFormat | None, code: str, transcriber: Transcriber,
+        spoken: list[bytes], cache: tuple[TieredCache, KeyBuilder]) -> None:
+    tiered, keys = cache
+    small = Transcriber(SttSettings(max_bytes=512 * 1024), cache=tiered, keys=keys) \
+        if code == "too_large" else transcriber
+    decoded = small.decoded
+    with pytest.raises(AudioError) as caught:
+        small.transcribe(data, fmt=fmt, user="dave")
+    assert caught.value.code == code
+    if code not in ("silence",):
+        assert small.decoded == decoded  # rejected before the model ran
+    assert tiered.get(small.key(data, fmt, "dave"), user="dave") is None  # errors not cached
+    assert wer([HOME_SENTENCES[2]], [small.transcribe(spoken[2]).text]) == 0
+
+
+def test_a_tone_is_not_speech(transcriber: Transcriber) -> None:
+    t = np.arange(16000 * 2) / 16000
+    beep = (0.3 * np.sin(2 * np.pi * 1000 * t) * 32767).astype("<i2").tobytes()
+    with pytest.raises(AudioError) as caught:
+        transcriber.transcribe(wav_bytes(beep, rate=16000))
+    assert caught.value.code == "no_speech"
+
+
+def test_models_come_from_configured_paths(tmp_path: Path) -> None:
+    from assistant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        Transcriber(SttSettings(model=tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Speaker(TtsSettings(voice=tmp_path / "nowhere.onnx"))
