@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server mosquitto
 SERVER_BINARIES := redis-server mosquitto
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents clean
+.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-cache: $(STAMP) servers
 
 bench-intents: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_intents.py
+
+bench-speech: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_speech.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -138,6 +138,9 @@ class SttSettings(_Section):
     beam_size: int = Field(1, ge=1, le=10, description="1 decodes greedily (fastest)")
     language: str | None = Field("en", description="None detects the language")
     vad_filter: bool = Field(True, description="drop non-speech with Silero VAD before decoding")
+    short_window: bool = Field(
+        True, description="encode short requests in a window fitted to them rather than "
+                          "Whisper's 30 s (about 3x faster on a spoken command)")
     threads: int = Field(0, ge=0, description="CPU threads; 0 uses every core available")
     max_seconds: float = Field(30.0, gt=0, description="longest accepted audio")
     max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest accepted audio input")

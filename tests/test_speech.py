@@ -12,7 +12,6 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import pytest
 
@@ -24,31 +23,9 @@ from assistant.tts import Speaker, SpeechError, split_sentences
 from cache import KeyBuilder, Keyring, PolicyBook, PrivacyPolicy, TieredCache
 from tests.conftest import make_cache
 from tests.servers import RedisServer
+from tests.speech_data import HOME_SENTENCES, STEADY_VOICE, wer
 
 pytestmark = pytest.mark.slow
-
-HOME_SENTENCES = [
-    "Turn on the kitchen light.",
-    "Turn off the lights in the living room.",
-    "Close the garage door.",
-    "What is the weather like today?",
-    "Dim the hallway lights.",
-    "Lock the front door.",
-    "Play some music in the office.",
-    "Is the back door open?",
-    "Set a timer for ten minutes.",
-    "Open the blinds in the bedroom.",
-]
-
-_NORMALISE = jiwer.Compose([
-    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
-    jiwer.ReduceToListOfListOfWords(),
-])
-
-
-def wer(references: list[str], hypotheses: list[str]) -> float:
-    return float(jiwer.wer(references, hypotheses, reference_transform=_NORMALISE,
-                           hypothesis_transform=_NORMALISE))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +42,7 @@ def cache(redis_server: RedisServer, keyring: Keyring,
 
 @pytest.fixture(scope="module")
 def speaker(cache: tuple[TieredCache, KeyBuilder]) -> Speaker:
-    return Speaker(TtsSettings(), cache=cache[0], keys=cache[1])
+    return Speaker(TtsSettings(**STEADY_VOICE), cache=cache[0], keys=cache[1])
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +78,11 @@ def test_a_44k_stereo_recording_transcribes_to_the_same_words(
 
 
 def test_raw_pcm_with_a_declared_format(spoken: list[bytes], transcriber: Transcriber) -> None:
-    pcm = spoken[0][44:]
+    pcm = spoken[2][44:]
     heard = transcriber.transcribe(pcm, fmt=PcmFormat(rate=22050))
-    assert wer([HOME_SENTENCES[0]], [heard.text]) == 0, heard.text
+    assert heard.source == "computed"  # a declared format is part of the key
+    assert heard.text == transcriber.transcribe(spoken[2]).text
+    assert wer([HOME_SENTENCES[2]], [heard.text]) <= 0.25, heard.text
     # Declared wrongly (as stereo), the same bytes are a different, unusable request.
     with pytest.raises(AudioError) as caught:
         transcriber.transcribe(pcm + b"\x00\x00", fmt=PcmFormat(rate=22050, channels=2))
@@ -216,7 +195,7 @@ def test_bad_audio_gets_its_code_and_nothing_else_is_affected(
     if code not in ("silence",):
         assert small.decoded == decoded  # rejected before the model ran
     assert tiered.get(small.key(data, fmt, "dave"), user="dave") is None  # errors not cached
-    assert wer([HOME_SENTENCES[2]], [small.transcribe(spoken[2]).text]) == 0
+    assert wer([HOME_SENTENCES[2]], [small.transcribe(spoken[2]).text]) <= 0.25
 
 
 def test_a_tone_is_not_speech(transcriber: Transcriber) -> None:
@@ -234,3 +213,23 @@ def test_models_come_from_configured_paths(tmp_path: Path) -> None:
         Transcriber(SttSettings(model=tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="does not exist"):
         Speaker(TtsSettings(voice=tmp_path / "nowhere.onnx"))
+
+
+def test_the_fitted_window_hears_what_the_full_window_hears(
+        spoken: list[bytes], transcriber: Transcriber) -> None:
+    full = Transcriber(SttSettings(short_window=False))
+    for wav in spoken[:4]:
+        assert wer([full.transcribe(wav).text], [transcriber.transcribe(wav).text]) == 0
+
+
+def test_an_unreliable_fitted_result_is_done_the_usual_way(
+        spoken: list[bytes], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import assistant.stt
+
+    plain = Transcriber(SttSettings())
+    monkeypatch.setattr(assistant.stt, "_MAX_COMPRESSION", 0.0)  # every result looks repetitive
+    with caplog.at_level("INFO", logger="assistant.stt"):
+        heard = plain.transcribe(spoken[1]).text
+    assert "transcribing the usual way" in caplog.text
+    assert wer([HOME_SENTENCES[1]], [heard]) <= 0.15, heard
