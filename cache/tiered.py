@@ -152,8 +152,11 @@ class TieredCache:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def lookup(self, key: str, *, user: str | None = None) -> Outcome | None:
-        """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere."""
+    def lookup(self, key: str, *, user: str | None = None, redis: bool = True) -> Outcome | None:
+        """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere.
+
+        ``redis=False`` skips Redis, for items that are never stored there (see :meth:`set`).
+        """
         started = time.perf_counter()
         generation = self.memory.generation
         record = self.memory.get(key)
@@ -162,7 +165,7 @@ class TieredCache:
             m.hits += 1
             return Outcome(_thaw(record.payload), "l1", time.perf_counter() - started)
         m.misses += 1
-        for tier in (self.redis, self.sqlite):
+        for tier in (self.redis if redis else None, self.sqlite):
             if tier is None:
                 continue
             found = self._read(tier, key, user)
@@ -234,13 +237,18 @@ class TieredCache:
     # -- writing -----------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, *, ttl: float, tags: Iterable[str] = (),
-            user: str | None = None) -> None:
-        """Store ``value`` for ``ttl`` seconds (capped by the user's policy) in every allowed tier."""
+            user: str | None = None, redis: bool = True, disk: bool = True) -> None:
+        """Store ``value`` for ``ttl`` seconds (capped by the user's policy) in every allowed tier.
+
+        ``redis=False`` keeps it out of Redis and ``disk=False`` off the disk tier, for items
+        that are large or only of use to this node (a model's saved state, say).
+        """
         self._store(key, value, ttl=ttl, tags=tuple(tags), user=user, generation=None,
-                    epochs=None)
+                    epochs=None, redis=redis, disk=disk)
 
     def _store(self, key: str, value: Any, *, ttl: float, tags: tuple[str, ...],
-               user: str | None, generation: int | None, epochs: list[str] | None) -> bool:
+               user: str | None, generation: int | None, epochs: list[str] | None,
+               redis: bool = True, disk: bool = True) -> bool:
         """Write to every allowed tier; with ``generation``/``epochs`` (read before a compute),
         only if no purge happened meanwhile. False when a purge intervened."""
         policy = self.policies.for_user(user)
@@ -251,11 +259,12 @@ class TieredCache:
         body = self.codec.plaintext(value, tags)
         if generation is not None and generation != self.memory.generation:
             return False
-        to_disk = policy.persist and self.sqlite is not None
-        if self.redis is not None or to_disk:
+        to_disk = disk and policy.persist and self.sqlite is not None
+        to_redis = self.redis if redis else None
+        if to_redis is not None or to_disk:
             blob = self.codec.seal(key, body, user)
             record = Record(blob, expires_at, tags, user, len(blob))
-            if self.redis is not None and not self._write(self.redis, key, record, epochs):
+            if to_redis is not None and not self._write(to_redis, key, record, epochs):
                 self.metrics.errors.labels("l2", "purged_meanwhile").inc()
                 return False
             if to_disk and self.sqlite is not None:

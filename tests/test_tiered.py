@@ -304,3 +304,20 @@ def test_rotation_keeps_the_disk_byte_total_exact(tmp_path: Path, names: KeyBuil
     conn.close()
     assert actual[0] == actual[1] == cache.sqlite.stats()["bytes"]  # type: ignore[union-attr]
     cache.close()
+
+
+def test_an_item_can_be_kept_out_of_redis_or_off_disk(tiered: TieredCache, names: KeyBuilder,
+                                                       redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    local, volatile = names.key("kv", "local"), names.key("kv", "volatile")
+    tiered.set(local, b"state" * 100, ttl=60, redis=False)
+    tiered.set(volatile, b"big" * 100, ttl=60, redis=False, disk=False)
+    assert raw.exists(local) == 0 and raw.exists(volatile) == 0
+    assert tiered.sqlite is not None
+    tiered.sqlite.flush()
+    assert tiered.sqlite.get(local) is not None and tiered.sqlite.get(volatile) is None
+    tiered.memory.clear()
+    found = tiered.lookup(local, redis=False)
+    assert found is not None and found.source == "l3" and found.value == b"state" * 100
+    assert tiered.lookup(volatile, redis=False) is None
+    raw.close()
