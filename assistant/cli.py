@@ -66,7 +66,64 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--stream", action="store_true",
                      help="report each sentence as soon as it is ready")
     say.add_argument("--no-cache", action="store_true", help="synthesise even if cached")
+
+    ask = commands.add_parser("ask", help="answer a sentence in process (no MQTT)")
+    ask.add_argument("text")
+    ask.add_argument("--user", help="who asks (their privacy policy applies)")
+    ask.add_argument("--site", help="the satellite it was said to")
+    ask.add_argument("--area", help="the area it was said in")
+    ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     return parser
+
+
+def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from assistant.generation import Generator, open_backend
+    from assistant.home import Registry, load_home
+    from assistant.intents import IntentEngine
+    from assistant.respond import Responder
+
+    started = time.perf_counter()
+    cache, keys = open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                             keys=settings.keys, privacy=settings.privacy, listen=False)
+    generator = None
+    engine = None
+    try:
+        generator = Generator(open_backend(settings.generator), settings.generator, cache=cache,
+                              keys=keys)
+        registry = Registry(load_home(settings.home.entities_file))
+        engine = IntentEngine(settings.intents, registry, cache=cache, keys=keys,
+                              responder=Responder(cache, keys, generator=generator))
+        loaded = time.perf_counter() - started
+        asked = time.perf_counter()
+        answer = engine.respond(args.text, user=args.user, site=args.site, area=args.area)
+        took = time.perf_counter() - asked
+    finally:
+        if engine is not None:
+            engine.close()
+        if generator is not None:
+            generator.close()
+        cache.close()
+    if args.json:
+        print(json.dumps({
+            "text": answer.text, "intent": answer.intent, "slots": answer.slots,
+            "targets": answer.targets, "actions": [vars(a) for a in answer.actions],
+            "fragments": [{"kind": f.kind, "text": f.text, "source": f.source,
+                           "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
+            "ms": round(took * 1000, 3), "load_ms": round(loaded * 1000, 1),
+            "backend": generator.backend.describe()}, default=str))
+        return 0
+    print(answer.text)
+    print(f"intent: {answer.intent or '(none)'}", file=sys.stderr)
+    for fragment in answer.fragments:
+        print(f"  {fragment.kind:8} {fragment.source:9} {fragment.seconds * 1000:9.3f} ms  "
+              f"{fragment.text}", file=sys.stderr)
+    for action in answer.actions:
+        print(f"  action   {action.topic} <- {action.payload}", file=sys.stderr)
+    print(f"answered in {took * 1000:.3f} ms (start-up {loaded:.2f} s, "
+          f"{generator.backend.name} {generator.backend.model_id})", file=sys.stderr)
+    return 0
 
 
 def _speech_cache(settings: Settings, no_cache: bool) -> tuple[TieredCache | None, KeyBuilder | None]:
@@ -241,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _transcribe(args, settings)
         if args.command == "say":
             return _say(args, settings)
+        if args.command == "ask":
+            return _ask(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         return 2

@@ -27,3 +27,15 @@ class AudioError(AssistantError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class GenerationError(AssistantError):
+    """The language model gave no usable text; the fragment's fallback is said instead."""
+
+    code = "generation_failed"
+
+
+class GenerationTimeout(GenerationError):
+    """The language model took longer than allowed."""
+
+    code = "generation_timeout"

@@ -110,7 +110,9 @@ class IntentEngine:
         recognizer = self._recognizer  # one snapshot for the whole request
         match = recognizer.recognize(text, area=area)
         template = recognizer.templates.intents.get(match.intent) if match else None
-        return self.responder.answer(match, template, recognizer.home, user=user, site=site)
+        return self.responder.answer(
+            match, template, recognizer.home, user=user, site=site, text=text,
+            default_system_prompt=recognizer.templates.default_system_prompt)
 
     # -- changes -----------------------------------------------------------------------------
 

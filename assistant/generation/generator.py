@@ -1,0 +1,153 @@
+"""Generated parts of answers through the cache, with deadlines and clean-up.
+
+A generated part is cached (kind ``gen``) under every field that decides its text
+(:class:`cache.GenerationKey`: backend, model and tokenizer versions, template and its
+version, rendered system prompt and prompt, sampling settings, seed, scope), and only when
+it is reproducible: greedy, or sampled with a fixed seed. A part cut off at ``max_tokens``
+is trimmed to its whole sentences. Failures and timeouts raise, so nothing is cached and the
+caller says the fragment's fallback.
+
+The state after each rendered system prompt (:class:`PrefixCache`) is kept in memory and,
+when small enough, on this node's disk; not in Redis unless configured, since it is large
+and only of use to the same model build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from assistant.errors import GenerationError
+from assistant.generation.base import Backend, Completion, Request, whole_sentences
+from assistant.settings import GeneratorSettings
+from cache import GenerationKey, KeyBuilder, NonDeterministicError, TieredCache
+
+GEN_TAG = "gen"
+"""Every cached generated part carries it: ``assistant cache purge --tag gen`` drops them."""
+PREFIX_TAG = "prefix"
+"""Every saved system-prompt state carries it."""
+
+
+class PrefixCache:
+    """Saved model states after system prompts, in the tiered cache."""
+
+    def __init__(self, cache: TieredCache, keys: KeyBuilder, settings: GeneratorSettings) -> None:
+        self.cache = cache
+        self.keys = keys
+        self.settings = settings
+
+    def key(self, backend: Backend, system_prompt: str, user: str | None) -> str:
+        """One key per model build, state format, system prompt and owner."""
+        return self.keys.key("prefix", backend.name, backend.model_version, backend.state_format,
+                             hashlib.sha256(system_prompt.encode()).digest(),
+                             "shared" if user is None else f"user:{user}")
+
+    def load(self, backend: Backend, system_prompt: str,
+             user: str | None) -> tuple[bytes, str] | None:
+        found = self.cache.lookup(self.key(backend, system_prompt, user), user=user,
+                                  redis=self.settings.prefix_redis)
+        if found is None or not isinstance(found.value, bytes):
+            return None
+        return found.value, found.source
+
+    def save(self, backend: Backend, system_prompt: str, user: str | None,
+             state: bytes) -> None:
+        self.cache.set(self.key(backend, system_prompt, user), state,
+                       ttl=self.settings.prefix_ttl,
+                       tags=(PREFIX_TAG, f"model:{backend.model_version[:16]}"), user=user,
+                       redis=self.settings.prefix_redis,
+                       disk=len(state) <= self.settings.prefix_disk_max_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """A generated part and how it was found."""
+
+    text: str
+    """Whole sentences."""
+    source: str
+    """``l1``, ``l2``, ``l3``, ``computed``, ``waited``, or ``uncached`` (not reproducible)."""
+    seconds: float
+    """Time taken."""
+    completion: Completion | None = None
+    """The model's own report, when it ran."""
+
+
+class Generator:
+    """Writes generated parts with one backend, through the cache."""
+
+    def __init__(self, backend: Backend, settings: GeneratorSettings, *,
+                 cache: TieredCache | None = None, keys: KeyBuilder | None = None) -> None:
+        if (cache is None) != (keys is None):
+            raise ValueError("cache and keys go together")
+        self.backend = backend
+        self.settings = settings
+        self.cache = cache
+        self.keys = keys
+        self.calls = 0
+        """Requests that reached the model (cache hits do not count)."""
+        if cache is not None and keys is not None and settings.prefix_cache:
+            backend.prefix_store = PrefixCache(cache, keys, settings)
+
+    def _run(self, request: Request, user: str | None) -> tuple[str, Completion]:
+        self.calls += 1
+        completion = self.backend.complete(
+            request, deadline=time.monotonic() + self.settings.timeout, user=user)
+        text = completion.text
+        if completion.finish == "length":
+            text = whole_sentences(text)
+        text = " ".join(text.split())
+        if not text:
+            raise GenerationError("the model wrote no whole sentence within "
+                                  f"{request.max_tokens} tokens")
+        return text, completion
+
+    def generate(self, *, system_prompt: str, prompt: str, max_tokens: int,
+                 temperature: float = 0.0, seed: int | None = None, user: str | None = None,
+                 ttl: float, tags: Iterable[str] = (), template_id: str = "",
+                 template_version: str = "") -> Generated:
+        """One generated part; :class:`GenerationError` when there is none to give.
+
+        ``user``: the part is that user's (cached for them alone, under their policy);
+        ``None`` shares it with everyone.
+        """
+        started = time.perf_counter()
+        request = Request(system_prompt=system_prompt, prompt=prompt, max_tokens=max_tokens,
+                          temperature=temperature, top_p=self.settings.top_p,
+                          top_k=self.settings.top_k, seed=seed)
+        backend = self.backend
+        key = None
+        if self.cache is not None and self.keys is not None:
+            try:
+                key = self.keys.generation_key(GenerationKey(
+                    backend=backend.name, model_id=backend.model_id,
+                    model_version=backend.model_version,
+                    tokenizer_version=backend.tokenizer_version, template_id=template_id,
+                    template_version=template_version, system_prompt=system_prompt,
+                    prompt=prompt, temperature=temperature, top_p=request.top_p,
+                    top_k=request.top_k, max_tokens=max_tokens, seed=seed,
+                    scope="shared" if user is None else f"user:{user}"))
+            except NonDeterministicError:
+                key = None  # sampled without a seed: never cached
+        if key is None or self.cache is None:
+            text, completion = self._run(request, user)
+            source = "uncached" if self.cache is not None else "computed"
+            return Generated(text, source, time.perf_counter() - started, completion)
+        ran: list[Completion] = []
+
+        def compute() -> str:
+            text, completion = self._run(request, user)
+            ran.append(completion)
+            return text
+
+        outcome = self.cache.fetch(key, compute, ttl=ttl,
+                                   tags=(GEN_TAG, f"model:{backend.model_version[:16]}", *tags),
+                                   user=user)
+        return Generated(str(outcome.value), outcome.source, time.perf_counter() - started,
+                         ran[0] if ran else None)
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()

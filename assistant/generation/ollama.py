@@ -1,0 +1,96 @@
+"""An Ollama-compatible HTTP API: hailo-ollama (default ``http://localhost:8000``) or Ollama
+(``:11434``).
+
+``POST /api/chat`` with ``stream: false`` and ``options`` (temperature, seed, top_p,
+top_k, num_predict). The model version is the digest the server lists for the model
+(``/api/tags``); where it lists none, a hash of what ``/api/show`` says about it. The
+tokenizer version is a hash of the tokenizer fields ``/api/show`` reports, else the model
+version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from assistant.errors import ConfigError, GenerationError, GenerationTimeout
+from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class OllamaBackend(Backend):
+    """A model served over Ollama's HTTP API."""
+
+    name = "ollama"
+
+    def __init__(self, url: str, model: str, *, timeout: float = 5.0) -> None:
+        """Ask the server about ``model``; :class:`ConfigError` if it cannot be reached or
+        does not have it."""
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        try:
+            tags = self._call("GET", "/api/tags", None, timeout)
+            show = self._call("POST", "/api/show", {"model": model}, timeout)
+        except GenerationError as error:
+            raise ConfigError(f"the model server at {self.url} did not answer about {model!r}: "
+                              f"{error}") from None
+        listed = [m for m in tags.get("models", []) if model in (m.get("name"), m.get("model"))]
+        if not listed and not show:
+            raise ConfigError(f"the model server at {self.url} does not have {model!r}")
+        digest = listed[0].get("digest") if listed else None
+        version = str(digest) if digest else _digest(
+            {k: show.get(k) for k in ("modelfile", "parameters", "template", "details",
+                                      "model_info", "modified_at")})
+        info = show.get("model_info") or {}
+        tokenizer = {k: v for k, v in info.items() if k.startswith("tokenizer.")}
+        super().__init__(model, version, _digest(tokenizer) if tokenizer else version)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None,
+              timeout: float) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,  # noqa: S310
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                payload = json.loads(response.read() or b"{}")
+        except TimeoutError:
+            raise GenerationTimeout(f"{path} did not answer within {timeout:.1f} s") from None
+        except urllib.error.HTTPError as error:
+            detail = error.read(300).decode("utf-8", "replace")
+            raise GenerationError(f"{path}: HTTP {error.code} {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            if isinstance(reason, TimeoutError):
+                raise GenerationTimeout(f"{path} did not answer within {timeout:.1f} s") from None
+            raise GenerationError(f"{path}: {reason}") from None
+        if not isinstance(payload, dict):
+            raise GenerationError(f"{path}: the answer is not a JSON object")
+        return payload
+
+    def complete(self, request: Request, *, deadline: float,
+                 user: str | None = None) -> Completion:
+        started = time.perf_counter()
+        left = remaining(deadline)
+        if left <= 0:
+            raise GenerationTimeout("no time left to generate")
+        options: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p,
+                                   "top_k": request.top_k, "num_predict": request.max_tokens}
+        if request.seed is not None:
+            options["seed"] = request.seed
+        answer = self._call("POST", "/api/chat", {"model": self.model_id,
+                                                  "messages": request.messages(),
+                                                  "stream": False, "options": options}, left)
+        message = answer.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise GenerationError("/api/chat: the answer has no message content")
+        finish = "length" if answer.get("done_reason") == "length" else "stop"
+        return Completion(text=strip_stop_texts(message["content"]), finish=finish,
+                          tokens=int(answer.get("eval_count") or 0),
+                          seconds=time.perf_counter() - started)
