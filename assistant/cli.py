@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -108,7 +109,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({
             "text": answer.text, "intent": answer.intent, "slots": answer.slots,
-            "targets": answer.targets, "actions": [vars(a) for a in answer.actions],
+            "targets": answer.targets, "actions": [dataclasses.asdict(a) for a in answer.actions],
             "fragments": [{"kind": f.kind, "text": f.text, "source": f.source,
                            "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
             "ms": round(took * 1000, 3), "load_ms": round(loaded * 1000, 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -115,3 +116,13 @@ def tiered(keyring: Keyring, names: KeyBuilder, redis_url: str, tmp_path: Path,
                        db=tmp_path / "cache.db", clock=clock)
     yield cache
     cache.close()
+
+
+@pytest.fixture(scope="session")
+def llama() -> Iterator[Any]:
+    """The packaged SmolLM2 model on llama.cpp, loaded once for the whole run."""
+    from assistant.generation.llama_cpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(threads=2)
+    yield backend
+    backend.close()

@@ -134,3 +134,24 @@ def test_say_then_transcribe_with_the_cache(tmp_path: Path, redis_url: str) -> N
     bad = run(config, "transcribe", str(not_audio))
     assert bad.returncode == 2 and bad.stderr.startswith("error[not_wav]:")
     assert "Traceback" not in raw.stderr + bad.stderr
+
+
+@pytest.mark.slow
+def test_ask_runs_the_whole_text_pipeline(config: Path) -> None:
+    turned = run(config, "ask", "turn on the kitchen light")
+    assert turned.returncode == 0, turned.stderr
+    assert turned.stdout.strip() == "Turned on the Kitchen Light."
+    assert "intent: HassTurnOn" in turned.stderr and "computed" in turned.stderr
+    assert "home/kitchen/light/set <- ON" in turned.stderr
+    again = run(config, "ask", "turn on the kitchen light", "--json")
+    answer = json.loads(again.stdout)
+    assert answer["intent"] == "HassTurnOn"
+    assert [f["source"] for f in answer["fragments"]] == ["l2"]  # a new process: from Redis
+    assert answer["backend"]["backend"] == "llama_cpp"
+    asked = run(config, "ask", "What is the capital of France?", "--user", "ann", "--json")
+    unmatched = json.loads(asked.stdout)
+    assert unmatched["intent"] is None and "Paris" in unmatched["text"]
+    assert [(f["kind"], f["source"]) for f in unmatched["fragments"]] == [("generate", "computed")]
+    twice = json.loads(run(config, "ask", "What is the capital of France?", "--user", "ann",
+                           "--json").stdout)
+    assert twice["text"] == unmatched["text"] and twice["fragments"][0]["source"] == "l2"

@@ -1,0 +1,143 @@
+"""Answers stitched from static and generated fragments, with the real SmolLM2 model behind
+the generated ones and the real tiers behind the cache."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assistant.generation import Generator
+from assistant.home import Registry
+from assistant.intents import IntentEngine
+from assistant.recognize import Match, builtin_intents
+from assistant.respond import NOT_UNDERSTOOD, Responder
+from assistant.settings import GeneratorSettings, IntentsSettings
+from assistant.templates import TemplateSet, load_templates
+from cache import KeyBuilder, Keyring, TieredCache
+from tests.conftest import make_cache
+from tests.test_respond import HOME
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DINNER = """
+language: en
+intents:
+  PlanDinner:
+    data:
+      - sentences:
+          - "what should I cook tonight"
+    system_prompt: "You suggest simple dinners to {{ user }}. Answer in one short sentence."
+    responses:
+      default:
+        - text: "Here is an idea"
+        - generate:
+            prompt: "Suggest one simple dinner for tonight."
+            max_tokens: 32
+            temperature: 0
+            scope: user
+            ttl: 600
+            fallback: "How about pasta?"
+        - text: "Enjoy your meal!"
+"""
+
+
+@pytest.fixture
+def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
+          tmp_path: Path) -> Iterator[TieredCache]:
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                        db=tmp_path / "cache.db", memory_bytes=64 * 1024 * 1024)
+    yield tiered
+    tiered.close()
+
+
+@pytest.fixture
+def dinner(tmp_path: Path) -> TemplateSet:
+    folder = tmp_path / "intents"
+    folder.mkdir()
+    (folder / "dinner.yaml").write_text(DINNER)
+    return load_templates(folder, builtin=builtin_intents("en"))
+
+
+def test_two_static_and_one_generated_fragment(llama: Any, cache: TieredCache, names: KeyBuilder,
+                                               dinner: TemplateSet) -> None:
+    generator = Generator(llama, GeneratorSettings(), cache=cache, keys=names)
+    responder = Responder(cache, names, generator=generator)
+    template = dinner.intents["PlanDinner"]
+    asked = Match("PlanDinner", {}, "default", ())
+    answer = responder.answer(asked, template, HOME, user="ann")
+    assert re.fullmatch(r"Here is an idea\. \S.*[.!?] Enjoy your meal!", answer.text), answer.text
+    generated = answer.fragments[1]
+    assert generated.kind == "generate" and generated.text != "How about pasta?"
+    assert [f.source for f in answer.fragments] == ["computed", "computed", "computed"]
+    assert all(f.seconds > 0 for f in answer.fragments)
+    again = responder.answer(asked, template, HOME, user="ann")
+    assert again.text == answer.text
+    assert [f.source for f in again.fragments] == ["l1", "l1", "l1"]
+    assert generator.calls == 1
+    # "scope: user": another user's request is generated for them (their name is in the
+    # system prompt too); the static fragments are shared.
+    other = responder.answer(asked, template, HOME, user="bob")
+    assert [f.source for f in other.fragments] == ["l1", "computed", "l1"]
+    # A new process, L1 empty: the shared parts come from Redis, Ann's part too.
+    cache.memory.clear()
+    third = responder.answer(asked, template, HOME, user="ann")
+    assert [f.source for f in third.fragments] == ["l2", "l2", "l2"]
+    assert third.text == answer.text
+
+
+def test_a_failed_generation_says_the_fallback_uncached(llama: Any, cache: TieredCache,
+                                                        names: KeyBuilder,
+                                                        dinner: TemplateSet) -> None:
+    hasty = Generator(llama, GeneratorSettings(timeout=0.001, prefix_cache=False), cache=cache,
+                      keys=names)
+    llama.reset()
+    responder = Responder(cache, names, generator=hasty)
+    template = dinner.intents["PlanDinner"]
+    asked = Match("PlanDinner", {}, "default", ())
+    answer = responder.answer(asked, template, HOME, user="ann")
+    assert answer.text == "Here is an idea. How about pasta? Enjoy your meal!"
+    assert answer.fragments[1].source == "fallback"
+    patient = Responder(cache, names, generator=Generator(llama, GeneratorSettings(),
+                                                          cache=cache, keys=names))
+    again = patient.answer(asked, template, HOME, user="ann")
+    assert again.fragments[1].source == "computed"
+    assert again.fragments[1].text != "How about pasta?"
+
+
+def test_an_unmatched_question_is_answered_by_the_model_per_user(
+        llama: Any, cache: TieredCache, names: KeyBuilder) -> None:
+    generator = Generator(llama, GeneratorSettings(), cache=cache, keys=names)
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents", watch=False), Registry(HOME),
+                          cache=cache, keys=names, responder=Responder(cache, names,
+                                                                       generator=generator))
+    try:
+        answer = engine.respond("What is the capital of France?", user="ann")
+        assert answer.intent is None and "Paris" in answer.text
+        assert [f.source for f in answer.fragments] == ["computed"]
+        assert [f.source for f in engine.respond("What is the capital of France?",
+                                                 user="ann").fragments] == ["l1"]
+        bob = engine.respond("What is the capital of France?", user="bob")
+        assert [f.source for f in bob.fragments] == ["computed"]  # Ann's words stay hers
+        cache.forget_user("ann")
+        assert [f.source for f in engine.respond("What is the capital of France?",
+                                                 user="ann").fragments] == ["computed"]
+        # Intents still answer from templates, without the model.
+        calls = generator.calls
+        assert engine.respond("turn on the kitchen light").text == "Turned on the Kitchen Light."
+        assert generator.calls == calls
+    finally:
+        engine.close()
+
+
+def test_without_a_generator_unmatched_is_not_understood(cache: TieredCache,
+                                                         names: KeyBuilder) -> None:
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents", watch=False), Registry(HOME),
+                          cache=cache, keys=names)
+    try:
+        assert engine.respond("What is the capital of France?").text == NOT_UNDERSTOOD
+    finally:
+        engine.close()

@@ -1,0 +1,399 @@
+"""Generation: llama.cpp with the real SmolLM2 model, the Hailo glue against a stand-in (no
+NPU exists here), and the Ollama backend against a local server speaking its API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from assistant.errors import ConfigError, GenerationError, GenerationTimeout
+from assistant.generation import Generator, Request, open_backend
+from assistant.generation.base import strip_stop_texts, whole_sentences
+from assistant.generation.hailo import HailoBackend
+from assistant.generation.llama_cpp import LlamaCppBackend
+from assistant.generation.ollama import OllamaBackend
+from assistant.settings import GeneratorSettings
+from cache import GenerationKey, KeyBuilder, Keyring, TieredCache
+from tests.conftest import make_cache
+from tests.standins import hailo_platform as hailo_standin
+from tests.standins.hailo_platform import genai as genai_standin
+
+SYSTEM = "You are a voice assistant in a home. Answer in one short spoken sentence."
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture
+def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
+          tmp_path: Path) -> Iterator[TieredCache]:
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                        db=tmp_path / "cache.db", memory_bytes=64 * 1024 * 1024)
+    yield tiered
+    tiered.close()
+
+
+def generator(backend: Any, cache: TieredCache, names: KeyBuilder, **settings: Any) -> Generator:
+    return Generator(backend, GeneratorSettings(**settings), cache=cache, keys=names)
+
+
+# -- text clean-up ---------------------------------------------------------------------------
+
+def test_stop_markers_and_cut_sentences_are_removed() -> None:
+    assert strip_stop_texts("Paris.<|im_end|>\n<|im_start|>user\nmore") == "Paris."
+    assert strip_stop_texts("  It is warm. </s>") == "It is warm."
+    assert whole_sentences("It is warm. Wear a light") == "It is warm."
+    assert whole_sentences("Take 2.5 litres! Then") == "Take 2.5 litres!"
+    assert whole_sentences("no end at all") == ""
+
+
+# -- llama.cpp, the real model ---------------------------------------------------------------
+
+def test_llama_reports_versions_of_weights_and_tokenizer(llama: LlamaCppBackend) -> None:
+    assert llama.model_id == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert len(llama.model_version) == 32 and len(llama.tokenizer_version) == 32
+    assert llama.model_version != llama.tokenizer_version
+    again = LlamaCppBackend(threads=1, context=512)  # the digest is remembered, not redone
+    assert (again.model_version, again.tokenizer_version) == (llama.model_version,
+                                                              llama.tokenizer_version)
+    again.close()
+
+
+def test_a_deterministic_request_is_generated_once(llama: LlamaCppBackend, cache: TieredCache,
+                                                   names: KeyBuilder) -> None:
+    gen = generator(llama, cache, names)
+    first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    assert first.source == "computed" and gen.calls == 1
+    assert "Paris" in first.text and first.text[-1] in ".!?"
+    second = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    assert (second.source, second.text, gen.calls) == ("l1", first.text, 1)
+    # The model itself is deterministic at temperature 0 (the cache is not hiding that).
+    llama.reset()
+    direct = llama.complete(Request(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32),
+                            deadline=time.monotonic() + 30)
+    assert strip_stop_texts(direct.text) == first.text
+    # A seeded sampled request is cached too; an unseeded one never is.
+    seeded = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600,
+                          temperature=0.7, seed=7)
+    assert seeded.source == "computed"
+    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600,
+                        temperature=0.7, seed=7).source == "l1"
+    calls = gen.calls
+    for _ in range(2):  # sampled at random: the text may be anything, but it always runs
+        try:
+            unseeded = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
+                                    ttl=600, temperature=0.7)
+        except GenerationError:
+            continue
+        assert unseeded.source == "uncached"
+    assert gen.calls == calls + 2
+
+
+def test_everything_that_decides_the_text_is_in_the_key(llama: LlamaCppBackend,
+                                                       cache: TieredCache,
+                                                       names: KeyBuilder) -> None:
+    base = GenerationKey(backend="llama_cpp", model_id=llama.model_id,
+                         model_version=llama.model_version,
+                         tokenizer_version=llama.tokenizer_version, template_id="t",
+                         template_version="1", system_prompt=SYSTEM, prompt=QUESTION,
+                         temperature=0.5, top_p=1.0, top_k=40, max_tokens=32, seed=1,
+                         scope="shared")
+    import dataclasses
+
+    changed = [dataclasses.replace(base, **change) for change in (
+        {"temperature": 0.6}, {"seed": 2}, {"model_version": "0" * 32},
+        {"tokenizer_version": "1" * 32}, {"system_prompt": SYSTEM + " Be brief."},
+        {"scope": "user:ann"}, {"max_tokens": 33}, {"template_version": "2"})]
+    keys = {names.generation_key(k) for k in [base, *changed]}
+    assert len(keys) == 1 + len(changed)
+    # And end to end: a new model build or another system prompt means a new answer.
+    gen = generator(llama, cache, names)
+    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    other = gen.generate(system_prompt=SYSTEM + " Be brief.", prompt=QUESTION, max_tokens=32,
+                         ttl=600)
+    assert other.source == "computed"
+    version = llama.model_version
+    try:
+        llama.model_version = "f" * 32
+        assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
+                            ttl=600).source == "computed"
+    finally:
+        llama.model_version = version
+    assert gen.calls == 3
+
+
+def test_a_timeout_says_nothing_is_cached_and_the_next_request_generates(
+        llama: LlamaCppBackend, cache: TieredCache, names: KeyBuilder) -> None:
+    hasty = generator(llama, cache, names, timeout=0.01, prefix_cache=False)
+    llama.reset()
+    with pytest.raises(GenerationTimeout):
+        hasty.generate(system_prompt=SYSTEM, prompt="Describe a sunset over the sea.",
+                       max_tokens=64, ttl=600)
+    patient = generator(llama, cache, names)
+    again = patient.generate(system_prompt=SYSTEM, prompt="Describe a sunset over the sea.",
+                             max_tokens=64, ttl=600)
+    assert again.source == "computed" and patient.calls == 1 and again.text
+
+
+def test_a_part_with_no_whole_sentence_is_a_failure(llama: LlamaCppBackend, cache: TieredCache,
+                                                    names: KeyBuilder) -> None:
+    gen = generator(llama, cache, names)
+    with pytest.raises(GenerationError, match="no whole sentence"):
+        gen.generate(system_prompt=SYSTEM, prompt="Count slowly from one to one hundred.",
+                     max_tokens=3, ttl=600)
+    with pytest.raises(GenerationError):  # and it was not cached
+        gen.generate(system_prompt=SYSTEM, prompt="Count slowly from one to one hundred.",
+                     max_tokens=3, ttl=600)
+    assert gen.calls == 2
+
+
+def test_the_system_prompt_state_is_saved_and_restored(llama: LlamaCppBackend,
+                                                       cache: TieredCache, names: KeyBuilder,
+                                                       redis_url: str) -> None:
+    system = "You are a cheerful assistant in a small flat in Lisbon. Answer in one sentence."
+    gen = generator(llama, cache, names)
+    llama.reset()
+    first = gen.generate(system_prompt=system, prompt=QUESTION, max_tokens=32, ttl=600)
+    assert first.completion is not None and first.completion.prefix == "computed"
+    second = gen.generate(system_prompt=system, prompt="What is the capital of Spain?",
+                          max_tokens=32, ttl=600)
+    assert second.completion is not None and second.completion.prefix == "kept"
+    llama.reset()  # as after another system prompt, or in a new process with L3
+    third = gen.generate(system_prompt=system, prompt="What is the capital of Italy?",
+                         max_tokens=32, ttl=600)
+    assert third.completion is not None and third.completion.prefix == "l1"
+    # The restored state gives exactly what evaluating the whole prompt gives.
+    plain = LlamaCppBackend(threads=2)
+    direct = plain.complete(Request(system_prompt=system, prompt="What is the capital of Italy?",
+                                    max_tokens=32), deadline=time.monotonic() + 30)
+    plain.close()
+    assert strip_stop_texts(direct.text) == third.text
+    # Kept in memory and on disk, never in Redis.
+    assert gen.backend.prefix_store is not None
+    key = gen.backend.prefix_store.key(llama, system, None)  # type: ignore[attr-defined]
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.exists(key) == 0
+    raw.close()
+    cache.memory.clear()
+    llama.reset()
+    fourth = gen.generate(system_prompt=system, prompt="What is the capital of Peru?",
+                          max_tokens=32, ttl=600)
+    assert fourth.completion is not None and fourth.completion.prefix == "l3"
+
+
+def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cache: TieredCache,
+                                                     names: KeyBuilder) -> None:
+    gen = generator(llama, cache, names)
+    system = "You are the assistant of Ann, who lives in Oslo. Answer in one sentence."
+    llama.reset()
+    gen.generate(system_prompt=system, prompt=QUESTION, max_tokens=32, ttl=600, user="ann")
+    cache.forget_user("ann")
+    llama.reset()
+    again = gen.generate(system_prompt=system, prompt=QUESTION, max_tokens=32, ttl=600,
+                         user="ann")
+    assert again.source == "computed"
+    assert again.completion is not None and again.completion.prefix == "computed"
+
+
+# -- Hailo, against the stand-in -------------------------------------------------------------
+
+@pytest.fixture
+def hailo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HEF file and a fresh stand-in (a Hailo-10H)."""
+    hef = tmp_path / "qwen2-1.5b-instruct.hef"
+    hef.write_bytes(b"HEF stand-in weights")
+    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO10H)
+    monkeypatch.setattr(genai_standin, "calls", [])
+    monkeypatch.setattr(genai_standin, "script", {QUESTION: "The capital of France is Paris."})
+    monkeypatch.setattr(genai_standin, "delay", 0.0)
+    monkeypatch.setattr(hailo_standin, "released", [])
+    return hef
+
+
+def test_hailo_glue_follows_the_documented_api(hailo: Path, cache: TieredCache,
+                                               names: KeyBuilder,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(genai_standin, "LLM", genai_standin.OlderLLM)  # no saved contexts
+    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo), hailo=hailo_standin)
+    assert isinstance(backend, HailoBackend)
+    gen = generator(backend, cache, names)
+    first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    assert first.text == "The capital of France is Paris."  # the leaked marker is cut off
+    second = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32,
+                          ttl=600, temperature=0.5, seed=3)
+    assert second.text == "You said Is it raining?."
+    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
+                        ttl=600).source == "l1"
+    names_called = [name for name, _ in genai_standin.calls]
+    assert names_called == ["__init__", "clear_context", "generate_all", "clear_context",
+                            "generate_all"]
+    greedy, sampled = (kw for name, kw in genai_standin.calls if name == "generate_all")
+    assert greedy == {"prompt": [{"role": "system", "content": SYSTEM},
+                                 {"role": "user", "content": QUESTION}],
+                      "temperature": 0.0, "top_p": 1.0, "seed": 0, "max_generated_tokens": 32,
+                      "do_sample": False}
+    assert (sampled["temperature"], sampled["seed"], sampled["do_sample"]) == (0.5, 3, True)
+    gen.close()
+    assert genai_standin.calls[-1][0] == "release"
+    assert hailo_standin.released == ["device", "vdevice"]  # the probe's device, then ours
+
+
+def test_hailo_saves_and_restores_the_system_prompt_context(hailo: Path, cache: TieredCache,
+                                                            names: KeyBuilder) -> None:
+    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names)
+    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    again = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32, ttl=600)
+    assert again.completion is not None and again.completion.prefix == "l1"
+    assert again.text == "You said Is it raining?."
+    called = [name for name, _ in genai_standin.calls]
+    assert called[1:] == ["clear_context", "generate_all", "save_context", "generate_all",
+                          "clear_context", "load_context", "generate_all"]
+    # The restored context holds the system prompt; only the user's turn is sent.
+    last = [kw for name, kw in genai_standin.calls if name == "generate_all"][-1]
+    assert last["prompt"] == [{"role": "user", "content": "Is it raining?"}]
+    gen.close()
+
+
+def test_hailo_timeout_gives_up_and_the_npu_stays_usable(hailo: Path, cache: TieredCache,
+                                                        names: KeyBuilder,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names, timeout=0.05,
+                    prefix_cache=False)
+    monkeypatch.setattr(genai_standin, "delay", 0.3)
+    with pytest.raises(GenerationTimeout):
+        gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+    monkeypatch.setattr(genai_standin, "delay", 0.0)
+    gen.settings = GeneratorSettings(timeout=5, prefix_cache=False)
+    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
+                        ttl=600).source == "computed"
+    gen.close()
+
+
+def test_auto_falls_back_to_the_cpu_without_a_hailo_10h(hailo: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO8L)
+    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo, context=512),
+                           hailo=hailo_standin)
+    assert isinstance(backend, LlamaCppBackend)
+    backend.close()
+    with pytest.raises(ConfigError, match="HAILO8L, which cannot run language models"):
+        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin)
+    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", None)
+    with pytest.raises(ConfigError, match="no Hailo device"):
+        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin)
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_backend(GeneratorSettings(backend="hailo", hef=hailo.with_suffix(".missing")),
+                     hailo=hailo_standin)
+
+
+# -- Ollama, against a local server ----------------------------------------------------------
+
+class OllamaServer:
+    """A small HTTP server speaking the parts of Ollama's API the backend uses."""
+
+    def __init__(self, digest: str | None = "sha256:abc123") -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.digest = digest
+        self.delay = 0.0
+        self.answer = "The capital of France is Paris."
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, body: dict[str, Any], status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path != "/api/tags":
+                    return self._reply({"error": "not found"}, 404)
+                model = {"name": "qwen2:1.5b", "model": "qwen2:1.5b"}
+                if server.digest:
+                    model["digest"] = server.digest
+                return self._reply({"models": [model]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, **body})
+                if self.path == "/api/show":
+                    if body.get("model") != "qwen2:1.5b":
+                        return self._reply({"error": "model not found"}, 404)
+                    return self._reply({"details": {"family": "qwen2"}, "model_info": {
+                        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}})
+                if self.path == "/api/chat":
+                    time.sleep(server.delay)
+                    return self._reply({"model": body["model"], "done": True,
+                                        "done_reason": "stop", "eval_count": 8,
+                                        "message": {"role": "assistant",
+                                                    "content": server.answer + "<|im_end|>"}})
+                return self._reply({"error": "not found"}, 404)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def ollama() -> Iterator[OllamaServer]:
+    server = OllamaServer()
+    yield server
+    server.close()
+
+
+def test_ollama_backend_speaks_the_chat_api(ollama: OllamaServer, cache: TieredCache,
+                                           names: KeyBuilder) -> None:
+    backend = open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
+                                             ollama_model="qwen2:1.5b"))
+    assert isinstance(backend, OllamaBackend)
+    assert backend.model_version == "sha256:abc123"
+    assert backend.tokenizer_version != backend.model_version
+    gen = generator(backend, cache, names)
+    out = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600, seed=5)
+    assert out.text == "The capital of France is Paris."
+    chat = [r for r in ollama.requests if r["path"] == "/api/chat"]
+    assert chat == [{"path": "/api/chat", "model": "qwen2:1.5b", "stream": False,
+                     "messages": [{"role": "system", "content": SYSTEM},
+                                  {"role": "user", "content": QUESTION}],
+                     "options": {"temperature": 0.0, "top_p": 1.0, "top_k": 40,
+                                 "num_predict": 24, "seed": 5}}]
+    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600,
+                        seed=5).source == "l1"
+
+
+def test_ollama_new_model_build_new_key_and_timeouts(ollama: OllamaServer, cache: TieredCache,
+                                                     names: KeyBuilder) -> None:
+    settings = {"backend": "ollama", "ollama_url": ollama.url, "ollama_model": "qwen2:1.5b"}
+    gen = generator(open_backend(GeneratorSettings(**settings)), cache, names)
+    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)
+    ollama.digest = "sha256:def456"  # the model was pulled again
+    ollama.answer = "Paris is the capital of France."
+    rolled = generator(open_backend(GeneratorSettings(**settings)), cache, names)
+    assert rolled.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24,
+                           ttl=600).text == "Paris is the capital of France."
+    ollama.delay = 0.5
+    hasty = generator(rolled.backend, cache, names, timeout=0.1)
+    with pytest.raises(GenerationTimeout):
+        hasty.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=24, ttl=600)
+    with pytest.raises(ConfigError, match=r"did not answer about 'missing:7b'"):
+        open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
+                                       ollama_model="missing:7b"))
+    with pytest.raises(ConfigError):
+        open_backend(GeneratorSettings(backend="ollama", ollama_url="http://127.0.0.1:9",
+                                       ollama_model="qwen2:1.5b"))
