@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server mosquitto
 SERVER_BINARIES := redis-server mosquitto
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech clean
+.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-intents: $(STAMP) servers
 
 bench-speech: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_speech.py
+
+bench-generate: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_generate.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 import jinja2
+from cachetools import LRUCache
 
 from assistant.errors import GenerationError, TemplateError
 from assistant.generation import Generator
+from assistant.generation.generator import Prepared
 from assistant.home import Entity, Home
 from assistant.recognize import Match
 from assistant.templates import Fragment, IntentTemplate, spoken_names
@@ -152,6 +155,11 @@ class Responder:
         self.cache = cache
         self.keys = keys
         self.generator = generator
+        # Rendered prompts and their keys, by everything that decides them: an answer from
+        # the cache then costs a lookup, not two template renders and a long HMAC.
+        self._prepared: LRUCache[tuple[Any, ...], Prepared] = LRUCache(maxsize=4096)
+        self._keys_made: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=4096)
+        self._prepared_lock = threading.Lock()
         self.clock = clock
         self.tz = tz
 
@@ -255,17 +263,26 @@ class Responder:
         if self.generator is None:
             return FragmentResult("generate", spec.fallback, "fallback",
                                   time.perf_counter() - started)
-        prompt = self._render(template, fragment, spec.prompt, context)
-        system_prompt = self._render(template, fragment, system, context) if system else ""
         # A personal fragment, or one carrying words someone said freely, is theirs alone.
         private = any(s.wildcard for s in match.slots.values())
         owner = user if (spec.scope == "user" or private) and user else None
-        try:
-            out = self.generator.generate(
+        generator = self.generator
+        memo = (spec, system, owner, template.version, generator.backend.model_version,
+                repr(context))
+        with self._prepared_lock:
+            prepared = self._prepared.get(memo)
+        if prepared is None:
+            prompt = self._render(template, fragment, spec.prompt, context)
+            system_prompt = self._render(template, fragment, system, context) if system else ""
+            prepared = generator.prepare(
                 system_prompt=system_prompt, prompt=prompt, max_tokens=spec.max_tokens,
-                temperature=spec.temperature, seed=spec.seed, user=owner, ttl=spec.ttl,
-                tags=(*template.tags, *(f"entity:{e.entity_id}" for e in match.targets)),
+                temperature=spec.temperature, seed=spec.seed, user=owner,
                 template_id=template.name, template_version=template.version)
+            with self._prepared_lock:
+                self._prepared[memo] = prepared
+        try:
+            out = generator.run(prepared, ttl=spec.ttl, tags=(
+                *template.tags, *(f"entity:{e.entity_id}" for e in match.targets)))
         except GenerationError as error:
             log.warning("%s, line %s: fallback said: %s", template.file, fragment.line, error)
             return FragmentResult("generate", spec.fallback, "fallback",
@@ -292,12 +309,20 @@ class Responder:
         scope_user = user if (fragment.uses_user or private) and user else None
         # Only what the template reads goes into its key, so an answer that does not depend on
         # who asks, or where, is cached once for everyone.
-        visible = json.dumps({k: v for k, v in context.items()
-                              if k in fragment.uses and k != "time"},
-                             sort_keys=True, default=str, ensure_ascii=False)
+        seen = {k: v for k, v in context.items() if k in fragment.uses and k != "time"}
         bucket = context["time"].isoformat() if "time" in context else ""
-        key = self.keys.key("frag", template.name, template.version, match.response, index,
-                            visible, bucket, f"user:{scope_user}" if scope_user else "shared")
+        # The key is canonical JSON under an HMAC; the memo of it only has to tell contexts
+        # apart within this process, which their repr does at a fraction of the cost.
+        memo = (fragment, template.version, match.response, index, repr(seen), bucket,
+                scope_user)
+        with self._prepared_lock:
+            key = self._keys_made.get(memo)
+        if key is None:
+            visible = json.dumps(seen, sort_keys=True, default=str, ensure_ascii=False)
+            key = self.keys.key("frag", template.name, template.version, match.response, index,
+                                visible, bucket, f"user:{scope_user}" if scope_user else "shared")
+            with self._prepared_lock:
+                self._keys_made[memo] = key
         ttl = _BUCKET_SECONDS.get(template.vary_by or "", STATIC_TTL)
         tags = (*template.tags, *(f"entity:{e.entity_id}" for e in match.targets))
         outcome = self.cache.fetch(key, render, ttl=ttl, tags=tags, user=scope_user)

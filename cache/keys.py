@@ -14,39 +14,53 @@ import hmac
 import math
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cache.errors import CacheError, NonDeterministicError
 
 KEY_VERSION = "v1"
+_LENGTH = struct.Struct(">I")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 Field = str | bytes | int | float | bool | None
 
 
+def _encode_float(field: float) -> tuple[bytes, bytes]:
+    if not math.isfinite(field):
+        raise CacheError(f"a key field must be a finite number, not {field!r}")
+    return b"f", repr(field).encode()  # repr round-trips exactly
+
+
+_ENCODERS: dict[type, Callable[[Any], tuple[bytes, bytes]]] = {
+    type(None): lambda field: (b"n", b""),
+    bool: lambda field: (b"b", b"\x01" if field else b"\x00"),
+    int: lambda field: (b"i", str(field).encode()),
+    float: _encode_float,
+    str: lambda field: (b"s", field.encode("utf-8")),
+    bytes: lambda field: (b"y", field),
+}
+"""By exact type (bool before int matters: True is an int); subclasses take the slow path."""
+
+
+def _encode_other(field: Any) -> tuple[bytes, bytes]:
+    kinds: tuple[type, ...] = (bool, int, float, str, bytes)
+    for kind in kinds:  # subclasses of the supported types
+        if isinstance(field, kind):
+            return _ENCODERS[kind](kind(field))
+    raise CacheError(f"unsupported key field type {type(field).__name__}")
+
+
 def encode_fields(fields: Iterable[Field]) -> bytes:
     """Encode ``fields`` injectively: a one-byte type tag, a 4-byte length, the bytes."""
-    out = bytearray()
+    parts: list[bytes] = []
+    pack = _LENGTH.pack
     for field in fields:
-        if field is None:
-            tag, data = b"n", b""
-        elif isinstance(field, bool):
-            tag, data = b"b", b"\x01" if field else b"\x00"
-        elif isinstance(field, int):
-            tag, data = b"i", str(field).encode()
-        elif isinstance(field, float):
-            if not math.isfinite(field):
-                raise CacheError(f"a key field must be a finite number, not {field!r}")
-            tag, data = b"f", repr(field).encode()  # repr round-trips exactly
-        elif isinstance(field, str):
-            tag, data = b"s", field.encode("utf-8")
-        elif isinstance(field, bytes):
-            tag, data = b"y", field
-        else:
-            raise CacheError(f"unsupported key field type {type(field).__name__}")
-        out += tag + struct.pack(">I", len(data)) + data
-    return bytes(out)
+        encoder = _ENCODERS.get(type(field))
+        tag, data = encoder(field) if encoder is not None else _encode_other(field)
+        parts += (tag, pack(len(data)), data)
+    return b"".join(parts)
 
 
 class KeyBuilder:

@@ -141,3 +141,28 @@ def test_without_a_generator_unmatched_is_not_understood(cache: TieredCache,
         assert engine.respond("What is the capital of France?").text == NOT_UNDERSTOOD
     finally:
         engine.close()
+
+
+def test_a_changed_state_is_a_new_generated_part(llama: Any, cache: TieredCache,
+                                                 names: KeyBuilder) -> None:
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from tests.test_respond import WEATHER
+
+    templates = load_templates(ROOT / "intents", builtin=builtin_intents("en"))
+    generator = Generator(llama, GeneratorSettings(), cache=cache, keys=names)
+    responder = Responder(cache, names, generator=generator)
+    weather = templates.intents["HassGetWeather"]
+    sunny = responder.answer(Match("HassGetWeather", {}, "default", (WEATHER,)), weather, HOME,
+                             default_system_prompt=templates.default_system_prompt)
+    assert [f.source for f in sunny.fragments] == ["computed", "computed"]
+    snowy = replace(WEATHER, state="snowy", attributes=MappingProxyType({"temperature": -4}))
+    cold = responder.answer(Match("HassGetWeather", {}, "default", (snowy,)), weather, HOME,
+                            default_system_prompt=templates.default_system_prompt)
+    assert [f.source for f in cold.fragments] == ["computed", "computed"]
+    assert cold.fragments[0].text == "It is snowy and -4 degrees."
+    assert generator.calls == 2
+    again = responder.answer(Match("HassGetWeather", {}, "default", (WEATHER,)), weather, HOME,
+                             default_system_prompt=templates.default_system_prompt)
+    assert again.text == sunny.text and [f.source for f in again.fragments] == ["l1", "l1"]

@@ -62,6 +62,20 @@ class PrefixCache:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """A generated part, ready to be looked up or written."""
+
+    request: Request
+    """What the model is asked."""
+    key: str | None
+    """Its cache key; None when it is never cached."""
+    user: str | None
+    """Whose it is."""
+    model_version: str
+    """The model build the key was made for."""
+
+
+@dataclass(frozen=True, slots=True)
 class Generated:
     """A generated part and how it was found."""
 
@@ -104,22 +118,20 @@ class Generator:
                                   f"{request.max_tokens} tokens")
         return text, completion
 
-    def generate(self, *, system_prompt: str, prompt: str, max_tokens: int,
-                 temperature: float = 0.0, seed: int | None = None, user: str | None = None,
-                 ttl: float, tags: Iterable[str] = (), template_id: str = "",
-                 template_version: str = "") -> Generated:
-        """One generated part; :class:`GenerationError` when there is none to give.
+    def prepare(self, *, system_prompt: str, prompt: str, max_tokens: int,
+                temperature: float = 0.0, seed: int | None = None, user: str | None = None,
+                template_id: str = "", template_version: str = "") -> Prepared:
+        """The request and its cache key (None when it is not reproducible, or no cache).
 
-        ``user``: the part is that user's (cached for them alone, under their policy);
-        ``None`` shares it with everyone.
+        Depends only on its arguments and the backend's versions, so a caller may keep it
+        for the same arguments (see :class:`~assistant.respond.Responder`).
         """
-        started = time.perf_counter()
         request = Request(system_prompt=system_prompt, prompt=prompt, max_tokens=max_tokens,
                           temperature=temperature, top_p=self.settings.top_p,
                           top_k=self.settings.top_k, seed=seed)
         backend = self.backend
         key = None
-        if self.cache is not None and self.keys is not None:
+        if self.keys is not None:
             try:
                 key = self.keys.generation_key(GenerationKey(
                     backend=backend.name, model_id=backend.model_id,
@@ -131,7 +143,13 @@ class Generator:
                     scope="shared" if user is None else f"user:{user}"))
             except NonDeterministicError:
                 key = None  # sampled without a seed: never cached
-        if key is None or self.cache is None:
+        return Prepared(request, key, user, backend.model_version)
+
+    def run(self, prepared: Prepared, *, ttl: float, tags: Iterable[str] = ()) -> Generated:
+        """The generated part of ``prepared``: from the cache, or written by the model."""
+        started = time.perf_counter()
+        request, user = prepared.request, prepared.user
+        if prepared.key is None or self.cache is None:
             text, completion = self._run(request, user)
             source = "uncached" if self.cache is not None else "computed"
             return Generated(text, source, time.perf_counter() - started, completion)
@@ -142,11 +160,26 @@ class Generator:
             ran.append(completion)
             return text
 
-        outcome = self.cache.fetch(key, compute, ttl=ttl,
-                                   tags=(GEN_TAG, f"model:{backend.model_version[:16]}", *tags),
-                                   user=user)
+        outcome = self.cache.fetch(
+            prepared.key, compute, ttl=ttl,
+            tags=(GEN_TAG, f"model:{prepared.model_version[:16]}", *tags), user=user)
         return Generated(str(outcome.value), outcome.source, time.perf_counter() - started,
                          ran[0] if ran else None)
+
+    def generate(self, *, system_prompt: str, prompt: str, max_tokens: int,
+                 temperature: float = 0.0, seed: int | None = None, user: str | None = None,
+                 ttl: float, tags: Iterable[str] = (), template_id: str = "",
+                 template_version: str = "") -> Generated:
+        """One generated part; :class:`GenerationError` when there is none to give.
+
+        ``user``: the part is that user's (cached for them alone, under their policy);
+        ``None`` shares it with everyone.
+        """
+        prepared = self.prepare(system_prompt=system_prompt, prompt=prompt,
+                                max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                user=user, template_id=template_id,
+                                template_version=template_version)
+        return self.run(prepared, ttl=ttl, tags=tags)
 
     def close(self) -> None:
         """Release the backend."""
