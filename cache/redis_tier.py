@@ -8,7 +8,7 @@ round trip each (Lua). A purge removes a member only if the item still names
 that tag set in its own header: an item overwritten without the tag survives,
 and since header and item are one Redis key, eviction can never split them. A circuit
 breaker skips Redis while it is failing; redis-py reconnects by itself when it
-is back.
+is back. Item reads use one held connection per thread (the rest use the pool).
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -142,6 +144,12 @@ class RedisTier:
         self._clock = clock
         self._epoch_ms = str(int(epoch_ttl * 1000))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
+        # Reads of items go over one connection per thread, held, not checked out of the
+        # pool per command: on a loopback GET that halves redis-py's own cost (about 60 µs
+        # of a 120 µs GET here), which is most of what an L2 hit costs.
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
         self._set = self.client.register_script(_SET)
         self._purge = self.client.register_script(_PURGE)
         self._salt = self.client.register_script(_SALT)
@@ -165,8 +173,27 @@ class RedisTier:
         """The Redis set holding the keys of ``tag``."""
         return self._namer("tag", tag)
 
+    def _reader(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.add(conn)
+        return conn
+
+    def _read(self, key: str) -> bytes | None:
+        conn = self._reader()
+        try:
+            conn.send_command("GET", key)
+            return cast("bytes | None", conn.read_response())
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not meet the next command
+            raise
+
     def get(self, key: str) -> Record | None:
-        raw = cast("bytes | None", self._call(lambda: self.client.get(key)))
+        raw = self._call(lambda: self._read(key))
         if raw is None or len(raw) < _HEADER.size:
             return None
         expires_at, names = _HEADER.unpack_from(raw)
@@ -259,4 +286,8 @@ class RedisTier:
                 "maxmemory_policy": info.get("maxmemory_policy")}
 
     def close(self) -> None:
+        with self._readers_lock:
+            readers = list(self._readers)
+        for conn in readers:
+            conn.disconnect()
         self.client.close()

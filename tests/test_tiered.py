@@ -321,3 +321,40 @@ def test_an_item_can_be_kept_out_of_redis_or_off_disk(tiered: TieredCache, names
     assert found is not None and found.source == "l3" and found.value == b"state" * 100
     assert tiered.lookup(volatile, redis=False) is None
     raw.close()
+
+
+def test_item_reads_from_many_threads_never_mix_replies(redis_url: str, names: KeyBuilder,
+                                                        keyring: Keyring) -> None:
+    from tests.conftest import make_redis_tier
+
+    tier = make_redis_tier(redis_url, names)
+    cache = TieredCache(keyring=keyring, memory=MemoryTier(1024 * 1024), redis_tier=tier,
+                        listen=False)
+    keys = [names.key("mix", i) for i in range(64)]
+    for i, key in enumerate(keys):
+        cache.set(key, f"value {i} " * (i + 1), ttl=60)
+    raw = redis.Redis.from_url(redis_url)
+    before = len(raw.client_list())
+    wrong: list[str] = []
+
+    def read(offset: int) -> None:
+        for n in range(400):
+            i = (offset * 7 + n) % len(keys)
+            cache.memory.delete(keys[i])
+            found = cache.lookup(keys[i])
+            if found is None or found.value != f"value {i} " * (i + 1):
+                wrong.append(keys[i])
+
+    threads = [threading.Thread(target=read, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert len(raw.client_list()) >= before + 8  # one held reading connection per thread
+    cache.close()
+    deadline = time.monotonic() + 5
+    while len(raw.client_list()) > before - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(raw.client_list()) <= before - 1  # all of them closed with the cache
+    raw.close()
