@@ -92,6 +92,7 @@ class SqliteTier:
         flush_interval: float = 0.05,
         queue_size: int = 20000,
         gc_interval: float = 60.0,
+        touch_interval: float = 1.0,
         on_quarantine: Callable[[Path], None] | None = None,
     ) -> None:
         """
@@ -103,6 +104,10 @@ class SqliteTier:
             flush_interval: seconds a queued write may wait before it is flushed.
             queue_size: queued writes beyond which ``set`` waits for the writer.
             gc_interval: seconds between removals of expired rows by the writer.
+            touch_interval: seconds between the writer's updates of read rows' last access
+                (the LRU order): at thousands of reads a second, updating every
+                ``flush_interval`` costs the readers CPU and the card writes for no better
+                eviction.
             on_quarantine: called with the new name of a file moved aside as corrupt.
         """
         self.path = Path(path)
@@ -112,6 +117,7 @@ class SqliteTier:
         self._flush_interval = flush_interval
         self._queue_size = queue_size
         self._gc_interval = gc_interval
+        self._touch_interval = touch_interval
         self._on_quarantine = on_quarantine
         self._cond = threading.Condition()
         self._pending: dict[str, Record] = {}
@@ -396,7 +402,7 @@ class SqliteTier:
             return int(conn.execute(sql, tuple(params)).rowcount)
 
     def _run(self) -> None:
-        last_gc = last_check = time.monotonic()
+        last_gc = last_check = last_touch = time.monotonic()
         while True:
             with self._cond:
                 self._cond.wait_for(
@@ -406,7 +412,10 @@ class SqliteTier:
                 if self._closed:
                     return
             try:
-                self.flush()
+                touches = time.monotonic() - last_touch >= self._touch_interval
+                self.flush(touches=touches)
+                if touches:
+                    last_touch = time.monotonic()
                 for user, stale in list(self.pending_forgets.items()):
                     with self._write_lock:
                         self._delete_user_rows(user, stale)
@@ -423,13 +432,18 @@ class SqliteTier:
                 log.exception("sqlite cache writer failed; retrying")
                 time.sleep(self._flush_interval)
 
-    def flush(self) -> int:
-        """Write everything queued now, in one transaction; the number of writes applied."""
+    def flush(self, *, touches: bool = True) -> int:
+        """Write everything queued now, in one transaction; the number of writes applied.
+
+        ``touches=False`` leaves the recorded reads (last-access updates) for a later flush.
+        """
         with self._write_lock:
             with self._cond:
                 pending = self._flushing = self._pending  # readers look here until committed
                 self._pending = {}
-                touched, self._touched = self._touched, {}
+                touched: dict[str, float] = {}
+                if touches:
+                    touched, self._touched = self._touched, {}
                 self._cond.notify_all()
             if not pending and not touched:
                 return 0
