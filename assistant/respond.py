@@ -30,7 +30,7 @@ from assistant.generation import Generator
 from assistant.generation.generator import Prepared
 from assistant.home import Entity, Home
 from assistant.recognize import Match
-from assistant.templates import Fragment, IntentTemplate, spoken_names
+from assistant.templates import Fragment, IntentTemplate, spoken_names, template_reads
 from cache import KeyBuilder, TieredCache
 
 log = logging.getLogger(__name__)
@@ -242,11 +242,12 @@ class Responder:
             prompt = system.render(context) if system is not None else ""
         except jinja2.TemplateError as error:
             raise TemplateError(f"default_system_prompt: {error}") from None
+        personal = settings.unmatched_scope == "user" or "user" in template_reads(system)
         try:
             out = self.generator.generate(
                 system_prompt=" ".join(prompt.split()), prompt=" ".join(text.split()),
                 max_tokens=settings.unmatched_max_tokens,
-                user=user if settings.unmatched_scope == "user" and user else None,
+                user=user if personal and user else None,
                 ttl=settings.unmatched_ttl, tags=(UNMATCHED_TAG,), template_id="unmatched")
         except GenerationError as error:
             log.warning("no generated answer to an unmatched sentence: %s", error)
@@ -263,14 +264,22 @@ class Responder:
         if self.generator is None:
             return FragmentResult("generate", spec.fallback, "fallback",
                                   time.perf_counter() - started)
-        # A personal fragment, or one carrying words someone said freely, is theirs alone.
+        # A personal fragment (scope: user, or a prompt or system prompt that reads the user),
+        # or one carrying words someone said freely, is theirs alone.
         private = any(s.wildcard for s in match.slots.values())
-        owner = user if (spec.scope == "user" or private) and user else None
+        personal = fragment.uses_user or "user" in template_reads(system)
+        owner = user if (personal or private) and user else None
         generator = self.generator
-        memo = (spec, system, owner, template.version, generator.backend.model_version,
-                repr(context))
-        with self._prepared_lock:
-            prepared = self._prepared.get(memo)
+        # Only shared parts are remembered: nothing of a user's stays in this memo, which
+        # forget does not reach. A shared part does not depend on who asks.
+        memo = None
+        if owner is None and not private:
+            memo = (spec, system, template.version, generator.model_version(),
+                    repr({k: v for k, v in context.items() if k != "user"}))
+            with self._prepared_lock:
+                prepared = self._prepared.get(memo)
+        else:
+            prepared = None
         if prepared is None:
             prompt = self._render(template, fragment, spec.prompt, context)
             system_prompt = self._render(template, fragment, system, context) if system else ""
@@ -278,8 +287,9 @@ class Responder:
                 system_prompt=system_prompt, prompt=prompt, max_tokens=spec.max_tokens,
                 temperature=spec.temperature, seed=spec.seed, user=owner,
                 template_id=template.name, template_version=template.version)
-            with self._prepared_lock:
-                self._prepared[memo] = prepared
+            if memo is not None:
+                with self._prepared_lock:
+                    self._prepared[memo] = prepared
         try:
             out = generator.run(prepared, ttl=spec.ttl, tags=(
                 *template.tags, *(f"entity:{e.entity_id}" for e in match.targets)))
@@ -313,16 +323,20 @@ class Responder:
         bucket = context["time"].isoformat() if "time" in context else ""
         # The key is canonical JSON under an HMAC; the memo of it only has to tell contexts
         # apart within this process, which their repr does at a fraction of the cost.
-        memo = (fragment, template.version, match.response, index, repr(seen), bucket,
-                scope_user)
-        with self._prepared_lock:
-            key = self._keys_made.get(memo)
+        # Only shared fragments' keys are remembered (nothing of a user's stays in the memo).
+        memo = None if scope_user or private else (
+            fragment, template.version, match.response, index, repr(seen), bucket)
+        key = None
+        if memo is not None:
+            with self._prepared_lock:
+                key = self._keys_made.get(memo)
         if key is None:
             visible = json.dumps(seen, sort_keys=True, default=str, ensure_ascii=False)
             key = self.keys.key("frag", template.name, template.version, match.response, index,
                                 visible, bucket, f"user:{scope_user}" if scope_user else "shared")
-            with self._prepared_lock:
-                self._keys_made[memo] = key
+            if memo is not None:
+                with self._prepared_lock:
+                    self._keys_made[memo] = key
         ttl = _BUCKET_SECONDS.get(template.vary_by or "", STATIC_TTL)
         tags = (*template.tags, *(f"entity:{e.entity_id}" for e in match.targets))
         outcome = self.cache.fetch(key, render, ttl=ttl, tags=tags, user=scope_user)

@@ -147,7 +147,14 @@ def _check_template(env: SandboxedEnvironment, source: Any, *, where: str,
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateError(f"{where}: refused: access to {name!r} is not allowed in "
                                 f"templates (template line {node.lineno})")
-    return env.from_string(source)
+    template = env.from_string(source)
+    template._reads = frozenset(meta.find_undeclared_variables(tree))  # type: ignore[attr-defined]
+    return template
+
+
+def template_reads(template: jinja2.Template | None) -> frozenset[str]:
+    """The variables a template checked at load time reads (empty for ``None``)."""
+    return getattr(template, "_reads", frozenset()) if template is not None else frozenset()
 
 
 # -- the model ---------------------------------------------------------------------------

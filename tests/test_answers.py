@@ -166,3 +166,48 @@ def test_a_changed_state_is_a_new_generated_part(llama: Any, cache: TieredCache,
     again = responder.answer(Match("HassGetWeather", {}, "default", (WEATHER,)), weather, HOME,
                              default_system_prompt=templates.default_system_prompt)
     assert again.text == sunny.text and [f.source for f in again.fragments] == ["l1", "l1"]
+
+
+GREETING = """
+language: en
+intents:
+  Greet:
+    data:
+      - sentences:
+          - "greet me"
+    responses:
+      default:
+        - generate:
+            prompt: "Write one short friendly greeting for {{ user }}."
+            max_tokens: 32
+            fallback: "Hello."
+      evening:
+        - generate:
+            prompt: "Write one short friendly good-evening greeting."
+            max_tokens: 32
+            fallback: "Good evening."
+    system_prompt: "You are the assistant of {{ user }}. Answer in one short sentence."
+"""
+
+
+def test_a_part_that_reads_the_user_is_theirs_though_scope_is_shared(
+        llama: Any, cache: TieredCache, names: KeyBuilder, tmp_path: Path) -> None:
+    folder = tmp_path / "greet"
+    folder.mkdir()
+    (folder / "greet.yaml").write_text(GREETING)
+    template = load_templates(folder, builtin=builtin_intents("en")).intents["Greet"]
+    generator = Generator(llama, GeneratorSettings(), cache=cache, keys=names)
+    responder = Responder(cache, names, generator=generator)
+    for response in ("default", "evening"):  # the prompt reads the user; the system prompt does
+        asked = Match("Greet", {}, response, ())
+        ann = responder.answer(asked, template, HOME, user="ann")
+        assert ann.fragments[0].source == "computed"
+        assert responder.answer(asked, template, HOME, user="ann").fragments[0].source == "l1"
+        assert responder.answer(asked, template, HOME, user="bob").fragments[0].source == \
+            "computed"
+    # Nothing of theirs stays in the responder's memos, which forget cannot reach.
+    memos = repr(list(responder._prepared.keys())) + repr(list(responder._keys_made.keys()))
+    assert "ann" not in memos and "bob" not in memos
+    cache.forget_user("ann")
+    asked = Match("Greet", {}, "default", ())
+    assert responder.answer(asked, template, HOME, user="ann").fragments[0].source == "computed"
