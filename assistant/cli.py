@@ -141,7 +141,8 @@ def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     fmt = None
     if args.rate is not None:
         fmt = PcmFormat(rate=args.rate, bits=args.bits, channels=args.channels, float=args.float)
-    data = args.file.read_bytes()
+    with args.file.open("rb") as handle:  # no more than the limit (plus one to tell) is read
+        data = handle.read(settings.stt.max_bytes + 1)
     cache, keys = _speech_cache(settings, args.no_cache)
     try:
         transcriber = Transcriber(settings.stt, cache=cache, keys=keys)

@@ -206,8 +206,10 @@ class Transcriber:
         tokens = result.sequences_ids[0]
         text = str(tokenizer.decode(tokens)).strip()
         encoded = text.encode()
-        if len(tokens) + len(prompt) >= limit or (
-                encoded and len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION):
+        # Nothing heard in a window VAD found speech in, repetition, or the token limit reached:
+        # the usual way decides.
+        if not encoded or len(tokens) + len(prompt) >= limit or (
+                len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION):
             log.info("fitted-window transcript looks unreliable; transcribing the usual way")
             return None
         return text

@@ -45,10 +45,17 @@ _ENCODERS: dict[type, Callable[[Any], tuple[bytes, bytes]]] = {
 
 
 def _encode_other(field: Any) -> tuple[bytes, bytes]:
-    kinds: tuple[type, ...] = (bool, int, float, str, bytes)
-    for kind in kinds:  # subclasses of the supported types
-        if isinstance(field, kind):
-            return _ENCODERS[kind](kind(field))
+    """Subclasses (enums, say) as their base value, never through their own ``__str__``."""
+    if isinstance(field, bool):
+        return _ENCODERS[bool](field)
+    if isinstance(field, int):
+        return b"i", int.__repr__(field).encode()
+    if isinstance(field, float):
+        return _encode_float(float.__float__(field))
+    if isinstance(field, str):
+        return b"s", str.encode(field, "utf-8")
+    if isinstance(field, bytes):
+        return b"y", bytes(memoryview(field))
     raise CacheError(f"unsupported key field type {type(field).__name__}")
 
 

@@ -185,12 +185,20 @@ class RedisTier:
 
     def _read(self, key: str) -> bytes | None:
         conn = self._reader()
-        try:
-            conn.send_command("GET", key)
-            return cast("bytes | None", conn.read_response())
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not meet the next command
-            raise
+        for attempt in (1, 2):
+            try:
+                conn.send_command("GET", key)
+                return cast("bytes | None", conn.read_response())
+            except redis.ConnectionError:
+                # The server closed this held connection (a restart, an idle timeout): as
+                # the pool would, connect again once before calling it a failure.
+                conn.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.disconnect()  # a half-read reply must not meet the next command
+                raise
+        raise AssertionError("unreachable")
 
     def get(self, key: str) -> Record | None:
         raw = self._call(lambda: self._read(key))

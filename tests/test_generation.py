@@ -141,6 +141,15 @@ def test_a_timeout_says_nothing_is_cached_and_the_next_request_generates(
     assert again.source == "computed" and patient.calls == 1 and again.text
 
 
+def test_waiting_for_a_busy_model_counts_against_the_deadline(llama: LlamaCppBackend) -> None:
+    request = Request(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=8)
+    with llama._lock:  # another request holds the model
+        started = time.monotonic()
+        with pytest.raises(GenerationTimeout, match="busy"):
+            llama.complete(request, deadline=time.monotonic() + 0.1)
+        assert time.monotonic() - started < 1.0
+
+
 def test_a_part_with_no_whole_sentence_is_a_failure(llama: LlamaCppBackend, cache: TieredCache,
                                                     names: KeyBuilder) -> None:
     gen = generator(llama, cache, names)
@@ -275,6 +284,43 @@ def test_hailo_timeout_gives_up_and_the_npu_stays_usable(hailo: Path, cache: Tie
     gen.close()
 
 
+def test_hailo_requests_given_up_on_are_not_run_later(hailo: Path, cache: TieredCache,
+                                                       names: KeyBuilder,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names, timeout=0.05,
+                    prefix_cache=False)
+    monkeypatch.setattr(genai_standin, "delay", 0.3)
+    for n in range(4):
+        with pytest.raises(GenerationTimeout):
+            gen.generate(system_prompt=SYSTEM, prompt=f"Question {n}?", max_tokens=16, ttl=60)
+    monkeypatch.setattr(genai_standin, "delay", 0.0)
+    gen.settings = GeneratorSettings(timeout=1.0, prefix_cache=False)
+    started = time.monotonic()
+    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=16,
+                        ttl=60).text == "The capital of France is Paris."
+    assert time.monotonic() - started < 0.5  # not queued behind the abandoned ones
+    ran = [kw["prompt"][-1]["content"] for name, kw in genai_standin.calls
+           if name == "generate_all"]
+    assert ran[0] == "Question 0?" and ran[-1] == QUESTION and len(ran) <= 3
+    gen.close()
+
+
+def test_a_saved_hailo_context_that_does_not_load_is_made_again(
+        hailo: Path, cache: TieredCache, names: KeyBuilder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names)
+    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
+
+    def refuse(self: Any, data: bytes) -> None:
+        raise RuntimeError("HAILO_INVALID_CONTEXT")
+
+    monkeypatch.setattr(genai_standin.LLM, "load_context", refuse)
+    again = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32, ttl=600)
+    assert again.completion is not None and again.completion.prefix == "computed"
+    assert again.text == "You said Is it raining?."
+    gen.close()
+
+
 def test_auto_falls_back_to_the_cpu_without_a_hailo_10h(hailo: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO8L)
@@ -301,6 +347,7 @@ class OllamaServer:
         self.requests: list[dict[str, Any]] = []
         self.digest = digest
         self.delay = 0.0
+        self.broken = False
         self.answer = "The capital of France is Paris."
         server = self
 
@@ -332,6 +379,15 @@ class OllamaServer:
                         return self._reply({"error": "model not found"}, 404)
                     return self._reply({"details": {"family": "qwen2"}, "model_info": {
                         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}})
+                if self.path == "/api/chat" and server.broken:
+                    self.send_response(200)  # promises more than it sends, then hangs up
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "500")
+                    self.end_headers()
+                    self.wfile.write(b'{"message": {"con')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 if self.path == "/api/chat":
                     time.sleep(server.delay)
                     return self._reply({"model": body["model"], "done": True,
@@ -397,3 +453,29 @@ def test_ollama_new_model_build_new_key_and_timeouts(ollama: OllamaServer, cache
     with pytest.raises(ConfigError):
         open_backend(GeneratorSettings(backend="ollama", ollama_url="http://127.0.0.1:9",
                                        ollama_model="qwen2:1.5b"))
+
+
+def test_ollama_notices_a_model_pulled_again_while_running(
+        ollama: OllamaServer, cache: TieredCache, names: KeyBuilder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import assistant.generation.ollama
+
+    monkeypatch.setattr(assistant.generation.ollama, "RECHECK_SECONDS", 0.0)
+    gen = generator(open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
+                                                   ollama_model="qwen2:1.5b")), cache, names)
+    first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)
+    ollama.digest = "sha256:fresh"
+    ollama.answer = "Paris, of course."
+    again = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)
+    assert (first.text, again.text, again.source) == (
+        "The capital of France is Paris.", "Paris, of course.", "computed")
+    assert gen.backend.model_version == "sha256:fresh"
+
+
+def test_ollama_reply_cut_off_is_a_generation_error(ollama: OllamaServer, cache: TieredCache,
+                                                    names: KeyBuilder) -> None:
+    gen = generator(open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
+                                                   ollama_model="qwen2:1.5b")), cache, names)
+    ollama.broken = True
+    with pytest.raises(GenerationError):
+        gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)

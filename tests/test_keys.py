@@ -355,3 +355,22 @@ def test_user_scopes_are_keyed_apart(names: KeyBuilder) -> None:
     bob = names.generation_key(dataclasses.replace(BASE, scope="user:bob"))
     shared = names.generation_key(BASE)
     assert len({alice, bob, shared}) == 3
+
+
+def test_subclasses_encode_as_their_base_value() -> None:
+    import enum
+
+    class Colour(str, enum.Enum):  # noqa: UP042 - its str() is "Colour.RED", the case tested
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 5
+
+    class Loud(str):
+        def __str__(self) -> str:
+            return "always the same"
+
+    assert encode_fields([Colour.RED]) == encode_fields(["red"])
+    assert encode_fields([Level.HIGH]) == encode_fields([5])
+    assert encode_fields([Loud("a")]) == encode_fields(["a"])
+    assert encode_fields([Loud("a")]) != encode_fields([Loud("b")])

@@ -358,3 +358,25 @@ def test_item_reads_from_many_threads_never_mix_replies(redis_url: str, names: K
         time.sleep(0.05)
     assert len(raw.client_list()) <= before - 1  # all of them closed with the cache
     raw.close()
+
+
+def test_a_held_read_connection_closed_by_the_server_reconnects(redis_url: str,
+                                                                names: KeyBuilder,
+                                                                keyring: Keyring) -> None:
+    from tests.conftest import make_redis_tier
+
+    tier = make_redis_tier(redis_url, names)
+    cache = TieredCache(keyring=keyring, memory=MemoryTier(1024 * 1024), redis_tier=tier,
+                        listen=False)
+    key = names.key("held", 1)
+    cache.set(key, "still here", ttl=60)
+    cache.memory.clear()
+    assert cache.lookup(key) is not None  # the read connection is now held
+    raw = redis.Redis.from_url(redis_url)
+    raw.client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout would
+    cache.memory.clear()
+    found = cache.lookup(key)
+    assert found is not None and (found.source, found.value) == ("l2", "still here")
+    assert tier.breaker._failures == 0  # not counted as a failure of Redis
+    cache.close()
+    raw.close()

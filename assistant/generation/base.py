@@ -101,6 +101,9 @@ class Backend(ABC):
         :class:`~assistant.errors.GenerationError` on any failure.
         """
 
+    def refresh(self) -> None:  # noqa: B027 - a weights file's version is fixed once loaded
+        """Update :attr:`model_version` if the model can change under a running process."""
+
     def reset(self) -> None:  # noqa: B027 - most backends keep nothing between requests
         """Forget any state kept from earlier requests."""
 

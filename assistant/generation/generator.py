@@ -118,6 +118,11 @@ class Generator:
                                   f"{request.max_tokens} tokens")
         return text, completion
 
+    def model_version(self) -> str:
+        """The backend's model version now (a server's model may be replaced while running)."""
+        self.backend.refresh()
+        return self.backend.model_version
+
     def prepare(self, *, system_prompt: str, prompt: str, max_tokens: int,
                 temperature: float = 0.0, seed: int | None = None, user: str | None = None,
                 template_id: str = "", template_version: str = "") -> Prepared:
@@ -130,12 +135,13 @@ class Generator:
                           temperature=temperature, top_p=self.settings.top_p,
                           top_k=self.settings.top_k, seed=seed)
         backend = self.backend
+        version = self.model_version()
         key = None
         if self.keys is not None:
             try:
                 key = self.keys.generation_key(GenerationKey(
                     backend=backend.name, model_id=backend.model_id,
-                    model_version=backend.model_version,
+                    model_version=version,
                     tokenizer_version=backend.tokenizer_version, template_id=template_id,
                     template_version=template_version, system_prompt=system_prompt,
                     prompt=prompt, temperature=temperature, top_p=request.top_p,
@@ -143,7 +149,7 @@ class Generator:
                     scope="shared" if user is None else f"user:{user}"))
             except NonDeterministicError:
                 key = None  # sampled without a seed: never cached
-        return Prepared(request, key, user, backend.model_version)
+        return Prepared(request, key, user, version)
 
     def run(self, prepared: Prepared, *, ttl: float, tags: Iterable[str] = ()) -> Generated:
         """The generated part of ``prepared``: from the cache, or written by the model."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,29 +109,43 @@ class HailoBackend(Backend):
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hailo")
         self._saves = hasattr(self._llm, "save_context") and hasattr(self._llm, "load_context")
+        self._runtime = str(getattr(module, "__version__", "unknown"))
 
     @property
     def state_format(self) -> str:
-        return "hailo context"
+        return f"hailo context, hailort {self._runtime}"
 
     def _generate(self, messages: list[dict[str, str]], request: Request,
                   max_tokens: int) -> str:
         sample = request.temperature > 0
+        # Unseeded sampling must not repeat itself: a fresh seed each time.
+        seed = request.seed if request.seed is not None else (
+            secrets.randbelow(2**31) if sample else 0)
         return str(self._llm.generate_all(
             prompt=messages, temperature=request.temperature if sample else 0.0,
-            top_p=request.top_p, seed=request.seed if request.seed is not None else 0,
-            max_generated_tokens=max_tokens, do_sample=sample))
+            top_p=request.top_p, seed=seed, max_generated_tokens=max_tokens, do_sample=sample))
 
-    def _run(self, request: Request, user: str | None) -> tuple[str, str]:
+    def _restored(self, state: bytes) -> bool:
+        try:
+            self._llm.load_context(state)
+            return True
+        except Exception as error:  # noqa: BLE001 - a stale or damaged context: made again
+            log.warning("saved Hailo context not loaded (%s); reading the system prompt again",
+                        error)
+            self._llm.clear_context()
+            return False
+
+    def _run(self, request: Request, user: str | None, deadline: float) -> tuple[str, str]:
         with self._lock:
+            if time.monotonic() > deadline:  # given up on while it waited: do not run it
+                raise GenerationTimeout("the request's deadline passed while it waited")
             self._llm.clear_context()  # each request is independent
             store = self.prefix_store if self._saves else None
             if store is None:
                 return self._generate(request.messages(), request, request.max_tokens), "off"
             system = [{"role": "system", "content": request.system_prompt}]
             found = store.load(self, request.system_prompt, user)
-            if found is not None:
-                self._llm.load_context(found[0])
+            if found is not None and self._restored(found[0]):
                 source = found[1]
             else:
                 # Read the system prompt alone (one token out, not kept) and save that context.
@@ -143,12 +158,17 @@ class HailoBackend(Backend):
     def complete(self, request: Request, *, deadline: float,
                  user: str | None = None) -> Completion:
         started = time.perf_counter()
-        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user)
+        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user, deadline)
         try:
             text, prefix = future.result(timeout=remaining(deadline))
         except FutureTimeout:
-            # The NPU finishes the call in the background; its result is dropped.
+            # Not started yet: it never will be. Started: the NPU finishes the call in the
+            # background and its result is dropped; requests queued behind it that run out
+            # of time meanwhile are skipped, not run.
+            future.cancel()
             raise GenerationTimeout("the NPU did not answer in time") from None
+        except GenerationTimeout:
+            raise
         except Exception as error:  # noqa: BLE001 - any driver error
             raise GenerationError(f"hailo generation failed: {error}") from None
         clean = strip_stop_texts(text)
@@ -158,7 +178,7 @@ class HailoBackend(Backend):
                           seconds=time.perf_counter() - started, prefix=prefix)
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True)
+        self._worker.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for thing in (self._llm, self._vdevice):
                 release: Any = getattr(thing, "release", None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import Backend, Completion, Request, strip_stop_texts
+from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
 from assistant.models import cpu_threads, model_version, package_folder
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ class LlamaCppBackend(Backend):
     def state_format(self) -> str:
         return f"llama.cpp {self._llama_cpp.__version__} n_ctx {self._context}"
 
-    def _tokens(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    def _tokens(self, text: str, *, add_bos: bool = True) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
     def _prefix(self, system_prompt: str) -> list[int] | None:
         """The tokens every request with this system prompt starts with (None: no clean cut)."""
@@ -95,10 +95,12 @@ class LlamaCppBackend(Backend):
             self._prefixes.move_to_end(system_prompt)
             return self._prefixes[system_prompt]
         one, two = (self._format(messages=[{"role": "system", "content": system_prompt},
-                                           {"role": "user", "content": probe}]).prompt
+                                           {"role": "user", "content": probe}])
                     for probe in ("\x01", "\x02"))
-        length = next((i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b), 0)
-        tokens = self._tokens(one[:length]) if length else None
+        length = next((i for i, (a, b) in enumerate(zip(one.prompt, two.prompt, strict=False))
+                       if a != b), 0)
+        tokens = self._tokens(one.prompt[:length], add_bos=not one.added_special) if length \
+            else None
         self._prefixes[system_prompt] = tokens
         if len(self._prefixes) > _PREFIXES_KEPT:
             self._prefixes.popitem(last=False)
@@ -154,16 +156,22 @@ class LlamaCppBackend(Backend):
     def complete(self, request: Request, *, deadline: float,
                  user: str | None = None) -> Completion:
         started = time.perf_counter()
-        with self._lock:
+        if not self._lock.acquire(timeout=remaining(deadline)):
+            raise GenerationTimeout("the model stayed busy with other requests past the deadline")
+        try:
             if time.monotonic() > deadline:
                 raise GenerationTimeout("no time left to generate")
             try:
                 formatted = self._format(messages=request.messages())
-                tokens = self._tokens(formatted.prompt)
+                # A template that writes the BOS token itself gets no second one.
+                tokens = self._tokens(formatted.prompt, add_bos=not formatted.added_special)
                 if len(tokens) + request.max_tokens > self._context:
                     raise GenerationError(f"the prompt ({len(tokens)} tokens) and answer do not "
                                           f"fit the context of {self._context} tokens")
                 prefix = self._prepare(request.system_prompt, tokens, user)
+                if time.monotonic() > deadline:
+                    raise GenerationTimeout("the deadline passed while the system prompt was "
+                                            "read")
                 stops = formatted.stop if isinstance(formatted.stop, list) else (
                     [formatted.stop] if formatted.stop else [])
                 stream = self._llm.create_completion(
@@ -186,9 +194,12 @@ class LlamaCppBackend(Backend):
                                                 "tokens")
             except GenerationError:
                 raise
-            except (RuntimeError, ValueError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - any failure gives the fallback
                 self._llm.reset()
-                raise GenerationError(f"llama.cpp failed: {error}") from None
+                raise GenerationError(f"llama.cpp failed: {type(error).__name__}: {error}"
+                                      ) from None
+        finally:
+            self._lock.release()
         return Completion(text=strip_stop_texts("".join(parts)), finish=finish, tokens=count,
                           seconds=time.perf_counter() - started, first_token_seconds=first,
                           prefix=prefix)

@@ -11,7 +11,10 @@ version.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +22,11 @@ from typing import Any
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
 from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 30.0
+"""How often the server is asked whether the model was replaced (``ollama pull``)."""
 
 
 def _digest(value: Any) -> str:
@@ -41,16 +49,45 @@ class OllamaBackend(Backend):
         except GenerationError as error:
             raise ConfigError(f"the model server at {self.url} did not answer about {model!r}: "
                               f"{error}") from None
-        listed = [m for m in tags.get("models", []) if model in (m.get("name"), m.get("model"))]
-        if not listed and not show:
+        digest = self._digest_in(tags, model)
+        if digest is None and not show:
             raise ConfigError(f"the model server at {self.url} does not have {model!r}")
-        digest = listed[0].get("digest") if listed else None
         version = str(digest) if digest else _digest(
             {k: show.get(k) for k in ("modelfile", "parameters", "template", "details",
                                       "model_info", "modified_at")})
         info = show.get("model_info") or {}
         tokenizer = {k: v for k, v in info.items() if k.startswith("tokenizer.")}
         super().__init__(model, version, _digest(tokenizer) if tokenizer else version)
+        self._listed = digest is not None
+        self._checked = time.monotonic()
+        self._check_lock = threading.Lock()
+
+    @staticmethod
+    def _digest_in(tags: dict[str, Any], model: str) -> str | None:
+        for entry in tags.get("models", []):
+            if model in (entry.get("name"), entry.get("model")) and entry.get("digest"):
+                return str(entry["digest"])
+        return None
+
+    def refresh(self) -> None:
+        """Ask the server for the model's digest again, at most every 30 s; a new digest
+        (the model was pulled again) becomes the model version, so new keys."""
+        if not self._listed or time.monotonic() - self._checked < RECHECK_SECONDS:
+            return
+        if not self._check_lock.acquire(blocking=False):
+            return  # another request is asking
+        try:
+            self._checked = time.monotonic()
+            digest = self._digest_in(self._call("GET", "/api/tags", None, 1.0), self.model_id)
+        except GenerationError as error:
+            log.debug("model server not asked about a new version: %s", error)
+            return
+        finally:
+            self._check_lock.release()
+        if digest is not None and digest != self.model_version:
+            log.info("model %s changed on the server (%s -> %s)", self.model_id,
+                     self.model_version[:19], digest[:19])
+            self.model_version = digest
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None,
               timeout: float) -> dict[str, Any]:
@@ -65,11 +102,11 @@ class OllamaBackend(Backend):
         except urllib.error.HTTPError as error:
             detail = error.read(300).decode("utf-8", "replace")
             raise GenerationError(f"{path}: HTTP {error.code} {detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
                 raise GenerationTimeout(f"{path} did not answer within {timeout:.1f} s") from None
-            raise GenerationError(f"{path}: {reason}") from None
+            raise GenerationError(f"{path}: {type(reason).__name__}: {reason}") from None
         if not isinstance(payload, dict):
             raise GenerationError(f"{path}: the answer is not a JSON object")
         return payload
