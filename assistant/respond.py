@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,14 +22,19 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 import jinja2
-from cachetools import LRUCache
 
 from assistant.errors import GenerationError, TemplateError
 from assistant.generation import Generator
 from assistant.generation.generator import Prepared
 from assistant.home import Entity, Home
 from assistant.recognize import Match
-from assistant.templates import Fragment, IntentTemplate, spoken_names, template_reads
+from assistant.templates import (
+    Fragment,
+    IntentTemplate,
+    spoken_names,
+    template_head,
+    template_reads,
+)
 from cache import KeyBuilder, TieredCache
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,16 @@ def _nothing_to_act_on(match: Match) -> str:
     return f"Sorry, I couldn't find {thing}."
 
 
+_MEMO_SIZE = 4096
+"""Entries a responder memo holds before it starts again."""
+
+
+def _remember(memo: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 class Responder:
     """Renders answers for matches, through the cache."""
 
@@ -157,9 +171,10 @@ class Responder:
         self.generator = generator
         # Rendered prompts and their keys, by everything that decides them: an answer from
         # the cache then costs a lookup, not two template renders and a long HMAC.
-        self._prepared: LRUCache[tuple[Any, ...], Prepared] = LRUCache(maxsize=4096)
-        self._keys_made: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=4096)
-        self._prepared_lock = threading.Lock()
+        # Plain dicts (a get or set is atomic), emptied when full: cheaper to consult than an
+        # LRU with its lock, and a miss only costs the rendering the memo saves.
+        self._prepared: dict[tuple[Any, ...], Prepared] = {}
+        self._keys_made: dict[tuple[Any, ...], str] = {}
         self.clock = clock
         self.tz = tz
 
@@ -274,10 +289,10 @@ class Responder:
         # forget does not reach. A shared part does not depend on who asks.
         memo = None
         if owner is None and not private:
+            reads = template_reads(spec.prompt) | template_reads(system)
             memo = (spec, system, template.version, generator.model_version(),
-                    repr({k: v for k, v in context.items() if k != "user"}))
-            with self._prepared_lock:
-                prepared = self._prepared.get(memo)
+                    repr([(k, v) for k, v in context.items() if k in reads and k != "user"]))
+            prepared = self._prepared.get(memo)
         else:
             prepared = None
         if prepared is None:
@@ -286,10 +301,10 @@ class Responder:
             prepared = generator.prepare(
                 system_prompt=system_prompt, prompt=prompt, max_tokens=spec.max_tokens,
                 temperature=spec.temperature, seed=spec.seed, user=owner,
-                template_id=template.name, template_version=template.version)
+                template_id=template.name, template_version=template.version,
+                prompt_head=template_head(spec.prompt))
             if memo is not None:
-                with self._prepared_lock:
-                    self._prepared[memo] = prepared
+                _remember(self._prepared, memo, prepared)
         try:
             out = generator.run(prepared, ttl=spec.ttl, tags=(
                 *template.tags, *(f"entity:{e.entity_id}" for e in match.targets)))
@@ -328,15 +343,13 @@ class Responder:
             fragment, template.version, match.response, index, repr(seen), bucket)
         key = None
         if memo is not None:
-            with self._prepared_lock:
-                key = self._keys_made.get(memo)
+            key = self._keys_made.get(memo)
         if key is None:
             visible = json.dumps(seen, sort_keys=True, default=str, ensure_ascii=False)
             key = self.keys.key("frag", template.name, template.version, match.response, index,
                                 visible, bucket, f"user:{scope_user}" if scope_user else "shared")
             if memo is not None:
-                with self._prepared_lock:
-                    self._keys_made[memo] = key
+                _remember(self._keys_made, memo, key)
         ttl = _BUCKET_SECONDS.get(template.vary_by or "", STATIC_TTL)
         tags = (*template.tags, *(f"entity:{e.entity_id}" for e in match.targets))
         outcome = self.cache.fetch(key, render, ttl=ttl, tags=tags, user=scope_user)

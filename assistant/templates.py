@@ -149,12 +149,39 @@ def _check_template(env: SandboxedEnvironment, source: Any, *, where: str,
                                 f"templates (template line {node.lineno})")
     template = env.from_string(source)
     template._reads = frozenset(meta.find_undeclared_variables(tree))  # type: ignore[attr-defined]
+    template._head = _literal_head(tree)  # type: ignore[attr-defined]
     return template
+
+
+def _literal_head(tree: nodes.Template) -> str:
+    """The text a template always starts with, up to its first expression or statement,
+    white space collapsed as rendered fragments are, cut at the last whole word."""
+    parts: list[str] = []
+    for node in tree.body:
+        for child in node.nodes if isinstance(node, nodes.Output) else [node]:
+            if not isinstance(child, nodes.TemplateData):
+                return _whole_words("".join(parts))
+            parts.append(child.data)
+    return " ".join("".join(parts).split())
+
+
+def _whole_words(text: str) -> str:
+    words = text.split()
+    if not words:
+        return ""
+    # The last word may run on into the expression after it ("item{{ n }}"): leave it out
+    # unless white space separates them.
+    return " ".join(words if text[-1:].isspace() else words[:-1])
 
 
 def template_reads(template: jinja2.Template | None) -> frozenset[str]:
     """The variables a template checked at load time reads (empty for ``None``)."""
     return getattr(template, "_reads", frozenset()) if template is not None else frozenset()
+
+
+def template_head(template: jinja2.Template | None) -> str:
+    """The literal text every rendering of a template checked at load time starts with."""
+    return getattr(template, "_head", "") if template is not None else ""
 
 
 # -- the model ---------------------------------------------------------------------------

@@ -196,6 +196,29 @@ def test_the_system_prompt_state_is_saved_and_restored(llama: LlamaCppBackend,
     assert fourth.completion is not None and fourth.completion.prefix == "l3"
 
 
+def test_the_templates_literal_start_is_kept_with_the_system_prompt(
+        llama: LlamaCppBackend, cache: TieredCache, names: KeyBuilder) -> None:
+    gen = generator(llama, cache, names)
+    store = gen.backend.prefix_store
+    assert store is not None
+    head = "In one short sentence, suggest what to wear outside when it is"
+
+    def ask(prompt: str, head: str) -> Any:
+        llama.reset()
+        prepared = gen.prepare(system_prompt=SYSTEM, prompt=prompt, max_tokens=8,
+                               prompt_head=head)
+        return llama.complete(prepared.request, deadline=time.monotonic() + 30, user=None)
+
+    assert ask(f"{head} rainy and 8 degrees.", head).prefix == "computed"
+    assert ask(f"{head} sunny and 20 degrees.", head).prefix == "l1"
+    assert cache.get(store.key(llama, SYSTEM, None, head)) is not None  # type: ignore[attr-defined]
+    # A head that the whole prompt tokenizes differently ("Sugg|est" inside "Suggestions")
+    # falls back to the system prompt's own state.
+    assert ask("Suggestions for a quick dinner, please.", "Sugg").prefix == "computed"
+    assert cache.get(store.key(llama, SYSTEM, None, "")) is not None  # type: ignore[attr-defined]
+    assert cache.get(store.key(llama, SYSTEM, None, "Sugg")) is None  # type: ignore[attr-defined]
+
+
 def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cache: TieredCache,
                                                      names: KeyBuilder) -> None:
     gen = generator(llama, cache, names)

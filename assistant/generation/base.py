@@ -32,6 +32,9 @@ class Request:
     """Top-k sampling cut-off."""
     seed: int | None = None
     """Sampling seed."""
+    prompt_head: str = ""
+    """How every prompt of its template begins (the template's leading literal text): kept
+    with the system prompt's saved state, so only the rest is evaluated per request."""
 
     def messages(self) -> list[dict[str, str]]:
         """As chat messages."""
@@ -61,12 +64,13 @@ class Completion:
 class PrefixStore(Protocol):
     """Keeps a backend's state after a system prompt, so the next request skips it."""
 
-    def load(self, backend: Backend, system_prompt: str,
-             user: str | None) -> tuple[bytes, str] | None:
-        """The saved state and the tier it came from, or None."""
+    def load(self, backend: Backend, system_prompt: str, user: str | None,
+             head: str = "") -> tuple[bytes, str] | None:
+        """The saved state after ``system_prompt`` (and the user turn's ``head``), and the
+        tier it came from, or None."""
 
-    def save(self, backend: Backend, system_prompt: str, user: str | None,
-             state: bytes) -> None:
+    def save(self, backend: Backend, system_prompt: str, user: str | None, state: bytes,
+             head: str = "") -> None:
         """Keep ``state``."""
 
 

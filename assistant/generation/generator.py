@@ -38,23 +38,25 @@ class PrefixCache:
         self.keys = keys
         self.settings = settings
 
-    def key(self, backend: Backend, system_prompt: str, user: str | None) -> str:
-        """One key per model build, state format, system prompt and owner."""
+    def key(self, backend: Backend, system_prompt: str, user: str | None,
+            head: str = "") -> str:
+        """One key per model build, state format, system prompt, prompt head and owner."""
         return self.keys.key("prefix", backend.name, backend.model_version, backend.state_format,
                              hashlib.sha256(system_prompt.encode()).digest(),
+                             hashlib.sha256(head.encode()).digest(),
                              "shared" if user is None else f"user:{user}")
 
-    def load(self, backend: Backend, system_prompt: str,
-             user: str | None) -> tuple[bytes, str] | None:
-        found = self.cache.lookup(self.key(backend, system_prompt, user), user=user,
+    def load(self, backend: Backend, system_prompt: str, user: str | None,
+             head: str = "") -> tuple[bytes, str] | None:
+        found = self.cache.lookup(self.key(backend, system_prompt, user, head), user=user,
                                   redis=self.settings.prefix_redis)
         if found is None or not isinstance(found.value, bytes):
             return None
         return found.value, found.source
 
-    def save(self, backend: Backend, system_prompt: str, user: str | None,
-             state: bytes) -> None:
-        self.cache.set(self.key(backend, system_prompt, user), state,
+    def save(self, backend: Backend, system_prompt: str, user: str | None, state: bytes,
+             head: str = "") -> None:
+        self.cache.set(self.key(backend, system_prompt, user, head), state,
                        ttl=self.settings.prefix_ttl,
                        tags=(PREFIX_TAG, f"model:{backend.model_version[:16]}"), user=user,
                        redis=self.settings.prefix_redis,
@@ -125,7 +127,8 @@ class Generator:
 
     def prepare(self, *, system_prompt: str, prompt: str, max_tokens: int,
                 temperature: float = 0.0, seed: int | None = None, user: str | None = None,
-                template_id: str = "", template_version: str = "") -> Prepared:
+                template_id: str = "", template_version: str = "",
+                prompt_head: str = "") -> Prepared:
         """The request and its cache key (None when it is not reproducible, or no cache).
 
         Depends only on its arguments and the backend's versions, so a caller may keep it
@@ -133,7 +136,8 @@ class Generator:
         """
         request = Request(system_prompt=system_prompt, prompt=prompt, max_tokens=max_tokens,
                           temperature=temperature, top_p=self.settings.top_p,
-                          top_k=self.settings.top_k, seed=seed)
+                          top_k=self.settings.top_k, seed=seed,
+                          prompt_head=prompt_head if prompt.startswith(prompt_head) else "")
         backend = self.backend
         version = self.model_version()
         key = None

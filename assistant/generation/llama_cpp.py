@@ -73,7 +73,7 @@ class LlamaCppBackend(Backend):
         self._format: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         self._context = context
         self._lock = threading.Lock()
-        self._prefixes: OrderedDict[str, list[int] | None] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[str, str], list[int] | None] = OrderedDict()
 
     @staticmethod
     def _vocabulary_hash(llm: Any) -> str:
@@ -89,19 +89,21 @@ class LlamaCppBackend(Backend):
     def _tokens(self, text: str, *, add_bos: bool = True) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
-    def _prefix(self, system_prompt: str) -> list[int] | None:
-        """The tokens every request with this system prompt starts with (None: no clean cut)."""
-        if system_prompt in self._prefixes:
-            self._prefixes.move_to_end(system_prompt)
-            return self._prefixes[system_prompt]
+    def _prefix(self, system_prompt: str, head: str = "") -> list[int] | None:
+        """The tokens every request with this system prompt (and a user turn starting with
+        ``head``) starts with; None when there is no clean cut."""
+        memo = (system_prompt, head)
+        if memo in self._prefixes:
+            self._prefixes.move_to_end(memo)
+            return self._prefixes[memo]
         one, two = (self._format(messages=[{"role": "system", "content": system_prompt},
-                                           {"role": "user", "content": probe}])
+                                           {"role": "user", "content": head + probe}])
                     for probe in ("\x01", "\x02"))
         length = next((i for i, (a, b) in enumerate(zip(one.prompt, two.prompt, strict=False))
                        if a != b), 0)
         tokens = self._tokens(one.prompt[:length], add_bos=not one.added_special) if length \
             else None
-        self._prefixes[system_prompt] = tokens
+        self._prefixes[memo] = tokens
         if len(self._prefixes) > _PREFIXES_KEPT:
             self._prefixes.popitem(last=False)
         return tokens
@@ -136,21 +138,29 @@ class LlamaCppBackend(Backend):
             llm._requires_eval = True
         return True
 
-    def _prepare(self, system_prompt: str, tokens: list[int], user: str | None) -> str:
-        """Put the system prompt's state in the model; where it came from."""
+    def _prepare(self, request: Request, tokens: list[int], user: str | None) -> str:
+        """Put the saved state of the prompt's start in the model; where it came from."""
         store = self.prefix_store
-        prefix = self._prefix(system_prompt) if store is not None else None
-        if store is None or not prefix or tokens[: len(prefix)] != prefix:
+        if store is None:
+            return "off"
+        system = request.system_prompt
+        # The longest start that tokenizes the same as in the whole prompt: the system prompt
+        # with the template's head of the user turn, else the system prompt alone.
+        for head in dict.fromkeys((request.prompt_head, "")):
+            prefix = self._prefix(system, head)
+            if prefix and tokens[: len(prefix)] == prefix:
+                break
+        else:
             return "off"
         llm = self._llm
         if llm.n_tokens >= len(prefix) and list(llm.input_ids[: len(prefix)]) == prefix:
             return "kept"
-        found = store.load(self, system_prompt, user)
+        found = store.load(self, system, user, head)
         if found is not None and self._restore(found[0], prefix):
             return found[1]
         llm.reset()
         llm.eval(prefix)
-        store.save(self, system_prompt, user, self._snapshot())
+        store.save(self, system, user, self._snapshot(), head)
         return "computed"
 
     def complete(self, request: Request, *, deadline: float,
@@ -168,7 +178,7 @@ class LlamaCppBackend(Backend):
                 if len(tokens) + request.max_tokens > self._context:
                     raise GenerationError(f"the prompt ({len(tokens)} tokens) and answer do not "
                                           f"fit the context of {self._context} tokens")
-                prefix = self._prepare(request.system_prompt, tokens, user)
+                prefix = self._prepare(request, tokens, user)
                 if time.monotonic() > deadline:
                     raise GenerationTimeout("the deadline passed while the system prompt was "
                                             "read")
