@@ -175,6 +175,7 @@ class Responder:
         # LRU with its lock, and a miss only costs the rendering the memo saves.
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
         self._keys_made: dict[tuple[Any, ...], str] = {}
+        self._plans: dict[tuple[Any, ...], tuple[tuple[str, str | None], ...]] = {}
         self.clock = clock
         self.tz = tz
 
@@ -223,10 +224,16 @@ class Responder:
                           targets=tuple(e.entity_id for e in match.targets))
         context = self.context(match, template, home, user=user, site=site)
         system = template.system_prompt or default_system_prompt
-        results = []
-        for index, fragment in enumerate(template.fragments(match.response)):
-            results.append(self._fragment(template, match, index, fragment, context, user,
-                                          system))
+        fragments = template.fragments(match.response)
+        plan = self._plan_key(template, match, fragments, context, system)
+        results = self._from_plan(plan) if plan is not None else None
+        if results is None:
+            made: list[tuple[str, str | None]] = []
+            results = [self._fragment(template, match, index, fragment, context, user, system,
+                                      made)
+                       for index, fragment in enumerate(fragments)]
+            if plan is not None and len(made) == len(results) and all(k for _, k in made):
+                _remember(self._plans, plan, tuple(made))
         actions = self._actions(template, match, home, context)
         return Answer(
             text=join_fragments([r.text for r in results]),
@@ -236,6 +243,42 @@ class Responder:
             fragments=tuple(results),
             actions=tuple(actions),
         )
+
+    def _plan_key(self, template: IntentTemplate, match: Match, fragments: Any,
+                  context: Mapping[str, Any],
+                  system: jinja2.Template | None) -> tuple[Any, ...] | None:
+        """What decides every fragment key of a shared answer; None for a personal one.
+
+        An answer none of whose fragments reads the user or carries words said freely is the
+        same for everyone who asks with the same context: its fragment keys are remembered
+        together, so an answer given before costs one lookup per fragment.
+        """
+        if self.cache is None or self.keys is None:
+            return None
+        if any(s.wildcard for s in match.slots.values()):
+            return None
+        if "user" in template_reads(system) or any(f.uses_user for f in fragments):
+            return None
+        version = self.generator.model_version() if self.generator is not None and any(
+            f.generate is not None for f in fragments) else ""
+        # The system prompt by identity: the memo keeps it alive, and a reload makes a new one.
+        return (template.name, template.version, match.response, system, version,
+                repr([(k, v) for k, v in context.items() if k != "user"]))
+
+    def _from_plan(self, plan: tuple[Any, ...]) -> list[FragmentResult] | None:
+        """The fragments of a remembered plan, all from the cache; None if any is missing."""
+        made = self._plans.get(plan)
+        if made is None or self.cache is None:
+            return None
+        results = []
+        for kind, key in made:
+            started = time.perf_counter()
+            found = self.cache.lookup(key)  # type: ignore[arg-type]
+            if found is None:
+                return None  # gone (expired, purged): the whole answer takes the usual way
+            results.append(FragmentResult(kind, str(found.value), found.source,
+                                          time.perf_counter() - started))
+        return results
 
     def _render(self, template: IntentTemplate, fragment: Fragment, source: jinja2.Template,
                 context: Mapping[str, Any]) -> str:
@@ -273,7 +316,8 @@ class Responder:
 
     def _generated(self, template: IntentTemplate, match: Match, fragment: Fragment,
                    context: Mapping[str, Any], user: str | None,
-                   system: jinja2.Template | None, started: float) -> FragmentResult:
+                   system: jinja2.Template | None, started: float,
+                   made: list[tuple[str, str | None]] | None = None) -> FragmentResult:
         spec = fragment.generate
         assert spec is not None
         if self.generator is None:
@@ -312,14 +356,19 @@ class Responder:
             log.warning("%s, line %s: fallback said: %s", template.file, fragment.line, error)
             return FragmentResult("generate", spec.fallback, "fallback",
                                   time.perf_counter() - started)
+        if made is not None and prepared.user is None:
+            made.append(("generate", prepared.key))
         return FragmentResult("generate", out.text, out.source, time.perf_counter() - started)
 
     def _fragment(self, template: IntentTemplate, match: Match, index: int, fragment: Fragment,
                   context: Mapping[str, Any], user: str | None,
-                  system: jinja2.Template | None = None) -> FragmentResult:
+                  system: jinja2.Template | None = None,
+                  made: list[tuple[str, str | None]] | None = None) -> FragmentResult:
+        """One fragment; its kind and cache key are added to ``made`` when it has one."""
         started = time.perf_counter()
         if fragment.generate is not None:
-            return self._generated(template, match, fragment, context, user, system, started)
+            return self._generated(template, match, fragment, context, user, system, started,
+                                   made)
         assert fragment.text is not None
         source = fragment.text
 
@@ -353,6 +402,8 @@ class Responder:
         ttl = _BUCKET_SECONDS.get(template.vary_by or "", STATIC_TTL)
         tags = (*template.tags, *(f"entity:{e.entity_id}" for e in match.targets))
         outcome = self.cache.fetch(key, render, ttl=ttl, tags=tags, user=scope_user)
+        if made is not None and scope_user is None:
+            made.append(("text", key))
         return FragmentResult("text", str(outcome.value), outcome.source,
                               time.perf_counter() - started)
 

@@ -211,3 +211,28 @@ def test_a_part_that_reads_the_user_is_theirs_though_scope_is_shared(
     cache.forget_user("ann")
     asked = Match("Greet", {}, "default", ())
     assert responder.answer(asked, template, HOME, user="ann").fragments[0].source == "computed"
+
+
+def test_a_remembered_answer_plan_never_outlives_what_it_points_at(
+        llama: Any, cache: TieredCache, names: KeyBuilder) -> None:
+    from tests.test_respond import WEATHER
+
+    templates = load_templates(ROOT / "intents", builtin=builtin_intents("en"))
+    responder = Responder(cache, names, generator=Generator(llama, GeneratorSettings(),
+                                                            cache=cache, keys=names))
+    weather = templates.intents["HassGetWeather"]
+
+    def ask(user: str | None = None) -> Any:
+        return responder.answer(Match("HassGetWeather", {}, "default", (WEATHER,)), weather,
+                                HOME, user=user,
+                                default_system_prompt=templates.default_system_prompt)
+
+    first = ask("ann")
+    assert [f.source for f in first.fragments] == ["computed", "computed"]
+    assert len(responder._plans) == 1 and "ann" not in repr(responder._plans)
+    assert [f.source for f in ask("bob").fragments] == ["l1", "l1"]  # shared: the same plan
+    cache.invalidate_tag("intent:HassGetWeather")  # e.g. the template was edited elsewhere
+    again = ask()
+    assert [f.source for f in again.fragments] == ["computed", "computed"]
+    assert again.text == first.text
+    assert [f.source for f in ask().fragments] == ["l1", "l1"]
