@@ -50,6 +50,21 @@ at the very first sample ("turn on the kitchen light" heard as "on the kitchen l
 _MAX_COMPRESSION = 2.4
 """Above this gzip ratio a transcript is repetition, not speech (Whisper's own threshold)."""
 
+_MIN_REPEAT_WORDS = 3
+
+
+def repeats_itself(text: str) -> bool:
+    """Does ``text`` say a run of three or more words twice in a row? Whisper's way of
+    looping on a short window ("turn off the lights. turn off the lights."); too short for
+    the compression ratio to notice."""
+    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
+    for size in range(_MIN_REPEAT_WORDS, len(words) // 2 + 1):
+        for start in range(len(words) - 2 * size + 1):
+            if words[start : start + size] == words[start + size : start + 2 * size]:
+                return True
+    return False
+
+
 STT_TAG = "stt"
 """Every cached transcript carries this tag: ``assistant cache purge --tag stt`` drops them."""
 
@@ -208,7 +223,7 @@ class Transcriber:
         encoded = text.encode()
         # Nothing heard in a window VAD found speech in, repetition, or the token limit reached:
         # the usual way decides.
-        if not encoded or len(tokens) + len(prompt) >= limit or (
+        if not encoded or len(tokens) + len(prompt) >= limit or repeats_itself(text) or (
                 len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION):
             log.info("fitted-window transcript looks unreliable; transcribing the usual way")
             return None

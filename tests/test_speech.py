@@ -233,3 +233,14 @@ def test_an_unreliable_fitted_result_is_done_the_usual_way(
         heard = plain.transcribe(spoken[1]).text
     assert "transcribing the usual way" in caplog.text
     assert wer([HOME_SENTENCES[1]], [heard]) <= 0.15, heard
+
+
+def test_a_transcript_that_loops_is_recognised() -> None:
+    from assistant.stt import repeats_itself
+
+    assert repeats_itself("Turn off the lights in the living room. "
+                          "Turn off the lights in the living room.")
+    assert repeats_itself("lock the door lock the door")
+    assert not repeats_itself("Turn on the kitchen light.")
+    assert not repeats_itself("no no no, not that one")
+    assert not repeats_itself("It is what it is.")
