@@ -86,8 +86,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.respond import Responder
 
     started = time.perf_counter()
-    cache, keys = open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
-                             keys=settings.keys, privacy=settings.privacy, listen=False)
+    cache, keys = _open(settings)
     generator = None
     engine = None
     try:
@@ -128,10 +127,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _speech_cache(settings: Settings, no_cache: bool) -> tuple[TieredCache | None, KeyBuilder | None]:
-    if no_cache:
-        return None, None
-    return open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
-                      keys=settings.keys, privacy=settings.privacy, listen=False)
+    return (None, None) if no_cache else _open(settings)
 
 
 def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,10 +212,7 @@ def _reload(settings: Settings) -> int:
     except TemplateError as error:
         print(f"error: nothing reloaded: {error}", file=sys.stderr)
         return 1
-    cache, keys = open_cache(
-        cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
-        keys=settings.keys, privacy=settings.privacy, listen=False,
-    )
+    cache, keys = _open(settings)
     try:
         before = cache.get(versions_key(keys)) or {}
         after = templates.versions()
@@ -237,12 +230,10 @@ def _reload(settings: Settings) -> int:
     return 0
 
 
-def _open(settings: Settings) -> TieredCache:
-    cache, _names = open_cache(
-        cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
-        keys=settings.keys, privacy=settings.privacy, listen=False,
-    )
-    return cache
+def _open(settings: Settings) -> tuple[TieredCache, KeyBuilder]:
+    """The cache (no event listener: a command runs once) and its key builder."""
+    return open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                      keys=settings.keys, privacy=settings.privacy, listen=False)
 
 
 def _keys_from_file(settings: Settings) -> bool:
@@ -258,10 +249,10 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
             print("error: the keys come from the environment or a credential: add the new key "
                   "there, then run rotate-key --no-generate", file=sys.stderr)
             return 2
-        _open(settings).close()  # creates the key file on first use
+        _open(settings)[0].close()  # creates the key file on first use
         new_id = append_key(settings.keys.file)
         print(f"added key id {new_id} to {settings.keys.file}")
-    cache = _open(settings)
+    cache, _keys = _open(settings)
     try:
         if args.op == "stats":
             print(json.dumps(cache.stats(), indent=2, sort_keys=True, default=str))

@@ -83,12 +83,6 @@ def model_version(paths: Iterable[Path]) -> str:
     return total.hexdigest()[:32]
 
 
-def forget_digests() -> None:
-    """Drop remembered digests (tests; a long-running process never needs to)."""
-    with _digests_lock:
-        _digests.clear()
-
-
 def cpu_threads() -> int:
     """The cores this process may run on."""
     try:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from assistant.audio import wav_bytes
 from assistant.errors import AssistantError, ConfigError
@@ -232,8 +231,3 @@ class Speaker:
                 yield item
         finally:
             stop.set()
-
-    def describe(self) -> dict[str, Any]:
-        """What is loaded, for logs and the CLI."""
-        return {"voice": str(self.path), "version": self.version, "rate": self.rate,
-                "load_seconds": round(self.load_seconds, 3)}

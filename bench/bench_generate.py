@@ -25,7 +25,6 @@ Run it with ``make bench-generate``; ``--quick`` for a smoke test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ from assistant.intents import IntentEngine  # noqa: E402
 from assistant.respond import Responder  # noqa: E402
 from assistant.settings import GeneratorSettings, IntentsSettings  # noqa: E402
 from assistant.templates import template_head  # noqa: E402
+from bench.report import finish  # noqa: E402
 from cache import KeyBuilder, Keyring, MemoryTier, RedisTier, SqliteTier, TieredCache  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
@@ -177,15 +177,9 @@ def report(results: dict[str, Any], quick: bool) -> None:
         print(f"{name:24}{results[name]:>12} {unit:2} {what}")
     print(f"\nttft_prefix_cached/ttft    {results['ratio_ttft_prefix_plain']}x")
     print(f"cold/cached               {results['ratio_cold_cached']}x")
-    goals = [("ttft_prefix_cached_ms <= 0.5 x ttft_ms", results["ratio_ttft_prefix_plain"] <= 0.5),
-             ("cached_us <= 50", results["cached_us"] <= 50)]
-    print("\ngoals:")
-    for name, met in goals:
-        print(f"  {name:40} {'met' if met else 'NOT MET'}")
-    results["goals_met"] = sum(met for _, met in goals)
-    results["quick"] = quick
-    print()
-    print(json.dumps({k: v for k, v in results.items() if k != "answer"}))
+    finish(results, [
+        ("ttft_prefix_cached_ms <= 0.5 x ttft_ms", results["ratio_ttft_prefix_plain"] <= 0.5),
+        ("cached_us <= 50", results["cached_us"] <= 50)], quick=quick, omit=("answer",))
 
 
 def main() -> None:

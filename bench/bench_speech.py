@@ -29,7 +29,6 @@ Run it with ``make bench-speech``; ``--quick`` runs fewer repetitions, as a smok
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:
 from assistant.settings import SttSettings, TtsSettings  # noqa: E402
 from assistant.stt import Transcriber  # noqa: E402
 from assistant.tts import Speaker  # noqa: E402
+from bench.report import finish  # noqa: E402
 from cache import KeyBuilder, Keyring, MemoryTier, RedisTier, SqliteTier, TieredCache  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 from tests.speech_data import HOME_SENTENCES, wer  # noqa: E402
@@ -202,16 +202,10 @@ def report(results: dict[str, Any], quick: bool) -> None:
     print(f"\ntts_uncached/tts_cached   {results['ratio_tts_uncached_cached']}x")
     print(f"stt_uncached/stt_cached   {results['ratio_stt_uncached_cached']}x")
     print(f"stt_full_window/fitted    {results['ratio_stt_full_fitted']}x")
-    print("\ngoals:")
-    goals = [("stt_rtf <= 0.3", results["stt_rtf"] <= 0.3),
-             ("tts_rtf <= 0.3", results["tts_rtf"] <= 0.3),
-             ("tts_cached_ms <= 2", results["tts_cached_ms"] <= 2)]
-    for name, met in goals:
-        print(f"  {name:28} {'met' if met else 'NOT MET'}")
-    results["goals_met"] = sum(met for _, met in goals)
-    results["quick"] = quick
-    print()
-    print(json.dumps({k: v for k, v in results.items() if k != "heard"}))
+    finish(results, [("stt_rtf <= 0.3", results["stt_rtf"] <= 0.3),
+                     ("tts_rtf <= 0.3", results["tts_rtf"] <= 0.3),
+                     ("tts_cached_ms <= 2", results["tts_cached_ms"] <= 2)],
+           quick=quick, omit=("heard",))
 
 
 def main() -> None:

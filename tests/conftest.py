@@ -110,6 +110,16 @@ def make_cache(
 
 
 @pytest.fixture
+def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
+          tmp_path: Path) -> Iterator[TieredCache]:
+    """A TieredCache over real tiers on the wall clock, with room for model states."""
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                        db=tmp_path / "cache.db", memory_bytes=64 * 1024 * 1024)
+    yield tiered
+    tiered.close()
+
+
+@pytest.fixture
 def tiered(keyring: Keyring, names: KeyBuilder, redis_url: str, tmp_path: Path,
            clock: FakeClock) -> Iterator[TieredCache]:
     cache = make_cache(keyring=keyring, names=names, redis_url=redis_url,

@@ -4,7 +4,6 @@ the generated ones and the real tiers behind the cache."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from assistant.recognize import Match, builtin_intents
 from assistant.respond import NOT_UNDERSTOOD, Responder
 from assistant.settings import GeneratorSettings, IntentsSettings
 from assistant.templates import TemplateSet, load_templates
-from cache import KeyBuilder, Keyring, TieredCache
-from tests.conftest import make_cache
+from cache import KeyBuilder, TieredCache
 from tests.test_respond import HOME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,15 +41,6 @@ intents:
             fallback: "How about pasta?"
         - text: "Enjoy your meal!"
 """
-
-
-@pytest.fixture
-def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
-          tmp_path: Path) -> Iterator[TieredCache]:
-    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
-                        db=tmp_path / "cache.db", memory_bytes=64 * 1024 * 1024)
-    yield tiered
-    tiered.close()
 
 
 @pytest.fixture

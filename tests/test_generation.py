@@ -21,22 +21,12 @@ from assistant.generation.hailo import HailoBackend
 from assistant.generation.llama_cpp import LlamaCppBackend
 from assistant.generation.ollama import OllamaBackend
 from assistant.settings import GeneratorSettings
-from cache import GenerationKey, KeyBuilder, Keyring, TieredCache
-from tests.conftest import make_cache
+from cache import GenerationKey, KeyBuilder, TieredCache
 from tests.standins import hailo_platform as hailo_standin
 from tests.standins.hailo_platform import genai as genai_standin
 
 SYSTEM = "You are a voice assistant in a home. Answer in one short spoken sentence."
 QUESTION = "What is the capital of France?"
-
-
-@pytest.fixture
-def cache(keyring: Keyring, names: KeyBuilder, redis_url: str,
-          tmp_path: Path) -> Iterator[TieredCache]:
-    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_url,
-                        db=tmp_path / "cache.db", memory_bytes=64 * 1024 * 1024)
-    yield tiered
-    tiered.close()
 
 
 def generator(backend: Any, cache: TieredCache, names: KeyBuilder, **settings: Any) -> Generator:
