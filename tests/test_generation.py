@@ -213,14 +213,18 @@ def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cac
                                                      names: KeyBuilder) -> None:
     gen = generator(llama, cache, names)
     system = "You are the assistant of Ann, who lives in Oslo. Answer in one sentence."
-    llama.reset()
-    gen.generate(system_prompt=system, prompt=QUESTION, max_tokens=32, ttl=600, user="ann")
+    prepared = gen.prepare(system_prompt=system, prompt=QUESTION, max_tokens=8, user="ann")
+
+    def ask() -> str:
+        # The model's words do not matter here, only where the state it started from came from.
+        llama.reset()
+        return llama.complete(prepared.request, deadline=time.monotonic() + 30,
+                              user="ann").prefix
+
+    assert ask() == "computed"
+    assert ask() == "l1"
     cache.forget_user("ann")
-    llama.reset()
-    again = gen.generate(system_prompt=system, prompt=QUESTION, max_tokens=32, ttl=600,
-                         user="ann")
-    assert again.source == "computed"
-    assert again.completion is not None and again.completion.prefix == "computed"
+    assert ask() == "computed"
 
 
 # -- Hailo, against the stand-in -------------------------------------------------------------

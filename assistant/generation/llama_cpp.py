@@ -141,7 +141,9 @@ class LlamaCppBackend(Backend):
     def _prepare(self, request: Request, tokens: list[int], user: str | None) -> str:
         """Put the saved state of the prompt's start in the model; where it came from."""
         store = self.prefix_store
+        llm = self._llm
         if store is None:
+            llm.reset()  # the whole prompt from scratch, in the same batches every time
             return "off"
         system = request.system_prompt
         # The longest start that tokenizes the same as in the whole prompt: the system prompt
@@ -151,9 +153,13 @@ class LlamaCppBackend(Backend):
             if prefix and tokens[: len(prefix)] == prefix:
                 break
         else:
+            llm.reset()
             return "off"
-        llm = self._llm
         if llm.n_tokens >= len(prefix) and list(llm.input_ids[: len(prefix)]) == prefix:
+            # Back to exactly the saved start, so the rest of the prompt is evaluated in one
+            # batch as the first time: llama.cpp's logits differ in their last bits with the
+            # batches they were computed in, and that is enough to change a greedy answer.
+            llm.n_tokens = len(prefix)
             return "kept"
         found = store.load(self, system, user, head)
         if found is not None and self._restore(found[0], prefix):
