@@ -3,9 +3,8 @@
 This package imports nothing from ``assistant``: it is a library the service uses.
 """
 
-from cache.breaker import CircuitBreaker
 from cache.codec import Codec
-from cache.crypto import Keyring, load_keyring
+from cache.crypto import Keyring, KeySource, find_key_source, load_keyring, read_keyring
 from cache.errors import (
     BlobError,
     CacheError,
@@ -14,15 +13,15 @@ from cache.errors import (
     TierUnavailable,
 )
 from cache.keys import GenerationKey, KeyBuilder
-from cache.memory import MemoryTier
 from cache.metrics import CacheMetrics
 from cache.policy import PolicyBook, PrivacyPolicy
-from cache.redis_tier import RedisTier
-from cache.sqlite_tier import SqliteTier
-from cache.tier import Record, Tier
+from cache.scope import SHARED, scope_of, user_tag
 from cache.tiered import Outcome, TieredCache
+from cache.tiers import MemoryTier, Record, RedisTier, SqliteTier, Tier
+from cache.tiers.breaker import CircuitBreaker
 
 __all__ = [
+    "SHARED",
     "BlobError",
     "CacheError",
     "CacheMetrics",
@@ -30,6 +29,7 @@ __all__ = [
     "Codec",
     "GenerationKey",
     "KeyBuilder",
+    "KeySource",
     "Keyring",
     "KeyringError",
     "MemoryTier",
@@ -43,5 +43,9 @@ __all__ = [
     "Tier",
     "TierUnavailable",
     "TieredCache",
+    "find_key_source",
     "load_keyring",
+    "read_keyring",
+    "scope_of",
+    "user_tag",
 ]

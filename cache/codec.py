@@ -17,6 +17,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zstandard
@@ -58,6 +59,28 @@ def deserialize(data: bytes | memoryview) -> Any:
     if kind == 0x6A:  # j
         return json.loads(str(payload, "utf-8"))
     raise BlobError(f"unknown value type {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Frozen:
+    """A JSON value held in memory as its serialized bytes."""
+
+    data: bytes
+
+
+def frozen(value: Any) -> Any:
+    """``value`` as memory keeps it: ``str`` and ``bytes`` as they are (immutable), anything
+    else serialized, so that a caller who changes what it got cannot change the cache."""
+    if isinstance(value, str | bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return _Frozen(serialize(value))
+
+
+def thawed(payload: Any) -> Any:
+    """The value of what :func:`frozen` made (a fresh copy for JSON values)."""
+    return deserialize(payload.data) if type(payload) is _Frozen else payload
 
 
 def _pack_tags(tags: Sequence[str]) -> bytes:
@@ -132,10 +155,6 @@ class Codec:
         nonce = os.urandom(12)
         sealed = self._aead(key_id, user).encrypt(nonce, bytes([flags]) + body, key.encode())
         return _HEADER.pack(BLOB_VERSION, key_id, nonce) + bytes(sealed)
-
-    def encode(self, key: str, value: Any, tags: Sequence[str], user: str | None) -> bytes:
-        """``value`` and its tags as a blob bound to ``key``, sealed for ``user``."""
-        return self.seal(key, self.plaintext(value, tags), user)
 
     def open(self, key: str, blob: bytes, user: str | None) -> bytes | memoryview:
         """The body of a blob; :class:`BlobError` if it is not a valid blob of ``key``."""

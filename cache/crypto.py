@@ -17,6 +17,7 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -139,6 +140,41 @@ def parse_keyring(text: str, *, source: str) -> Keyring:
         raise KeyringError(f"{source}: {error}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where the master keys come from."""
+
+    kind: str
+    """``credential`` (systemd), ``environment`` or ``file``."""
+    path: Path | None = None
+    """The credential's or the key file's path."""
+    text: str | None = None
+    """The keyring text of the environment variable."""
+
+
+def find_key_source(*, file: Path | None, env_value: str | None,
+                    credentials_directory: str | None,
+                    credential_name: str = "assistant-master-key") -> KeySource:
+    """The first source that is set, in the one order there is: the systemd credential, the
+    environment variable, the key file.
+
+    Args:
+        file: the keyring file.
+        env_value: the keyring text from an environment variable, if set.
+        credentials_directory: systemd's ``$CREDENTIALS_DIRECTORY``, if set.
+        credential_name: the credential's file name inside that directory.
+    """
+    if credentials_directory:
+        path = Path(credentials_directory) / credential_name
+        if path.exists():
+            return KeySource("credential", path=path)
+    if env_value:
+        return KeySource("environment", text=env_value)
+    if file is None:
+        raise KeyringError("no master key: set a key file, the environment variable or a credential")
+    return KeySource("file", path=file)
+
+
 def load_keyring(
     *,
     file: Path | None,
@@ -147,26 +183,24 @@ def load_keyring(
     credential_name: str = "assistant-master-key",
     create_file: bool = False,
 ) -> Keyring:
-    """Load the master keys from the first source that is set.
+    """The master keys from the first source that is set (see :func:`find_key_source`, whose
+    arguments these are); a missing key file is created with one fresh key (mode 0600) when
+    ``create_file`` is true."""
+    return read_keyring(find_key_source(file=file, env_value=env_value,
+                                        credentials_directory=credentials_directory,
+                                        credential_name=credential_name),
+                        create_file=create_file)
 
-    Args:
-        file: a keyring file (mode 0600); created with one fresh key when missing
-            and ``create_file`` is true.
-        env_value: the keyring text from an environment variable, if set.
-        credentials_directory: systemd's ``$CREDENTIALS_DIRECTORY``, if set.
-        credential_name: the credential's file name inside that directory.
-        create_file: create ``file`` when it does not exist.
 
-    The order is: systemd credential, environment variable, file.
-    """
-    if credentials_directory:
-        path = Path(credentials_directory) / credential_name
-        if path.exists():
-            return parse_keyring(path.read_text(), source=f"credential {credential_name}")
-    if env_value:
-        return parse_keyring(env_value, source="environment variable")
-    if file is None:
-        raise KeyringError("no master key: set a key file, the environment variable or a credential")
+def read_keyring(source: KeySource, *, create_file: bool = False) -> Keyring:
+    """The master keys in ``source``; a missing key file is created when ``create_file``."""
+    if source.kind == "environment":
+        assert source.text is not None
+        return parse_keyring(source.text, source="environment variable")
+    assert source.path is not None
+    if source.kind == "credential":
+        return parse_keyring(source.path.read_text(), source=f"credential {source.path.name}")
+    file = source.path
     if not file.exists():
         if not create_file:
             raise KeyringError(f"master key file {file} does not exist")

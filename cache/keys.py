@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache.errors import CacheError, NonDeterministicError
+from cache.scope import is_scope
 
 KEY_VERSION = "v1"
 _LENGTH = struct.Struct(">I")
@@ -127,7 +128,7 @@ class GenerationKey:
     seed: int | None
     """Sampling seed; required when ``temperature > 0``."""
     scope: str
-    """``shared`` or ``user:<id>``."""
+    """``shared`` or ``user:<id>`` (:func:`cache.scope.scope_of`)."""
 
     def check_deterministic(self) -> None:
         """Raise :class:`NonDeterministicError` unless the output is reproducible."""
@@ -135,7 +136,7 @@ class GenerationKey:
             raise NonDeterministicError(
                 "sampling with temperature > 0 and no seed is not reproducible; it is never cached"
             )
-        if self.scope != "shared" and not (self.scope.startswith("user:") and len(self.scope) > 5):
+        if not is_scope(self.scope):
             raise CacheError(f"scope must be 'shared' or 'user:<id>', not {self.scope!r}")
 
     def fields(self) -> tuple[Field, ...]:

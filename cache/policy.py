@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cache.scope import SHARED, scope_of
+
 
 @dataclass(frozen=True, slots=True)
 class PrivacyPolicy:
@@ -51,7 +53,7 @@ class PolicyBook:
     def scope(self, requested: str, user: str | None) -> str:
         """``shared`` or ``user:<id>`` for an item a template scoped as ``requested``."""
         if user is None:
-            return "shared"
+            return SHARED
         if requested == "user" or self.for_user(user).private:
-            return f"user:{user}"
-        return "shared"
+            return scope_of(user)
+        return SHARED

@@ -24,7 +24,7 @@ def main() -> None:
         sqlite_tier=SqliteTier(db, flush_interval=0.01),
         listen=True,
         listen_block=0.2,
-    )
+    ).start()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)

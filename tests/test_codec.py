@@ -31,6 +31,11 @@ class Salts:
         return self.by_user[user]
 
 
+def encode(codec: Codec, key: str, value: Any, tags: Any, user: str | None) -> bytes:
+    """A value and its tags sealed as the cache seals them."""
+    return codec.seal(key, codec.plaintext(value, tags), user)
+
+
 def make_codec(keys: dict[int, bytes] | None = None, salts: Salts | None = None, **kwargs: Any) -> Codec:
     ring = Keyring(keys or {1: b"k" * 32})
     return Codec(ring, salts or Salts(), **kwargs)
@@ -69,7 +74,7 @@ def codec(keyring: Keyring) -> Codec:
 )
 @pytest.mark.parametrize("user", [None, "alice"])
 def test_round_trip(codec: Codec, value: Any, user: str | None) -> None:
-    blob = codec.encode(KEY, value, ("intent:weather",), user)
+    blob = encode(codec, KEY, value, ("intent:weather",), user)
     decoded, tags, size = codec.decode(KEY, blob, user)
     assert decoded == value
     assert type(decoded) is type(value)
@@ -88,7 +93,7 @@ json_values = st.recursive(
 @pytest.mark.parametrize("tags", [("",), ("a\x1fb",), ("x" * 70000,)])
 def test_tags_that_cannot_be_stored_are_refused(tags: tuple[str, ...]) -> None:
     with pytest.raises(CacheError):
-        make_codec().encode(KEY, "v", tags, None)
+        encode(make_codec(), KEY, "v", tags, None)
 
 
 @settings(deadline=None, max_examples=60)
@@ -96,7 +101,7 @@ def test_tags_that_cannot_be_stored_are_refused(tags: tuple[str, ...]) -> None:
        tags=st.lists(st.text(min_size=1, max_size=10).filter(lambda t: "\x1f" not in t), max_size=4))
 def test_json_values_and_tags_round_trip(value: Any, tags: list[str]) -> None:
     codec = make_codec()
-    decoded, decoded_tags, _ = codec.decode(KEY, codec.encode(KEY, value, tags, None), None)
+    decoded, decoded_tags, _ = codec.decode(KEY, encode(codec, KEY, value, tags, None), None)
     assert decoded == value
     assert decoded_tags == tuple(tags)
 
@@ -106,35 +111,35 @@ def test_json_values_and_tags_round_trip(value: Any, tags: list[str]) -> None:
     [(), ("a",), ("intent:weather", "template:forecast", "user:alice"), ("ü", "ünïcode 🏷"), ("t",) * 300],
 )
 def test_tags_round_trip(codec: Codec, tags: tuple[str, ...]) -> None:
-    _, decoded, _ = codec.decode(KEY, codec.encode(KEY, "v", tags, None), None)
+    _, decoded, _ = codec.decode(KEY, encode(codec, KEY, "v", tags, None), None)
     assert decoded == tags
 
 
 def test_compression_shrinks_compressible_text(codec: Codec) -> None:
     text = ("The weather in Lyon tomorrow: sunny, 21 degrees, light wind from the south. " * 60)[:4096]
     assert len(text) == 4096
-    blob = codec.encode(KEY, text, (), None)
+    blob = encode(codec, KEY, text, (), None)
     assert len(blob) < len(text) // 4
     assert codec.decode(KEY, blob, None)[0] == text
 
 
 def test_incompressible_value_is_stored_as_is(codec: Codec) -> None:
     noise = os.urandom(4096)
-    blob = codec.encode(KEY, noise, (), None)
+    blob = encode(codec, KEY, noise, (), None)
     assert len(blob) <= len(noise) + 64  # never blown up by compressing noise
     assert codec.decode(KEY, blob, None)[0] == noise
 
 
 def test_each_blob_has_a_fresh_nonce(codec: Codec) -> None:
-    first = codec.encode(KEY, "same", (), None)
-    second = codec.encode(KEY, "same", (), None)
+    first = encode(codec, KEY, "same", (), None)
+    second = encode(codec, KEY, "same", (), None)
     assert first != second
     assert codec.decode(KEY, first, None)[0] == codec.decode(KEY, second, None)[0] == "same"
 
 
 def test_decompression_is_bounded_by_max_value_bytes() -> None:
     salts = Salts()
-    blob = make_codec(salts=salts).encode(KEY, "a" * 5000, (), None)
+    blob = encode(make_codec(salts=salts), KEY, "a" * 5000, (), None)
     assert len(blob) < 1000  # compressed: the bound is on what it expands to
     limited = make_codec(salts=salts, max_value_bytes=1000)
     with pytest.raises(BlobError):
@@ -146,7 +151,7 @@ def test_decompression_is_bounded_by_max_value_bytes() -> None:
 
 
 def test_blob_moved_to_another_key_does_not_open(codec: Codec) -> None:
-    blob = codec.encode(KEY, "the answer for KEY", ("t",), None)
+    blob = encode(codec, KEY, "the answer for KEY", ("t",), None)
     with pytest.raises(BlobError):
         codec.decode(OTHER_KEY, blob, None)
     with pytest.raises(BlobError):
@@ -158,7 +163,7 @@ def test_blob_moved_to_another_key_does_not_open(codec: Codec) -> None:
 )
 @pytest.mark.parametrize("user", [None, "alice"])
 def test_every_single_byte_flip_is_detected(codec: Codec, value: str, user: str | None) -> None:
-    blob = codec.encode(KEY, value, ("t",), user)
+    blob = encode(codec, KEY, value, ("t",), user)
     assert codec.decode(KEY, blob, user)[0] == value
     for position in range(len(blob)):
         for mask in (0x01, 0x80, 0xFF):
@@ -169,7 +174,7 @@ def test_every_single_byte_flip_is_detected(codec: Codec, value: str, user: str 
 
 
 def test_truncated_and_extended_blobs_are_rejected(codec: Codec) -> None:
-    blob = codec.encode(KEY, "compressible " * 50, ("t",), None)
+    blob = encode(codec, KEY, "compressible " * 50, ("t",), None)
     for length in range(len(blob)):
         with pytest.raises(BlobError):
             codec.decode(KEY, blob[:length], None)
@@ -189,7 +194,7 @@ def test_garbage_is_a_blob_error(garbage: bytes, header: bytes) -> None:
 
 
 def test_user_blob_opens_only_for_that_user(codec: Codec) -> None:
-    blob = codec.encode(KEY, "alice's calendar", (), "alice")
+    blob = encode(codec, KEY, "alice's calendar", (), "alice")
     assert codec.decode(KEY, blob, "alice")[0] == "alice's calendar"
     with pytest.raises(BlobError):
         codec.decode(KEY, blob, None)
@@ -198,7 +203,7 @@ def test_user_blob_opens_only_for_that_user(codec: Codec) -> None:
 
 
 def test_shared_blob_does_not_open_as_a_user(codec: Codec) -> None:
-    blob = codec.encode(KEY, "shared answer", (), None)
+    blob = encode(codec, KEY, "shared answer", (), None)
     with pytest.raises(BlobError):
         codec.decode(KEY, blob, "alice")
 
@@ -206,7 +211,7 @@ def test_shared_blob_does_not_open_as_a_user(codec: Codec) -> None:
 def test_new_salt_makes_old_blobs_unopenable() -> None:
     salts = Salts()
     codec = make_codec(salts=salts)
-    blob = codec.encode(KEY, "private", (), "alice")
+    blob = encode(codec, KEY, "private", (), "alice")
     assert codec.decode(KEY, blob, "alice")[0] == "private"
     del salts.by_user["alice"]  # forgetting deletes the salt; a new one is made on next use
     codec.keyring.forget("alice")
@@ -217,7 +222,7 @@ def test_new_salt_makes_old_blobs_unopenable() -> None:
 def test_salt_change_is_seen_even_without_forgetting_cached_ciphers() -> None:
     salts = Salts()
     codec = make_codec(salts=salts)
-    blob = codec.encode(KEY, "private", (), "alice")
+    blob = encode(codec, KEY, "private", (), "alice")
     salts.by_user["alice"] = new_salt()
     with pytest.raises(BlobError):
         codec.decode(KEY, blob, "alice")
@@ -225,7 +230,7 @@ def test_salt_change_is_seen_even_without_forgetting_cached_ciphers() -> None:
 
 def test_same_user_salt_in_another_codec_opens() -> None:
     salts = Salts()
-    blob = make_codec(salts=salts).encode(KEY, "private", (), "alice")
+    blob = encode(make_codec(salts=salts), KEY, "private", (), "alice")
     assert make_codec(salts=salts).decode(KEY, blob, "alice")[0] == "private"
     with pytest.raises(BlobError):
         make_codec(salts=Salts()).decode(KEY, blob, "alice")
@@ -239,12 +244,12 @@ def test_rotation_keeps_old_blobs_readable(user: str | None) -> None:
     first, second = os.urandom(32), os.urandom(32)
     salts = Salts()
     old = make_codec({1: first}, salts)
-    old_blob = old.encode(KEY, "before rotation", ("t",), user)
+    old_blob = encode(old, KEY, "before rotation", ("t",), user)
     assert Codec.key_id(old_blob) == 1
 
     rotated = make_codec({1: first, 2: second}, salts)
     assert rotated.decode(KEY, old_blob, user)[0] == "before rotation"
-    new_blob = rotated.encode(KEY, "after rotation", ("t",), user)
+    new_blob = encode(rotated, KEY, "after rotation", ("t",), user)
     assert Codec.key_id(new_blob) == 2
     assert rotated.decode(KEY, new_blob, user)[0] == "after rotation"
 
@@ -261,7 +266,7 @@ def test_rotation_keeps_old_blobs_readable(user: str | None) -> None:
 
 
 def test_same_id_with_another_key_does_not_open() -> None:
-    blob = make_codec({1: os.urandom(32)}).encode(KEY, "v", (), None)
+    blob = encode(make_codec({1: os.urandom(32)}), KEY, "v", (), None)
     with pytest.raises(BlobError):
         make_codec({1: os.urandom(32)}).decode(KEY, blob, None)
 
@@ -287,7 +292,7 @@ class Opaque:
 )
 def test_non_serializable_value_is_a_cache_error(codec: Codec, value: Any) -> None:
     with pytest.raises(CacheError):
-        codec.encode(KEY, value, (), None)
+        encode(codec, KEY, value, (), None)
 
 
 @pytest.mark.parametrize(
@@ -297,7 +302,7 @@ def test_non_serializable_value_is_a_cache_error(codec: Codec, value: Any) -> No
 )
 def test_non_finite_numbers_are_a_cache_error(codec: Codec, value: Any) -> None:
     with pytest.raises(CacheError):
-        codec.encode(KEY, value, (), None)
+        encode(codec, KEY, value, (), None)
 
 
 # ---------------------------------------------------------------- parse_keyring
@@ -326,7 +331,7 @@ def test_id_lines_comments_and_blank_lines() -> None:
     assert ring.ids == [1, 2, 7]
     assert ring.current_id == 7
     assert ring.naming_secret() == Keyring(raws).naming_secret()
-    blob = Codec(ring, Salts()).encode(KEY, "v", (), None)
+    blob = encode(Codec(ring, Salts()), KEY, "v", (), None)
     assert Codec.key_id(blob) == 7
     assert Codec(Keyring({7: raws[7]}), Salts()).decode(KEY, blob, None)[0] == "v"
 
@@ -429,7 +434,7 @@ def test_create_file_makes_a_private_working_key(tmp_path: Path) -> None:
 
     again = load_keyring(file=key_file, env_value=None, credentials_directory=None, create_file=True)
     assert again.naming_secret() == ring.naming_secret()  # created once, then read back
-    blob = Codec(ring, Salts()).encode(KEY, "sealed", (), None)
+    blob = encode(Codec(ring, Salts()), KEY, "sealed", (), None)
     assert Codec(again, Salts()).decode(KEY, blob, None)[0] == "sealed"
 
 
@@ -446,7 +451,7 @@ def test_append_key_adds_the_next_id_and_keeps_the_old(tmp_path: Path) -> None:
     key_file = tmp_path / "master.key"
     ring = load_keyring(file=key_file, env_value=None, credentials_directory=None, create_file=True)
     original_text = key_file.read_text()
-    old_blob = Codec(ring, Salts()).encode(KEY, "old", (), None)
+    old_blob = encode(Codec(ring, Salts()), KEY, "old", (), None)
 
     assert append_key(key_file) == 2
     rotated = load_keyring(file=key_file, env_value=None, credentials_directory=None)
@@ -455,7 +460,7 @@ def test_append_key_adds_the_next_id_and_keeps_the_old(tmp_path: Path) -> None:
     assert rotated.naming_secret() == ring.naming_secret()
     codec = Codec(rotated, Salts())
     assert codec.decode(KEY, old_blob, None)[0] == "old"
-    assert Codec.key_id(codec.encode(KEY, "new", (), None)) == 2
+    assert Codec.key_id(encode(codec, KEY, "new", (), None)) == 2
 
     assert append_key(key_file) == 3
     assert load_keyring(file=key_file, env_value=None, credentials_directory=None).ids == [1, 2, 3]

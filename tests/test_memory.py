@@ -6,7 +6,7 @@ import random
 import threading
 
 from cache import MemoryTier, Record
-from cache.memory import ENTRY_OVERHEAD
+from cache.tiers.memory import ENTRY_OVERHEAD
 from tests.conftest import FakeClock
 
 

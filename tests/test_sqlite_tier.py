@@ -18,7 +18,7 @@ def rec(payload: bytes, clock: FakeClock, ttl: float = 600, user: str | None = N
 def test_everything_accepted_is_on_disk_after_a_clean_close(tmp_path: Path,
                                                             clock: FakeClock) -> None:
     # A long flush interval and a big batch: only close() can have written these.
-    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000).start()
     for i in range(5000):
         tier.set(f"v1:t:{i}", rec(b"x" * 100 + str(i).encode(), clock))
     tier.close()
@@ -29,7 +29,7 @@ def test_everything_accepted_is_on_disk_after_a_clean_close(tmp_path: Path,
 
 def test_queued_writes_are_read_back_before_they_are_flushed(tmp_path: Path,
                                                              clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000).start()
     tier.set("v1:t:a", rec(b"queued", clock))
     assert tier.get("v1:t:a").payload == b"queued"  # type: ignore[union-attr]
     assert tier.stats()["queued"] == 1
@@ -38,7 +38,7 @@ def test_queued_writes_are_read_back_before_they_are_flushed(tmp_path: Path,
 
 def test_a_full_queue_is_drained_not_dropped(tmp_path: Path, clock: FakeClock) -> None:
     tier = SqliteTier(tmp_path / "c.db", clock=clock, queue_size=50, batch_size=40,
-                      flush_interval=3600)
+                      flush_interval=3600).start()
     for i in range(500):
         tier.set(f"v1:t:{i}", rec(b"y" * 50, clock))
     tier.flush()
@@ -48,7 +48,7 @@ def test_a_full_queue_is_drained_not_dropped(tmp_path: Path, clock: FakeClock) -
 
 def test_size_cap_evicts_least_recently_used(tmp_path: Path, clock: FakeClock) -> None:
     tier = SqliteTier(tmp_path / "c.db", clock=clock, max_bytes=100 * 1000,
-                      flush_interval=3600)
+                      flush_interval=3600).start()
     for i in range(100):
         tier.set(f"v1:t:{i}", rec(bytes(1000), clock))
         clock.advance(1)
@@ -69,7 +69,7 @@ def test_size_cap_evicts_least_recently_used(tmp_path: Path, clock: FakeClock) -
 
 
 def test_byte_total_follows_overwrites_and_deletes(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     tier.set("v1:t:a", rec(bytes(100), clock))
     tier.set("v1:t:b", rec(bytes(50), clock))
     tier.flush()
@@ -82,7 +82,7 @@ def test_byte_total_follows_overwrites_and_deletes(tmp_path: Path, clock: FakeCl
 
 
 def test_gc_removes_only_expired_rows(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     tier.set("v1:t:short", rec(b"s", clock, ttl=10))
     tier.set("v1:t:long", rec(b"l", clock, ttl=1000))
     tier.flush()
@@ -93,7 +93,7 @@ def test_gc_removes_only_expired_rows(tmp_path: Path, clock: FakeClock) -> None:
 
 
 def test_file_uses_wal_and_the_expected_pragmas(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     tier.set("v1:t:a", rec(b"a", clock))
     tier.flush()
     conn = sqlite3.connect(tmp_path / "c.db")
@@ -104,33 +104,33 @@ def test_file_uses_wal_and_the_expected_pragmas(tmp_path: Path, clock: FakeClock
 
 
 def test_meta_values_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     tier.set_meta("events.last", "123-0")
     tier.close()
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     assert tier.get_meta("events.last") == "123-0"
     tier.close()
 
 
 def test_a_batch_being_written_is_still_read(tmp_path: Path, clock: FakeClock,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000).start()
     tier.set("v1:t:a", rec(b"in flight", clock))
     seen: list[Record | None] = []
-    real_apply = tier._apply
+    real_apply = tier.writes._apply
 
     def read_while_applying(pending: dict[str, Record], touched: dict[str, float]) -> None:
         seen.append(tier.get("v1:t:a"))  # taken from the queue, not yet committed
         real_apply(pending, touched)
 
-    monkeypatch.setattr(tier, "_apply", read_while_applying)
+    monkeypatch.setattr(tier.writes, "_apply", read_while_applying)
     tier.flush()
     assert seen and seen[0] is not None and seen[0].payload == b"in flight"
     tier.close()
 
 
 def test_new_files_use_large_pages(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock).start()
     conn = sqlite3.connect(tmp_path / "c.db")
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
     conn.close()
@@ -138,7 +138,7 @@ def test_new_files_use_large_pages(tmp_path: Path, clock: FakeClock) -> None:
 
 
 def test_files_are_private_to_the_service(tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "state" / "c.db", clock=clock)
+    tier = SqliteTier(tmp_path / "state" / "c.db", clock=clock).start()
     tier.set("v1:t:a", rec(b"a", clock))
     tier.flush()
     tier.get_salt("u") or tier.put_salt("u", b"s" * 16)
@@ -149,7 +149,7 @@ def test_files_are_private_to_the_service(tmp_path: Path, clock: FakeClock) -> N
 
 def test_forgetting_a_queued_overwrite_does_not_resurrect_the_older_row(
         tmp_path: Path, clock: FakeClock) -> None:
-    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000)
+    tier = SqliteTier(tmp_path / "c.db", clock=clock, flush_interval=3600, batch_size=100000).start()
     tier.set("v1:t:a", rec(b"older, shared", clock))
     tier.flush()
     tier.set("v1:t:a", rec(b"newer, alice's", clock, user="alice"))  # still queued

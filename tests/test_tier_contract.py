@@ -74,7 +74,7 @@ def tier_factory(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeCloc
             redis.Redis.from_url(redis_url).flushall()
             tier = make_redis_tier(redis_url, names, clock)
         elif request.param == "l3":
-            tier = SqliteTier(tmp_path / f"c{n}.db", clock=clock, flush_interval=0.01)
+            tier = SqliteTier(tmp_path / f"c{n}.db", clock=clock, flush_interval=0.01).start()
         else:
             redis.Redis.from_url(redis_url).flushall()
             tier = TieredAsTier(make_cache(keyring=keyring, names=names, redis_url=redis_url,

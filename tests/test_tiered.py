@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache import KeyBuilder, Keyring, MemoryTier, SqliteTier, TieredCache
+from cache import KeyBuilder, Keyring, MemoryTier, SqliteTier, TieredCache, maintenance
 from tests.conftest import FakeClock, make_cache
 
 
@@ -181,7 +181,7 @@ def test_rotation_reseals_disk_under_the_new_key(tmp_path: Path, redis_url: str,
     new = Keyring({1: b"a" * 32, 2: b"b" * 32})
     cache = make_cache(keyring=new, names=names, redis_url=None, db=tmp_path / "r.db",
                        clock=clock)
-    assert cache.rotate() == 2
+    assert maintenance.rotate(cache) == 2
     conn = sqlite3.connect(tmp_path / "r.db")
     assert {row[0][1] for row in conn.execute("SELECT blob FROM items")} == {2}
     conn.close()
@@ -212,7 +212,7 @@ def test_stats_reports_every_tier(tiered: TieredCache, names: KeyBuilder) -> Non
     tiered.get_or_compute(names.key("t", "s"), lambda: "v", ttl=60)
     tiered.get(names.key("t", "s"))
     tiered.sqlite.flush()  # type: ignore[union-attr]
-    stats = tiered.stats()
+    stats = maintenance.stats(tiered)
     assert stats["l1"]["entries"] == 1
     assert stats["l2"]["keys"] >= 1 and stats["l2"]["breaker_open"] is False
     assert stats["l3"]["rows"] == 1
@@ -297,8 +297,8 @@ def test_rotation_keeps_the_disk_byte_total_exact(tmp_path: Path, names: KeyBuil
     cache = TieredCache(keyring=Keyring({1: b"a" * 32, 2: b"b" * 32}),
                         memory=MemoryTier(1 << 20, clock=clock),
                         sqlite_tier=SqliteTier(tmp_path / "r.db", clock=clock),
-                        clock=clock, compress_min_bytes=0, listen=False)
-    assert cache.rotate() == 20  # now compressed as well as re-encrypted: sizes change
+                        clock=clock, compress_min_bytes=0, listen=False).start()
+    assert maintenance.rotate(cache) == 20  # now compressed as well as re-encrypted: sizes change
     conn = sqlite3.connect(tmp_path / "r.db")
     actual = conn.execute("SELECT sum(length(blob)), sum(size) FROM items").fetchone()
     conn.close()
@@ -329,7 +329,7 @@ def test_item_reads_from_many_threads_never_mix_replies(redis_url: str, names: K
 
     tier = make_redis_tier(redis_url, names)
     cache = TieredCache(keyring=keyring, memory=MemoryTier(1024 * 1024), redis_tier=tier,
-                        listen=False)
+                        listen=False).start()
     keys = [names.key("mix", i) for i in range(64)]
     for i, key in enumerate(keys):
         cache.set(key, f"value {i} " * (i + 1), ttl=60)
@@ -367,7 +367,7 @@ def test_a_held_read_connection_closed_by_the_server_reconnects(redis_url: str,
 
     tier = make_redis_tier(redis_url, names)
     cache = TieredCache(keyring=keyring, memory=MemoryTier(1024 * 1024), redis_tier=tier,
-                        listen=False)
+                        listen=False).start()
     key = names.key("held", 1)
     cache.set(key, "still here", ttl=60)
     cache.memory.clear()

@@ -30,15 +30,16 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.breaker import CircuitBreaker
 from cache.errors import TierUnavailable
-from cache.tier import Clock, Record, wall_clock
+from cache.scope import user_tag
+from cache.tiers.base import Clock, Record, wall_clock
+from cache.tiers.breaker import CircuitBreaker
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ class RedisTier:
                 may live on any node's disk (the largest ``max_ttl`` of the policies).
         """
         self.url = url
-        self.client = _client(url, timeout)
         self.breaker = breaker or CircuitBreaker(clock=clock)
+        self._timeout = timeout
         self._namer = namer
         self._clock = clock
         self._epoch_ms = str(int(epoch_ttl * 1000))
@@ -150,9 +151,25 @@ class RedisTier:
         self._local = threading.local()
         self._readers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
-        self._set = self.client.register_script(_SET)
-        self._purge = self.client.register_script(_PURGE)
-        self._salt = self.client.register_script(_SALT)
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def start(self) -> Self:
+        """Make the connection pool and register the scripts (connections open on first use:
+        a Redis that is down now is skipped, and used once it is up)."""
+        if self._client is None:
+            client = _client(self.url, self._timeout)
+            self._scripts = {name: client.register_script(source) for name, source in
+                             (("set", _SET), ("purge", _PURGE), ("salt", _SALT))}
+            self._client = client
+        return self
+
+    @property
+    def client(self) -> redis.Redis:
+        """The pooled client (after :meth:`start`)."""
+        if self._client is None:
+            raise TierUnavailable("the redis tier is not started")
+        return self._client
 
     def _call(self, op: Callable[[], T]) -> T:
         if not self.breaker.allow():
@@ -161,11 +178,11 @@ class RedisTier:
             result = op()
         except redis.RedisError as error:
             self.breaker.failure()
-            raise TierUnavailable(f"redis: {error}") from None
+            raise TierUnavailable(f"redis: {error}") from error
         except Exception as error:  # never leave the breaker's trial call hanging
             self.breaker.failure()
             log.exception("redis call failed unexpectedly")
-            raise TierUnavailable(f"redis: {error!r}") from None
+            raise TierUnavailable(f"redis: {error!r}") from error
         self.breaker.success()
         return result
 
@@ -215,7 +232,7 @@ class RedisTier:
         """The tags an item is filed under here: its own and its user's, sorted."""
         found = set(tags)
         if user is not None:
-            found.add(f"user:{user}")
+            found.add(user_tag(user))
         return sorted(found)
 
     def epochs(self, tags: list[str]) -> list[str]:
@@ -226,8 +243,12 @@ class RedisTier:
         values = cast("list[bytes | None]", self._call(lambda: self.client.mget(names)))
         return [v.decode() if v is not None else "0" for v in values]
 
-    def set(self, key: str, record: Record, epochs: list[str] | None = None) -> bool:
-        """Store ``record``; with ``epochs``, only if no tag was purged since they were read.
+    def set(self, key: str, record: Record) -> None:
+        self.set_unless_purged(key, record, None)
+
+    def set_unless_purged(self, key: str, record: Record, epochs: list[str] | None) -> bool:
+        """Store ``record`` only if no tag of it was purged since ``epochs`` (from
+        :meth:`epochs`) were read; with ``epochs=None``, unconditionally.
 
         False when a purge intervened (nothing was written).
         """
@@ -238,12 +259,13 @@ class RedisTier:
         names = [self.tag_name(t) for t in tags]
         joined = " ".join(names).encode()
         value = _HEADER.pack(record.expires_at, len(joined)) + joined + bytes(record.payload)
+        script = self._scripts["set"]
         if epochs is not None and tags:
             keys = [key, *names, *(self._namer("epoch", t) for t in tags)]
             args: list[bytes | str | int] = [value, ttl_ms, "cas", *epochs]
-            return bool(self._call(lambda: self._set(keys=keys, args=args)))
+            return bool(self._call(lambda: script(keys=keys, args=args)))
         if names:
-            self._call(lambda: self._set(keys=[key, *names], args=[value, ttl_ms, "set"]))
+            self._call(lambda: script(keys=[key, *names], args=[value, ttl_ms, "set"]))
         else:
             self._call(lambda: self.client.set(key, value, px=ttl_ms))
         return True
@@ -253,14 +275,16 @@ class RedisTier:
 
     def invalidate_tag(self, tag: str) -> int:
         keys = [self.tag_name(tag), self._namer("epoch", tag)]
-        return int(self._call(lambda: self._purge(keys=keys, args=[self._epoch_ms])))
+        purge = self._scripts["purge"]
+        return int(self._call(lambda: purge(keys=keys, args=[self._epoch_ms])))
 
     def forget_user(self, user: str) -> int:
-        tag = f"user:{user}"
+        tag = user_tag(user)
         keys = [self.tag_name(tag), self._namer("epoch", tag), SALTS_HASH,
                 self._namer("forgotten", user)]
         args = [self._epoch_ms, self._namer("salt", user), self._tombstone_ms]
-        return int(self._call(lambda: self._purge(keys=keys, args=args)))
+        purge = self._scripts["purge"]
+        return int(self._call(lambda: purge(keys=keys, args=args)))
 
     def salt(self, user: str, candidate: bytes, *, from_disk: bool) -> bytes | None:
         """The user's salt shared by every node: the stored one, or ``candidate`` stored now.
@@ -271,7 +295,8 @@ class RedisTier:
         field = self._namer("salt", user)
         keys = [SALTS_HASH, self._namer("forgotten", user)]
         args: list[bytes | str] = [field, candidate, "local" if from_disk else "new"]
-        found = self._call(lambda: self._salt(keys=keys, args=args))
+        script = self._scripts["salt"]
+        found = self._call(lambda: script(keys=keys, args=args))
         return None if found is None else bytes(found)
 
     def publish(self, fields: dict[str, str], maxlen: int = 10000) -> str:
@@ -298,4 +323,12 @@ class RedisTier:
             readers = list(self._readers)
         for conn in readers:
             conn.disconnect()
-        self.client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

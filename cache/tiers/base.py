@@ -1,4 +1,4 @@
-"""What every tier stores and the operations every tier offers."""
+"""The contract of a tier: the record it stores and the operations it offers."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class Record:
     expires_at: float
     """Absolute expiry in clock seconds; promotion keeps it, so a copy never outlives the original."""
     tags: tuple[str, ...] = ()
-    """Invalidation tags (``intent:X``, ``template:F``); a user's items also carry ``user:<id>``."""
+    """Invalidation tags (``intent:X``, ``template:F``); a user's items also carry their user
+    tag (:func:`cache.scope.user_tag`)."""
     user: str | None = None
     """The user whose item this is, or ``None`` for shared items."""
     size: int = 0
@@ -34,9 +35,17 @@ class Record:
 
 
 class Tier(Protocol):
-    """The contract every tier meets (tests/test_tier_contract.py checks it on each)."""
+    """The contract every tier meets (tests/test_tier_contract.py checks it on each).
+
+    A tier's constructor only stores its configuration: connections, files and threads
+    begin in :meth:`start` and end in :meth:`close`.
+    """
 
     name: str
+
+    def start(self) -> Tier:
+        """Open what the tier needs (connections, files, threads); itself, for chaining."""
+        ...
 
     def get(self, key: str) -> Record | None:
         """The live record at ``key``, or ``None``; raises TierUnavailable when the tier is down."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cache.tier import Clock, wall_clock
+from cache.tiers.base import Clock, wall_clock
 
 
 class CircuitBreaker:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
+from typing import Self
 
 from cachetools import LRUCache
 
-from cache.tier import Clock, Record, wall_clock
+from cache.scope import tag_user
+from cache.tiers.base import Clock, Record, wall_clock
 
 ENTRY_OVERHEAD = 256
 """Bytes charged per entry on top of its payload (dict slots, record object, key string)."""
@@ -51,6 +53,10 @@ class MemoryTier:
         self.max_bytes = max_bytes
         self.generation = 0
         """Bumped by every purge; a copy read from below before a purge is not stored after it."""
+
+    def start(self) -> Self:
+        """Nothing to open: memory is there from the start."""
+        return self
 
     def _index(self, key: str, record: Record) -> None:
         for tag in record.tags:
@@ -131,8 +137,9 @@ class MemoryTier:
         with self._lock:
             self.generation += 1
             count = self._remove_all(self._by_tag.get(tag))
-            if tag.startswith("user:"):  # a user's items carry this tag in every other tier
-                count += self._remove_all(self._by_user.get(tag[5:]))
+            user = tag_user(tag)
+            if user is not None:  # a user's items carry this tag in every other tier
+                count += self._remove_all(self._by_user.get(user))
             return count
 
     def forget_user(self, user: str) -> int:

@@ -1,0 +1,327 @@
+"""L3: an sqlite file in WAL mode that survives reboots; the tier others call.
+
+The file and its quarantine are :mod:`cache.tiers.sqlite.file`'s, the queued writes and
+the thread that applies them :mod:`cache.tiers.sqlite.writer`'s; this module answers the
+tier contract over both, and keeps the disk-only operations (GC, policy restriction,
+re-encryption, metadata, salts).
+
+``secure_delete`` zeroes deleted content and a forget ends with a truncating checkpoint,
+so a forgotten user's blobs leave both the database file and its WAL; their salt lives in
+a separate file (:mod:`cache.salts`), so copies of this one can't be read after a forget
+either.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Self
+
+from cache.errors import TierUnavailable
+from cache.salts import SaltStore
+from cache.tiers.base import Clock, Record, wall_clock
+from cache.tiers.sqlite.file import SqliteFile
+from cache.tiers.sqlite.writer import WriteQueue
+
+log = logging.getLogger(__name__)
+
+_SELECT = "SELECT blob, expires_at, user, size FROM items WHERE key = ? AND expires_at > ?"
+
+
+class SqliteTier:
+    """L3: WAL sqlite with a batching writer thread, LRU size cap, GC and quarantine."""
+
+    name = "l3"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        clock: Clock = wall_clock,
+        batch_size: int = 512,
+        flush_interval: float = 0.05,
+        queue_size: int = 20000,
+        gc_interval: float = 60.0,
+        touch_interval: float = 1.0,
+        on_quarantine: Callable[[Path], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            path: the database file; its folder is created.
+            max_bytes: cap on the summed blob sizes; least recently used rows go first.
+            clock: the clock expiries are measured on.
+            batch_size: queued writes that trigger a flush.
+            flush_interval: seconds a queued write may wait before it is flushed.
+            queue_size: queued writes beyond which ``set`` waits for the writer.
+            gc_interval: seconds between removals of expired rows by the writer.
+            touch_interval: seconds between the writer's updates of read rows' last access
+                (the LRU order): at thousands of reads a second, updating every
+                ``flush_interval`` costs the readers CPU and the card writes for no better
+                eviction.
+            on_quarantine: called with the new name of a file moved aside as corrupt.
+        """
+        self.path = Path(path)
+        self._clock = clock
+        self._gc_interval = gc_interval
+        self.file = SqliteFile(self.path, on_quarantine=on_quarantine)
+        self.writes = WriteQueue(self.file, clock=clock, max_bytes=max_bytes,
+                                 batch_size=batch_size, flush_interval=flush_interval,
+                                 queue_size=queue_size, touch_interval=touch_interval,
+                                 housekeeping=self._housekeeping)
+        self.salts = SaltStore(self.path.with_name(f"{self.path.stem}-salts{self.path.suffix}"))
+        self.pending_forgets: dict[str, set[str]] = {}
+        """Users whose rows could not be deleted yet (their salt is already gone), with the
+        keys of their writes that were dropped from the queue."""
+        self._last_check = self._last_gc = 0.0
+
+    def start(self) -> Self:
+        """Open the file (quarantining a corrupt one) and the salts file; start the writer."""
+        self.file.open()
+        try:
+            self.salts.open()
+        except BaseException:
+            self.file.close()
+            raise
+        self._last_check = self._last_gc = time.monotonic()
+        self.writes.start()
+        return self
+
+    @property
+    def max_bytes(self) -> int:
+        """Cap on the summed blob sizes."""
+        return self.writes.max_bytes
+
+    @property
+    def evictions(self) -> int:
+        """Rows evicted to stay within ``max_bytes``."""
+        return self.writes.evictions
+
+    @property
+    def quarantined(self) -> int:
+        """Files this process moved aside as corrupt."""
+        return self.file.quarantined
+
+    # -- the tier contract ---------------------------------------------------------------
+
+    def get(self, key: str) -> Record | None:
+        queued = self.writes.queued(key)
+        now = self._clock()
+        if queued is not None:
+            if queued.expires_at <= now:
+                return None
+            return Record(queued.payload, queued.expires_at, queued.tags, queued.user, queued.size)
+        if not self.file.is_open:
+            raise TierUnavailable("sqlite tier is closed")
+        try:
+            row = self.file.reader().execute(_SELECT, (key, now)).fetchone()
+        except (sqlite3.Error, OSError):  # quarantine if need be, and say why in one place
+            row = self.file.guard(lambda: self.file.reader().execute(_SELECT,
+                                                                     (key, now)).fetchone())
+        if row is None:
+            return None
+        self.writes.touch(key, now)
+        return Record(row[0], row[1], (), row[2], row[3])
+
+    def set(self, key: str, record: Record) -> None:
+        if record.expires_at <= self._clock():
+            return
+        if not isinstance(record.payload, bytes | bytearray | memoryview):
+            raise TypeError("the sqlite tier stores sealed blobs (bytes)")
+        self.writes.put(key, record)
+
+    def flush(self, *, touches: bool = True) -> int:
+        """Write everything queued now, in one transaction; the number of writes applied."""
+        return self.writes.flush(touches=touches)
+
+    def delete(self, key: str) -> bool:
+        with self.file.write_lock:
+            self.flush()
+            return bool(self.file.write("DELETE FROM items WHERE key = ?", (key,)))
+
+    def invalidate_tag(self, tag: str) -> int:
+        with self.file.write_lock:
+            self.flush()
+            return self.file.write(
+                "DELETE FROM items WHERE key IN (SELECT key FROM tags WHERE tag = ?)", (tag,))
+
+    def forget_user(self, user: str) -> int:
+        """Destroy the user's salt, then delete their rows; retried by the writer if it fails.
+
+        The salt goes first, in its own file: once it is gone, whatever rows remain are
+        unreadable, so a busy or full disk can delay the deletion but not the forgetting.
+        """
+        self.salts.delete(user)
+        # The batch being written is left alone (its rows are deleted right after it).
+        unwritten = self.writes.take_user(user)
+        # A write dropped here may have been overwriting an older row of the same key,
+        # perhaps not theirs: that row is stale too, and goes with theirs.
+        stale = set(unwritten) | self.pending_forgets.get(user, set())
+        try:
+            with self.file.write_lock:
+                return len(unwritten) + self._delete_user_rows(user, stale)
+        except TierUnavailable:
+            self.pending_forgets.setdefault(user, set()).update(unwritten)  # the writer retries
+            raise
+
+    def _delete_user_rows(self, user: str, stale: Iterable[str]) -> int:
+        keys = sorted(stale)
+
+        def forget() -> int:
+            with self.file.tx() as conn:
+                count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    conn.execute(f"DELETE FROM items WHERE key IN ({','.join('?' * len(chunk))})",
+                                 chunk)
+            return int(count)
+
+        count = self.file.guard(forget)
+        # Old versions of the deleted pages still sit in the WAL: copy the zeroed pages
+        # back and cut the WAL file to nothing.
+        if not self.file.checkpoint():
+            log.warning("forget: WAL checkpoint incomplete (readers active); the WAL is cut at "
+                        "the next checkpoint")
+        self.pending_forgets.pop(user, None)
+        return count
+
+    def _housekeeping(self) -> None:
+        """The writer thread's work after each flush: retried forgets, file check, GC."""
+        for user, stale in list(self.pending_forgets.items()):
+            with self.file.write_lock:
+                self._delete_user_rows(user, stale)
+        if time.monotonic() - self._last_check >= 1.0:
+            self._last_check = time.monotonic()
+            self.file.check()
+        if time.monotonic() - self._last_gc >= self._gc_interval:
+            self._last_gc = time.monotonic()
+            self.gc()
+
+    def close(self) -> None:
+        if not self.file.is_open:
+            return
+        self.writes.close()
+        with self.file.write_lock:
+            try:
+                self.flush()
+                for user, stale in list(self.pending_forgets.items()):
+                    self._delete_user_rows(user, stale)
+            except TierUnavailable as error:
+                log.error("sqlite cache closed with %d writes not written: %s",
+                          self.writes.waiting, error)
+            self.file.close()
+        self.salts.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def gc(self) -> int:
+        """Remove expired rows; the number removed."""
+        return self.file.write("DELETE FROM items WHERE expires_at <= ?", (self._clock(),))
+
+    def restrict(self, *, expires_by: float, keep: bool, users: list[str] | None = None,
+                 others_than: list[str] | None = None) -> int:
+        """Cap the expiry of some rows at ``expires_by``, or delete them when not ``keep``.
+
+        The rows: those of ``users``; with ``others_than``, those of every user not named;
+        with neither, the shared ones. The number of rows changed.
+        """
+        if others_than is not None:
+            marks = ",".join("?" * len(others_than))
+            where, params = f"user IS NOT NULL AND user NOT IN ({marks})", list(others_than)
+        elif users is not None:
+            where, params = f"user IN ({','.join('?' * len(users))})", list(users)
+        else:
+            where, params = "user IS NULL", []
+        with self.file.write_lock:
+            self.flush()
+            if keep:
+                return self.file.write(
+                    f"UPDATE items SET expires_at = ? WHERE {where} AND expires_at > ?",
+                    [expires_by, *params, expires_by])
+            return self.file.write(f"DELETE FROM items WHERE {where}", params)
+
+    def get_salt(self, user: str) -> bytes | None:
+        """The salt of ``user`` stored on this node, if any."""
+        return self.salts.get(user)
+
+    def put_salt(self, user: str, salt: bytes) -> bytes:
+        """Store ``salt`` for ``user`` unless one is there; the salt now stored."""
+        return self.salts.put(user, salt)
+
+    def get_meta(self, name: str) -> str | None:
+        """A value of the small metadata table."""
+        rows = self.file.read("SELECT value FROM meta WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a value in the metadata table."""
+        self.file.write("INSERT INTO meta (name, value) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+    def reseal(self, reseal: Callable[[str, bytes, str | None], bytes | None], *,
+               stale: Callable[[bytes], bool], batch: int = 500) -> int:
+        """Rewrite every row whose blob is ``stale``; the number rewritten.
+
+        ``reseal(key, blob, user)`` returns the new blob, or ``None`` for a blob that
+        can't be opened (that row is deleted). Which blobs are stale is the codec's to say:
+        this tier does not know the blob layout.
+        """
+        done = 0
+        after = ""
+        with self.file.write_lock:
+            self.flush()
+            while True:
+                rows = self.file.read(
+                    "SELECT key, blob, user FROM items WHERE key > ? ORDER BY key LIMIT ?",
+                    (after, batch))
+                if not rows:
+                    return done
+                after = rows[-1][0]
+                todo = [(k, bytes(b), u) for k, b, u in rows if stale(bytes(b))]
+
+                def rewrite(todo: list[tuple[str, bytes, str | None]] = todo) -> int:
+                    count = 0
+                    with self.file.tx() as conn:
+                        for key, blob, user in todo:
+                            new = reseal(key, blob, user)
+                            if new is None:
+                                conn.execute("DELETE FROM items WHERE key = ?", (key,))
+                                continue
+                            conn.execute("UPDATE items SET blob = ?, size = ? WHERE key = ?",
+                                         (new, len(new), key))
+                            conn.execute("UPDATE meta SET value = value + ? WHERE name = 'bytes'",
+                                         (len(new) - len(blob),))
+                            count += 1
+                    return count
+
+                if todo:
+                    done += self.file.guard(rewrite)
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, bytes, file sizes and quarantines."""
+        rows = self.file.read("SELECT count(*) FROM items")[0][0]
+        used = self.file.read("SELECT value FROM meta WHERE name = 'bytes'")[0][0]
+        file_bytes, wal_bytes = _size(self.path), _size(Path(str(self.path) + "-wal"))
+        return {
+            "rows": int(rows), "bytes": int(used), "max_bytes": self.max_bytes,
+            "file_bytes": file_bytes, "wal_bytes": wal_bytes,
+            "queued": self.writes.waiting, "evictions": self.evictions,
+            "quarantined": self.quarantined, "dropped": self.writes.dropped,
+            "forgets_pending": len(self.pending_forgets),
+        }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
