@@ -1,48 +1,72 @@
-"""Builds the tiered cache from its settings sections."""
+"""The composition root: every part built from its settings, started in order, stopped in
+reverse, and stopped again if one fails half-way."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
+from assistant.answers import Responder
+from assistant.engine import IntentEngine
+from assistant.generation import Generator, open_backend
+from assistant.home import Registry, load_home
 from assistant.settings import (
     CacheSettings,
     KeySettings,
     PrivacySettings,
     RedisSettings,
+    Settings,
     SqliteSettings,
 )
+from assistant.speech.stt import Transcriber
+from assistant.speech.tts import Speaker
+from assistant.templates.versioning import VersionRecord
 from cache import (
     CacheMetrics,
     CircuitBreaker,
     KeyBuilder,
     Keyring,
+    KeySource,
     MemoryTier,
     RedisTier,
     SqliteTier,
     TieredCache,
-    TierUnavailable,
-    load_keyring,
+    find_key_source,
+    read_keyring,
 )
 
 log = logging.getLogger(__name__)
 
 
-def open_keyring(keys: KeySettings, environ: Mapping[str, str] | None = None) -> Keyring:
-    """The master keys from a systemd credential, the environment, or the key file."""
+class Part(Protocol):
+    """What the composition root starts and stops."""
+
+    def start(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Part)
+
+
+def key_source(keys: KeySettings, environ: Mapping[str, str] | None = None) -> KeySource:
+    """Where the master keys come from: a systemd credential, the environment, or the file."""
     env = os.environ if environ is None else environ
-    return load_keyring(
-        file=keys.file,
-        env_value=env.get(keys.env_var),
-        credentials_directory=env.get("CREDENTIALS_DIRECTORY"),
-        credential_name=keys.credential,
-        create_file=keys.create,
-    )
+    return find_key_source(file=keys.file, env_value=env.get(keys.env_var),
+                           credentials_directory=env.get("CREDENTIALS_DIRECTORY"),
+                           credential_name=keys.credential)
 
 
-def open_cache(
+def open_keyring(keys: KeySettings, environ: Mapping[str, str] | None = None) -> Keyring:
+    """The master keys from their source (the key file is made on first use if allowed)."""
+    return read_keyring(key_source(keys, environ), create_file=keys.create)
+
+
+def build_cache(
     *,
     cache: CacheSettings,
     redis: RedisSettings,
@@ -53,7 +77,7 @@ def open_cache(
     metrics: CacheMetrics | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> tuple[TieredCache, KeyBuilder]:
-    """The tiered cache and the key builder under the same master keys."""
+    """The tiered cache (not started) and the key builder, under the same master keys."""
     keyring = open_keyring(keys, environ)
     names = KeyBuilder(keyring.naming_secret())
     metrics = metrics or CacheMetrics()
@@ -76,20 +100,15 @@ def open_cache(
         def quarantined(path: Path) -> None:
             metrics.errors.labels("l3", "quarantined").inc()
 
-        try:
-            sqlite_tier = SqliteTier(
-                sqlite.path,
-                max_bytes=sqlite.max_bytes,
-                batch_size=sqlite.batch_size,
-                flush_interval=sqlite.flush_interval,
-                queue_size=sqlite.queue_size,
-                gc_interval=sqlite.gc_interval,
-                on_quarantine=quarantined,
-            )
-        except TierUnavailable as error:
-            # Answers still come from memory and Redis; the disk tier is back after a restart.
-            log.error("disk cache unavailable, running without it: %s", error)
-            metrics.errors.labels("l3", "unavailable").inc()
+        sqlite_tier = SqliteTier(
+            sqlite.path,
+            max_bytes=sqlite.max_bytes,
+            batch_size=sqlite.batch_size,
+            flush_interval=sqlite.flush_interval,
+            queue_size=sqlite.queue_size,
+            gc_interval=sqlite.gc_interval,
+            on_quarantine=quarantined,
+        )
     tiered = TieredCache(
         keyring=keyring,
         memory=MemoryTier(cache.memory_bytes),
@@ -103,3 +122,89 @@ def open_cache(
         listen_block=cache.listen_block,
     )
     return tiered, names
+
+
+def open_cache(**sections: Any) -> tuple[TieredCache, KeyBuilder]:
+    """:func:`build_cache`, started."""
+    cache, names = build_cache(**sections)
+    return cache.start(), names
+
+
+def cache_of(settings: Settings, *, listen: bool = True) -> tuple[TieredCache, KeyBuilder]:
+    """The tiered cache of ``settings`` (not started) and its key builder."""
+    return build_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
+                       keys=settings.keys, privacy=settings.privacy, listen=listen)
+
+
+def version_record(settings: Settings) -> VersionRecord:
+    """This node's record of the template versions last applied (beside the disk cache
+    unless ``[intents] versions_file`` says where)."""
+    return VersionRecord(settings.intents.versions_file
+                         or settings.sqlite.path.parent / "intent-versions.json")
+
+
+class App:
+    """The parts of a running assistant, each started after those it needs.
+
+    Which parts: always the cache; with ``answers`` the home, the generator and the intent
+    engine (watching the templates when ``watch``); with ``speech`` the transcriber and the
+    speaker. The constructor only stores the choice; :meth:`start` builds and starts them in
+    that order and :meth:`close` stops them in reverse, as does a failure half-way.
+    """
+
+    def __init__(self, settings: Settings, *, answers: bool = True, speech: bool = False,
+                 listen: bool = True, watch: bool = False) -> None:
+        """``listen``: follow other processes' purges (a one-shot command does not)."""
+        self.settings = settings
+        self._answers = answers
+        self._speech = speech
+        self._listen = listen
+        self._watch = watch
+        self._stack = contextlib.ExitStack()
+        self.cache: TieredCache | None = None
+        self.keys: KeyBuilder | None = None
+        self.registry: Registry | None = None
+        self.generator: Generator | None = None
+        self.engine: IntentEngine | None = None
+        self.transcriber: Transcriber | None = None
+        self.speaker: Speaker | None = None
+
+    def start(self) -> Self:
+        """Build and start every part; on a failure, stop those already started and raise."""
+        s = self.settings
+        try:
+            cache, keys = cache_of(s, listen=self._listen)
+            self.cache, self.keys = self._started(cache), keys
+            if self._answers:
+                self.registry = Registry(load_home(s.home.entities_file))
+                self.generator = self._started(Generator(open_backend(s.generator), s.generator,
+                                                         cache=cache, keys=keys))
+                responder = Responder(cache, keys, generator=self.generator,
+                                      static_ttl=s.cache.default_ttl)
+                self.engine = self._started(IntentEngine(
+                    s.intents, self.registry, cache=cache, keys=keys, responder=responder,
+                    record=version_record(s)))
+                if self._watch:
+                    self.engine.watch()
+            if self._speech:
+                self.transcriber = self._started(Transcriber(s.stt, cache=cache, keys=keys))
+                self.speaker = self._started(Speaker(s.tts, cache=cache, keys=keys))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _started(self, part: P) -> P:
+        part.start()
+        self._stack.callback(part.close)
+        return part
+
+    def close(self) -> None:
+        """Stop every part started, the last started first."""
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,24 +1,29 @@
-"""The ``assistant`` command."""
+"""The ``assistant`` command: subcommands over the same parts the service runs."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from assistant.caching import open_cache
+from assistant.app import App, cache_of, key_source, open_keyring, version_record
 from assistant.errors import AssistantError, AudioError, TemplateError
-from assistant.intents import RELOAD, versions_key
-from assistant.recognize import builtin_intents, load_intent_templates
+from assistant.recognition.library import builtin_intents, load_intent_templates
 from assistant.settings import Settings, load_settings
-from assistant.templates import load_file
-from cache import CacheError, KeyBuilder, TieredCache
+from assistant.speech.stt import Transcriber
+from assistant.speech.tts import Speaker
+from assistant.templates.loader import load_file
+from assistant.templates.reload import RELOAD, Reloader
+from cache import CacheError, KeyBuilder, TieredCache, maintenance
 from cache.crypto import append_key
+
+log = logging.getLogger("assistant")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,33 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
-    import time
-
-    from assistant.generation import Generator, open_backend
-    from assistant.home import Registry, load_home
-    from assistant.intents import IntentEngine
-    from assistant.respond import Responder
-
     started = time.perf_counter()
-    cache, keys = _open(settings)
-    generator = None
-    engine = None
-    try:
-        generator = Generator(open_backend(settings.generator), settings.generator, cache=cache,
-                              keys=keys)
-        registry = Registry(load_home(settings.home.entities_file))
-        engine = IntentEngine(settings.intents, registry, cache=cache, keys=keys,
-                              responder=Responder(cache, keys, generator=generator))
+    with App(settings, listen=False) as app:
+        assert app.engine is not None and app.generator is not None
         loaded = time.perf_counter() - started
         asked = time.perf_counter()
-        answer = engine.respond(args.text, user=args.user, site=args.site, area=args.area)
+        answer = app.engine.respond(args.text, user=args.user, site=args.site, area=args.area)
         took = time.perf_counter() - asked
-    finally:
-        if engine is not None:
-            engine.close()
-        if generator is not None:
-            generator.close()
-        cache.close()
+        backend = app.generator.backend
     if args.json:
         print(json.dumps({
             "text": answer.text, "intent": answer.intent, "slots": answer.slots,
@@ -112,7 +98,7 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
             "fragments": [{"kind": f.kind, "text": f.text, "source": f.source,
                            "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
             "ms": round(took * 1000, 3), "load_ms": round(loaded * 1000, 1),
-            "backend": generator.backend.describe()}, default=str))
+            "backend": backend.describe()}, default=str))
         return 0
     print(answer.text)
     print(f"intent: {answer.intent or '(none)'}", file=sys.stderr)
@@ -122,30 +108,32 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     for action in answer.actions:
         print(f"  action   {action.topic} <- {action.payload}", file=sys.stderr)
     print(f"answered in {took * 1000:.3f} ms (start-up {loaded:.2f} s, "
-          f"{generator.backend.name} {generator.backend.model_id})", file=sys.stderr)
+          f"{backend.name} {backend.model_id})", file=sys.stderr)
     return 0
 
 
-def _speech_cache(settings: Settings, no_cache: bool) -> tuple[TieredCache | None, KeyBuilder | None]:
-    return (None, None) if no_cache else _open(settings)
+@contextlib.contextmanager
+def _speech_cache(settings: Settings,
+                  no_cache: bool) -> Iterator[tuple[TieredCache | None, KeyBuilder | None]]:
+    if no_cache:
+        yield None, None
+        return
+    cache, keys = cache_of(settings, listen=False)
+    with cache:
+        yield cache, keys
 
 
 def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.audio import PcmFormat
-    from assistant.stt import Transcriber
+    from assistant.speech.audio import PcmFormat
 
     fmt = None
     if args.rate is not None:
         fmt = PcmFormat(rate=args.rate, bits=args.bits, channels=args.channels, float=args.float)
     with args.file.open("rb") as handle:  # no more than the limit (plus one to tell) is read
         data = handle.read(settings.stt.max_bytes + 1)
-    cache, keys = _speech_cache(settings, args.no_cache)
-    try:
-        transcriber = Transcriber(settings.stt, cache=cache, keys=keys)
+    with _speech_cache(settings, args.no_cache) as (cache, keys):
+        transcriber = Transcriber(settings.stt, cache=cache, keys=keys).start()
         result = transcriber.transcribe(data, fmt=fmt, user=args.user)
-    finally:
-        if cache is not None:
-            cache.close()
     print(result.text)
     print(f"source={result.source} audio={result.audio_seconds:.2f}s "
           f"took={result.seconds * 1000:.1f}ms rtf={result.seconds / result.audio_seconds:.3f} "
@@ -154,13 +142,8 @@ def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _say(args: argparse.Namespace, settings: Settings) -> int:
-    import time
-
-    from assistant.tts import Speaker
-
-    cache, keys = _speech_cache(settings, args.no_cache)
-    try:
-        speaker = Speaker(settings.tts, cache=cache, keys=keys)
+    with _speech_cache(settings, args.no_cache) as (cache, keys), \
+            Speaker(settings.tts, cache=cache, keys=keys) as speaker:
         started = time.perf_counter()
         if args.stream:
             spoken = []
@@ -176,9 +159,6 @@ def _say(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{sentence.seconds * 1000:8.1f}ms {sentence.source:8} {sentence.text}",
                       file=sys.stderr)
         took = time.perf_counter() - started
-    finally:
-        if cache is not None:
-            cache.close()
     if str(args.output) == "-":
         sys.stdout.buffer.write(wav)
     else:
@@ -207,63 +187,48 @@ def _check(settings: Settings, path: Path | None) -> int:
 
 
 def _reload(settings: Settings) -> int:
+    intents = settings.intents
+    cache, _keys = cache_of(settings, listen=False)
+    reloader = Reloader(lambda: load_intent_templates(intents.folder, intents.language),
+                        cache=cache, record=version_record(settings))
     try:
-        templates = load_intent_templates(settings.intents.folder, settings.intents.language)
+        templates = reloader.load()
     except TemplateError as error:
         print(f"error: nothing reloaded: {error}", file=sys.stderr)
         return 1
-    cache, keys = _open(settings)
-    try:
-        before = cache.get(versions_key(keys)) or {}
-        after = templates.versions()
-        stale = sorted(n for n in before if before[n] != after.get(n))
-        purged = {name: cache.invalidate_tag(f"intent:{name}") for name in stale}
-        cache.set(versions_key(keys), after, ttl=10 * 365 * 86400)
-        told = cache.announce(RELOAD, str(settings.intents.folder))
-        print(json.dumps({"purged": purged, "intents": len(after), "services_told": told}))
+    with cache:
+        result = reloader.apply(templates)
+        told = cache.announce(RELOAD, str(intents.folder))
+        print(json.dumps({"purged": result.purged, "intents": len(templates.intents),
+                          "services_told": told}))
         if cache.pending_events or not told:
             print("error: Redis is unreachable: other nodes and running services were not told",
                   file=sys.stderr)
             return 1
-    finally:
-        cache.close()
     return 0
-
-
-def _open(settings: Settings) -> tuple[TieredCache, KeyBuilder]:
-    """The cache (no event listener: a command runs once) and its key builder."""
-    return open_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
-                      keys=settings.keys, privacy=settings.privacy, listen=False)
-
-
-def _keys_from_file(settings: Settings) -> bool:
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / settings.keys.credential).exists():
-        return False
-    return not os.environ.get(settings.keys.env_var)
 
 
 def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.op == "rotate-key" and not args.no_generate:
-        if not _keys_from_file(settings):
+        if key_source(settings.keys).kind != "file":
             print("error: the keys come from the environment or a credential: add the new key "
                   "there, then run rotate-key --no-generate", file=sys.stderr)
             return 2
-        _open(settings)[0].close()  # creates the key file on first use
+        open_keyring(settings.keys)  # creates the key file on first use
         new_id = append_key(settings.keys.file)
         print(f"added key id {new_id} to {settings.keys.file}")
-    cache, _keys = _open(settings)
-    try:
+    cache, _keys = cache_of(settings, listen=False)
+    with cache:
         if args.op == "stats":
-            print(json.dumps(cache.stats(), indent=2, sort_keys=True, default=str))
+            print(json.dumps(maintenance.stats(cache), indent=2, sort_keys=True, default=str))
         elif args.op == "purge":
             print(json.dumps({"tag": args.tag, "removed": cache.invalidate_tag(args.tag)}))
         elif args.op == "forget":
             print(json.dumps({"user": args.user, "removed": cache.forget_user(args.user)}))
         elif args.op == "gc":
-            print(json.dumps({"expired_removed": cache.gc()}))
+            print(json.dumps({"expired_removed": maintenance.gc(cache)}))
         elif args.op == "rotate-key":
-            count = cache.rotate()
+            count = maintenance.rotate(cache)
             print(json.dumps({"key_id": cache.keyring.current_id, "resealed": count}))
             print("restart running services so they read the new key", file=sys.stderr)
         if cache.pending_events:
@@ -271,8 +236,6 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
                   "what could not be done is kept and sent by the next run or the service; "
                   "run the command again to be sure", file=sys.stderr)
             return 1
-    finally:
-        cache.close()
     return 0
 
 
@@ -295,8 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ask(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
+        log.debug("why", exc_info=error)
         return 2
     except (CacheError, AssistantError, OSError, ValueError) as error:
+        # One line for the person at the terminal; the cause (Redis refusing, a corrupt file,
+        # a model that does not load) stays in the log, with -v.
         print(f"error: {error}", file=sys.stderr)
+        log.debug("why", exc_info=error)
         return 2
     return 0

@@ -1,14 +1,16 @@
-"""The intent engine: templates, recognition and answers, kept current while running.
+"""The intent engine: recognition and answers over the templates and the home as they are now.
 
-Edits to ``intents/*.yaml`` are picked up by a watcher (watchfiles) or by
-``assistant intents reload``. A valid edit is swapped in whole (a new
-recognizer is built first, then replaces the old one in one assignment), and
-the tags of exactly the intents whose version changed are purged on every tier
-and node; other intents keep their cached answers. An invalid edit leaves the
-old templates answering, and the error is logged and handed to ``on_error``
-(the MQTT service publishes it on its error topic).
+Edits to ``intents/*.yaml`` are picked up by a watcher (:mod:`assistant.templates.watch`),
+by another process's announcement, or by :meth:`IntentEngine.reload`. A valid edit is
+swapped in whole (a new recognizer is built first, then replaces the old one in one
+assignment), and :mod:`assistant.templates.reload` purges the cached answers of exactly the
+intents whose version changed, on every tier and node. An invalid edit leaves the old
+templates answering, and the error is logged and handed to ``on_error`` (the service
+publishes it on its error topic).
 
-Changes to the home purge the cached answers about the entities that changed.
+Changes to the home swap in a recognizer over the new snapshot and purge the cached answers
+about the entities that changed. Reloads and home changes are applied one at a time by the
+engine's own worker thread, never on the thread that reported them.
 """
 
 from __future__ import annotations
@@ -18,96 +20,104 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Self
 
-import watchfiles
-
+from assistant.answers import Answer, Responder
 from assistant.errors import TemplateError
-from assistant.home import Home, Registry
-from assistant.recognize import Match, Recognizer, load_intent_templates
-from assistant.respond import Answer, Responder
+from assistant.home import Home, Registry, entity_tag
+from assistant.recognition.library import load_intent_templates
+from assistant.recognition.match import Match
+from assistant.recognition.recognizer import Recognizer
 from assistant.settings import IntentsSettings
-from assistant.templates import TemplateSet
+from assistant.templates.model import TemplateSet
+from assistant.templates.reload import RELOAD, Reloader, ReloadResult
+from assistant.templates.versioning import VersionRecord
+from assistant.templates.watch import TemplateWatcher
 from cache import KeyBuilder, TieredCache
 
 log = logging.getLogger(__name__)
 
-RELOAD = "intents-reload"
-"""The announcement that makes every process re-read its templates."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """What a reload did."""
-
-    changed: tuple[str, ...] = ()
-    """Intents whose version changed (their cached answers were purged)."""
-    added: tuple[str, ...] = ()
-    """Intents that are new."""
-    removed: tuple[str, ...] = ()
-    """Intents that are gone (their cached answers were purged)."""
-    error: str | None = None
-    """Why the edit was refused (the old templates keep answering)."""
-    seconds: float = 0.0
-    """Time it took, recognizer rebuild included."""
-    purged: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Items removed per intent tag and tier."""
-
-
-def versions_key(keys: KeyBuilder) -> str:
-    """Where the versions last applied are kept in the cache (for ``intents reload``)."""
-    return keys.key("meta", "intent-versions")
-
 
 class IntentEngine:
-    """Recognises sentences and answers them, following template and home changes."""
+    """Recognises sentences and answers them, following template and home changes.
+
+    The constructor stores its parts; :meth:`start` loads and checks the templates (raising
+    :class:`TemplateError` if they are wrong), builds the recognizer so the first request is
+    as fast as the next, and starts following changes; :meth:`close` stops it.
+    """
 
     def __init__(self, settings: IntentsSettings, registry: Registry, *,
                  cache: TieredCache | None = None, keys: KeyBuilder | None = None,
                  on_error: Callable[[str], None] | None = None,
-                 responder: Responder | None = None) -> None:
-        """Load and check the templates (:class:`TemplateError` if they are wrong) and build
-        the recognizer, so the first request is as fast as the next."""
+                 responder: Responder | None = None,
+                 record: VersionRecord | None = None) -> None:
+        """
+        Args:
+            settings: the ``[intents]`` section.
+            registry: the home.
+            cache: where answers are cached (and whose announcements are followed).
+            keys: the cache's key builder (for the default responder).
+            on_error: told why an edit of the templates was refused.
+            responder: renders answers (default: one over ``cache`` and ``keys``).
+            record: this node's record of the template versions last applied.
+        """
         self.settings = settings
         self.registry = registry
         self.cache = cache
-        self.keys = keys
         self.on_error = on_error
         self.responder = responder or Responder(cache, keys)
+        self._reloader = Reloader(
+            lambda: load_intent_templates(settings.folder, settings.language), cache=cache,
+            record=record)
         self._lock = threading.Lock()
-        templates = self._load()
-        home = registry.home
-        self._recognizer = Recognizer(templates, home, language=settings.language)
-        self._record_versions(templates)
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._changes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="home-changes")
-        registry.listen(self._home_changed)
-        if registry.home is not home:  # changed while the recognizer was being built
-            self._home_changed(registry.home, frozenset(), True)
-        if cache is not None:
-            cache.on_announcement(self._announced)
+        self._recognizer: Recognizer | None = None
+        self._work: ThreadPoolExecutor | None = None
+        self._watcher: TemplateWatcher | None = None
+
+    def start(self) -> Self:
+        """Load the templates, build the recognizer, follow the home and other processes."""
+        templates = self._reloader.load()
+        home = self.registry.home
+        self._recognizer = Recognizer(templates, home, language=self.settings.language)
+        self._reloader.record(templates)
+        self._work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intents")
+        self.registry.listen(self._home_changed)
+        if self.registry.home is not home:  # changed while the recognizer was being built
+            self._home_changed(self.registry.home, frozenset(), True)
+        if self.cache is not None:
+            self.cache.on_announcement(self._announced)
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- state -----------------------------------------------------------------------------
 
     @property
+    def recognizer(self) -> Recognizer:
+        """The recognizer answering now."""
+        if self._recognizer is None:
+            raise RuntimeError("the intent engine is not started")
+        return self._recognizer
+
+    @property
     def templates(self) -> TemplateSet:
         """The templates answering now."""
-        return self._recognizer.templates
-
-    def _load(self) -> TemplateSet:
-        return load_intent_templates(self.settings.folder, self.settings.language)
+        return self.recognizer.templates
 
     # -- requests ----------------------------------------------------------------------------
 
     def recognize(self, text: str, *, area: str | None = None) -> Match | None:
         """The intent of ``text`` said in area ``area``, with its target entities."""
-        return self._recognizer.recognize(text, area=area)
+        return self.recognizer.recognize(text, area=area)
 
     def respond(self, text: str, *, user: str | None = None, site: str | None = None,
                 area: str | None = None) -> Answer:
         """Recognise ``text`` and answer it."""
-        recognizer = self._recognizer  # one snapshot for the whole request
+        recognizer = self.recognizer  # one snapshot for the whole request
         match = recognizer.recognize(text, area=area)
         template = recognizer.templates.intents.get(match.intent) if match else None
         return self.responder.answer(
@@ -120,15 +130,15 @@ class IntentEngine:
         """Re-read the templates; swap them in if valid and purge what changed."""
         started = time.perf_counter()
         with self._lock:
-            old = self._recognizer.templates
+            old = self.recognizer.templates
             try:
-                new = self._load()
+                new = self._reloader.load()
                 recognizer = Recognizer(new, self.registry.home, language=self.settings.language)
-            except Exception as error:  # noqa: BLE001 - any failure refuses the edit, never kills
+            except Exception as error:
                 detail = str(error) if isinstance(error, TemplateError) else (
                     f"{type(error).__name__}: {error}")
                 message = f"intent templates not reloaded, the previous ones stay: {detail}"
-                log.error("%s", message)
+                log.error("%s", message, exc_info=not isinstance(error, TemplateError))
                 if self.on_error is not None:
                     try:
                         self.on_error(message)
@@ -136,83 +146,47 @@ class IntentEngine:
                         log.exception("could not report a template error")
                 return ReloadResult(error=detail, seconds=time.perf_counter() - started)
             self._recognizer = recognizer
-            before, after = old.versions(), new.versions()
-            changed = tuple(sorted(n for n in before.keys() & after.keys()
-                                   if before[n] != after[n]))
-            removed = tuple(sorted(before.keys() - after.keys()))
-            added = tuple(sorted(after.keys() - before.keys()))
-            try:
-                purged = self._purge((*changed, *removed))
-                self._record_versions(new)
-            except Exception:  # the new templates answer; a purge that failed is logged
-                log.exception("could not purge the cached answers of changed intents")
-                purged = {}
-        if changed or removed or added:
-            log.info("intent templates reloaded: changed %s, added %s, removed %s",
-                     list(changed), list(added), list(removed))
-        return ReloadResult(changed, added, removed, None, time.perf_counter() - started, purged)
-
-    def _purge(self, intents: tuple[str, ...]) -> dict[str, dict[str, int]]:
-        if self.cache is None:
-            return {}
-        return {name: self.cache.invalidate_tag(f"intent:{name}") for name in intents}
-
-    def _record_versions(self, templates: TemplateSet) -> None:
-        if self.cache is not None and self.keys is not None:
-            self.cache.set(versions_key(self.keys), templates.versions(), ttl=10 * 365 * 86400)
+            return self._reloader.apply(new, previous=old, started=started)
 
     def _home_changed(self, home: Home, changed: frozenset[str], structural: bool) -> None:
         # Called on whatever thread changed the home (MQTT's network thread, for discovery
         # and states): the work, which may wait on Redis and disk, is done by our own.
-        self._changes.submit(self._apply_home, home, changed)
+        if self._work is not None:
+            self._work.submit(self._apply_home, home, changed)
 
     def _apply_home(self, home: Home, changed: frozenset[str]) -> None:
         try:
             with self._lock:
                 if home is self.registry.home:  # skip snapshots already superseded
-                    self._recognizer = self._recognizer.with_home(home)
+                    self._recognizer = self.recognizer.with_home(home)
             if self.cache is not None:
                 for entity_id in sorted(changed):
-                    self.cache.invalidate_tag(f"entity:{entity_id}")
+                    self.cache.invalidate_tag(entity_tag(entity_id))
         except Exception:
             log.exception("could not apply a change of the home")
 
     def settle(self, timeout: float = 10.0) -> None:
-        """Wait until the changes of the home made so far are applied."""
-        self._changes.submit(lambda: None).result(timeout=timeout)
+        """Wait until the changes made so far (home changes, reloads) are applied."""
+        if self._work is not None:
+            self._work.submit(lambda: None).result(timeout=timeout)
 
     def _announced(self, name: str, arg: str) -> None:
-        if name == RELOAD:
-            threading.Thread(target=self.reload, name="intents-reload", daemon=True).start()
+        if name == RELOAD and self._work is not None:
+            self._work.submit(self.reload)
 
     # -- watching ------------------------------------------------------------------------------
 
     def watch(self) -> None:
         """Reload on every edit of a ``.yaml`` file under the folder, until :meth:`close`."""
-        if self._watcher is not None:
-            return
-        self._watcher = threading.Thread(target=self._watch, name="intents-watch", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        def yaml_only(change: watchfiles.Change, path: str) -> bool:
-            return path.endswith(".yaml")
-
-        while not self._stop.is_set():
-            try:
-                for _changes in watchfiles.watch(self.settings.folder, watch_filter=yaml_only,
-                                                 stop_event=self._stop, debounce=200, step=20,
-                                                 rust_timeout=500, yield_on_timeout=False,
-                                                 raise_interrupt=False):
-                    self.reload()
-            except Exception:  # keep watching: one bad moment must not end reloads for good
-                log.exception("intent template watcher failed; watching again")
-                self._stop.wait(1.0)
+        if self._watcher is None:
+            self._watcher = TemplateWatcher(self.settings.folder, self.reload).start()
 
     def close(self) -> None:
         """Stop watching and applying changes."""
-        self._stop.set()
         self.registry.unlisten(self._home_changed)
         if self._watcher is not None:
-            self._watcher.join(timeout=5)
-        self._changes.shutdown(wait=True)
+            self._watcher.close()
+            self._watcher = None
+        if self._work is not None:
+            self._work.shutdown(wait=True)
+            self._work = None

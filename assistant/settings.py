@@ -127,6 +127,9 @@ class IntentsSettings(_Section):
     folder: Path = Path("intents")
     language: str = "en"
     watch: bool = Field(True, description="reload edited templates while running")
+    versions_file: Path | None = Field(
+        None, description="where the template versions last applied are recorded (default: "
+                          "intent-versions.json beside the disk cache)")
 
 
 class SttSettings(_Section):

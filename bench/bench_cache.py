@@ -59,11 +59,11 @@ if str(ROOT) not in sys.path:
 
 from cache.crypto import Keyring  # noqa: E402
 from cache.keys import KeyBuilder  # noqa: E402
-from cache.memory import MemoryTier  # noqa: E402
-from cache.redis_tier import RedisTier  # noqa: E402
-from cache.sqlite_tier import SqliteTier  # noqa: E402
-from cache.tier import Record  # noqa: E402
 from cache.tiered import Outcome, TieredCache  # noqa: E402
+from cache.tiers.base import Record  # noqa: E402
+from cache.tiers.memory import MemoryTier  # noqa: E402
+from cache.tiers.redis import RedisTier  # noqa: E402
+from cache.tiers.sqlite import SqliteTier  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
 VALUE_BYTES = 2048

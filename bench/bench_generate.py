@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from assistant.answers import Responder  # noqa: E402
+from assistant.engine import IntentEngine  # noqa: E402
 from assistant.generation import Generator, Request  # noqa: E402
 from assistant.generation.llama_cpp import LlamaCppBackend  # noqa: E402
 from assistant.home import Registry, load_home  # noqa: E402
-from assistant.intents import IntentEngine  # noqa: E402
-from assistant.respond import Responder  # noqa: E402
 from assistant.settings import GeneratorSettings, IntentsSettings  # noqa: E402
-from assistant.templates import template_head  # noqa: E402
+from assistant.templates.model import template_head  # noqa: E402
 from bench.report import finish  # noqa: E402
 from cache import KeyBuilder, Keyring, MemoryTier, RedisTier, SqliteTier, TieredCache  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
@@ -59,13 +59,13 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
     cache = TieredCache(keyring=keyring, memory=MemoryTier(256 * 1024 * 1024),
                         redis_tier=RedisTier(server.url, namer=keys.name),
                         sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False)
-    backend = LlamaCppBackend()
+    backend = LlamaCppBackend().start()
     settings = GeneratorSettings()
     generator = Generator(backend, settings, cache=cache, keys=keys)
     responder = Responder(cache, keys, generator=generator)
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents", watch=False),
                           Registry(load_home(ROOT / "configs" / "entities.yaml")), cache=cache,
-                          keys=keys, responder=responder)
+                          keys=keys, responder=responder).start()
     try:
         first = engine.respond(SENTENCE)
         kinds = [f.kind for f in first.fragments]
@@ -81,7 +81,7 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
             cold.append(time.perf_counter() - started)
             assert [f.source for f in answer.fragments] == ["computed", "computed"], answer
         # Warm: the same answer from L1.
-        recognizer = engine._recognizer
+        recognizer = engine.recognizer
         match = recognizer.recognize(SENTENCE)
         assert match is not None
         template = recognizer.templates.intents[match.intent]
@@ -115,20 +115,18 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
         request = Request(system_prompt=" ".join(system.render(context).split()) if system else "",
                           prompt=" ".join(spec.prompt.render(context).split()),
                           max_tokens=spec.max_tokens, prompt_head=template_head(spec.prompt))
-        store = backend.prefix_store
+        store = generator.states
         plain, restored, rates = [], [], []
         prefix_tokens = prompt_tokens = 0
         for _ in range(rounds):  # the two take turns
             backend.reset()
-            backend.prefix_store = None
             done = backend.complete(request, deadline=time.monotonic() + 60)
             assert done.first_token_seconds is not None
             plain.append(done.first_token_seconds)
             if done.tokens > 1:
                 rates.append((done.tokens - 1) / (done.seconds - done.first_token_seconds))
             backend.reset()
-            backend.prefix_store = store
-            done = backend.complete(request, deadline=time.monotonic() + 60)
+            done = backend.complete(request, deadline=time.monotonic() + 60, states=store)
             assert done.first_token_seconds is not None
             prefix_sources.append(done.prefix)
             restored.append(done.first_token_seconds)

@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from assistant.engine import IntentEngine  # noqa: E402
 from assistant.home import Area, Entity, Home, Registry, load_home  # noqa: E402
-from assistant.intents import IntentEngine  # noqa: E402
-from assistant.recognize import Recognizer, builtin_intents  # noqa: E402
+from assistant.recognition.library import builtin_intents  # noqa: E402
+from assistant.recognition.recognizer import Recognizer  # noqa: E402
 from assistant.settings import IntentsSettings  # noqa: E402
-from assistant.templates import load_templates  # noqa: E402
+from assistant.templates.loader import load_templates  # noqa: E402
 from cache import (  # noqa: E402
     KeyBuilder,
     Keyring,
@@ -129,7 +130,7 @@ def main() -> int:
         folder = workdir / "intents"
         shutil.copytree(ROOT / "intents", folder)
         engine = IntentEngine(IntentsSettings(folder=folder), Registry(home), cache=cache,
-                              keys=keys)
+                              keys=keys).start()
         reloads = []
         for n in range(3 if args.quick else 5):
             path = folder / "media.yaml"

@@ -43,8 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from assistant.settings import SttSettings, TtsSettings  # noqa: E402
-from assistant.stt import Transcriber  # noqa: E402
-from assistant.tts import Speaker  # noqa: E402
+from assistant.speech.stt import Transcriber  # noqa: E402
+from assistant.speech.tts import Speaker  # noqa: E402
 from bench.report import finish  # noqa: E402
 from cache import KeyBuilder, Keyring, MemoryTier, RedisTier, SqliteTier, TieredCache  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
@@ -73,11 +73,11 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
                         redis_tier=RedisTier(server.url, namer=keys.name),
                         sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False)
     try:
-        (speaker, tts_load) = timed(lambda: Speaker(TtsSettings(), cache=cache, keys=keys))
-        (transcriber, stt_load) = timed(lambda: Transcriber(SttSettings(), cache=cache, keys=keys))
-        raw_stt = Transcriber(SttSettings())  # no cache: every call runs the model
+        (speaker, tts_load) = timed(lambda: Speaker(TtsSettings(), cache=cache, keys=keys).start())
+        (transcriber, stt_load) = timed(lambda: Transcriber(SttSettings(), cache=cache, keys=keys).start())
+        raw_stt = Transcriber(SttSettings()).start()  # no cache: every call runs the model
         # Whisper's own 30 s window for every request: the baseline of the fitted window.
-        full_stt = Transcriber(SttSettings(short_window=False))
+        full_stt = Transcriber(SttSettings(short_window=False)).start()
 
         # Speech out, uncached: each sentence synthesised straight from the voice.
         speaker.synthesize(HOME_SENTENCES[0])  # warm-up

@@ -79,8 +79,8 @@ def make_redis_tier(url: str, names: KeyBuilder, clock: FakeClock | None = None,
                     cooldown: float = 0.5) -> RedisTier:
     breaker = CircuitBreaker(threshold=2, cooldown=cooldown)
     if clock is None:
-        return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker)
-    return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker, clock=clock)
+        return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker).start()
+    return RedisTier(url, namer=names.name, timeout=0.2, breaker=breaker, clock=clock).start()
 
 
 def make_cache(
@@ -95,7 +95,7 @@ def make_cache(
     listen: bool = False,
     cooldown: float = 0.5,
 ) -> TieredCache:
-    """A TieredCache over real tiers; ``None`` leaves a tier out."""
+    """A started TieredCache over real tiers; ``None`` leaves a tier out."""
     kwargs = {} if clock is None else {"clock": clock}
     return TieredCache(
         keyring=keyring,
@@ -106,7 +106,7 @@ def make_cache(
         listen=listen,
         listen_block=0.2,
         **kwargs,
-    )
+    ).start()
 
 
 @pytest.fixture
@@ -133,6 +133,6 @@ def llama() -> Iterator[Any]:
     """The packaged SmolLM2 model on llama.cpp, loaded once for the whole run."""
     from assistant.generation.llama_cpp import LlamaCppBackend
 
-    backend = LlamaCppBackend(threads=2)
+    backend = LlamaCppBackend(threads=2).start()
     yield backend
     backend.close()

@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from assistant.engine import IntentEngine
 from assistant.home import Registry, load_home
-from assistant.intents import IntentEngine
 from assistant.settings import IntentsSettings
 from cache import KeyBuilder, Keyring, MemoryTier, RedisTier, SqliteTier, TieredCache
 
@@ -24,10 +24,10 @@ def main() -> None:
     cache = TieredCache(keyring=keyring, memory=MemoryTier(1 << 22),
                         redis_tier=RedisTier(redis_url, namer=keys.name),
                         sqlite_tier=SqliteTier(db, flush_interval=0.01), listen=True,
-                        listen_block=0.2)
+                        listen_block=0.2).start()
     engine = IntentEngine(IntentsSettings(folder=folder),
                           Registry(load_home(ROOT / "configs" / "entities.yaml")),
-                          cache=cache, keys=keys)
+                          cache=cache, keys=keys).start()
     engine.watch()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

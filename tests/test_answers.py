@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
+from assistant.answers import NOT_UNDERSTOOD, Responder
+from assistant.engine import IntentEngine
 from assistant.generation import Generator
 from assistant.home import Registry
-from assistant.intents import IntentEngine
-from assistant.recognize import Match, builtin_intents
-from assistant.respond import NOT_UNDERSTOOD, Responder
+from assistant.recognition.library import builtin_intents
+from assistant.recognition.match import Match
 from assistant.settings import GeneratorSettings, IntentsSettings
-from assistant.templates import TemplateSet, load_templates
+from assistant.templates.loader import load_templates
+from assistant.templates.model import TemplateSet
 from cache import KeyBuilder, TieredCache
 from tests.test_respond import HOME
 
@@ -102,7 +104,7 @@ def test_an_unmatched_question_is_answered_by_the_model_per_user(
     generator = Generator(llama, GeneratorSettings(), cache=cache, keys=names)
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents", watch=False), Registry(HOME),
                           cache=cache, keys=names, responder=Responder(cache, names,
-                                                                       generator=generator))
+                                                                       generator=generator)).start()
     try:
         answer = engine.respond("What is the capital of France?", user="ann")
         assert answer.intent is None and "Paris" in answer.text
@@ -125,7 +127,7 @@ def test_an_unmatched_question_is_answered_by_the_model_per_user(
 def test_without_a_generator_unmatched_is_not_understood(cache: TieredCache,
                                                          names: KeyBuilder) -> None:
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents", watch=False), Registry(HOME),
-                          cache=cache, keys=names)
+                          cache=cache, keys=names).start()
     try:
         assert engine.respond("What is the capital of France?").text == NOT_UNDERSTOOD
     finally:
@@ -195,7 +197,7 @@ def test_a_part_that_reads_the_user_is_theirs_though_scope_is_shared(
         assert responder.answer(asked, template, HOME, user="bob").fragments[0].source == \
             "computed"
     # Nothing of theirs stays in the responder's memos, which forget cannot reach.
-    memos = repr(list(responder._prepared.keys())) + repr(list(responder._keys_made.keys()))
+    memos = repr(list(responder._prepared.keys())) + repr(list(responder.texts._keys_made.keys()))
     assert "ann" not in memos and "bob" not in memos
     cache.forget_user("ann")
     asked = Match("Greet", {}, "default", ())

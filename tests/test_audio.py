@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from assistant.audio import (
+from assistant.errors import AudioError
+from assistant.speech.audio import (
     TARGET_RATE,
     AudioLimits,
     PcmFormat,
@@ -17,7 +18,6 @@ from assistant.audio import (
     resample,
     wav_bytes,
 )
-from assistant.errors import AudioError
 
 LIMITS = AudioLimits()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.caching import open_cache
+from assistant.app import open_cache
 from assistant.settings import load_settings
 from tests.helpers import write_config
 from tests.servers import free_port
@@ -155,3 +155,66 @@ def test_ask_runs_the_whole_text_pipeline(config: Path) -> None:
     twice = json.loads(run(config, "ask", "What is the capital of France?", "--user", "ann",
                            "--json").stdout)
     assert twice["text"] == unmatched["text"] and twice["fragments"][0]["source"] == "l2"
+
+
+def test_rotate_key_refuses_to_generate_when_keys_come_from_a_credential(
+        config: Path, tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "assistant-master-key").write_text("1:" + "QUFB" * 10 + "QUE=\n")
+    result = run(config, "cache", "rotate-key", env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert result.returncode == 2 and "--no-generate" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_default_ttl_is_how_long_a_rendered_answer_lives(tmp_path: Path,
+                                                              redis_url: str) -> None:
+    import redis
+
+    config = write_config(tmp_path, redis_url, "[cache]\ndefault_ttl = 120\n")
+    asked = run(config, "ask", "turn off the kitchen light")
+    assert asked.returncode == 0, asked.stderr
+    raw = redis.Redis.from_url(redis_url)
+    ttls = [raw.pttl(key) for key in raw.scan_iter("v1:frag:*")]
+    raw.close()
+    assert ttls and all(0 < ttl <= 120_000 for ttl in ttls), ttls
+
+
+def test_an_error_is_one_line_and_its_cause_stays_in_the_log(config: Path,
+                                                              tmp_path: Path) -> None:
+    broken = tmp_path / "whisper"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"not a model")
+    (broken / "config.json").write_text("{}")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    extra = f'\n[stt]\nmodel = "{broken}"\n'
+    config.write_text(config.read_text() + extra)
+    plain = run(config, "transcribe", str(wav), "--no-cache")
+    assert plain.returncode == 2
+    assert plain.stderr.strip().count("\n") == 0  # one line for the person at the terminal
+    assert plain.stderr.startswith("error: cannot load the Whisper model")
+    verbose = run(config, "-v", "transcribe", str(wav), "--no-cache")
+    assert verbose.returncode == 2
+    assert "Traceback" in verbose.stderr and "The above exception was the direct cause" in \
+        verbose.stderr  # the model library's own error, kept for the operator
+
+
+def test_a_part_that_fails_to_start_stops_the_parts_started_before_it(config: Path,
+                                                                       tmp_path: Path) -> None:
+    import threading
+
+    from assistant.app import App
+    from assistant.errors import ConfigError
+
+    settings = load_settings(config)
+    settings.home.entities_file = tmp_path / "no-such-home.yaml"
+    before = {t.ident for t in threading.enumerate()}
+    app = App(settings)
+    with pytest.raises(ConfigError, match="no-such-home"):
+        app.start()
+    assert app.cache is not None and app.cache.sqlite is not None
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert left == []  # the cache's writer and event threads were stopped again
+    with pytest.raises(Exception, match="closed"):
+        app.cache.sqlite.get("v1:any:key")

@@ -17,10 +17,11 @@ from paho.mqtt.client import Client, ConnectFlags
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from assistant.discovery import DiscoveryError, DiscoveryListener, expand, parse, slug, state_of
 from assistant.home import Area, Entity, Floor, Home, Registry
-from assistant.mqtt import MqttUnavailable, connect_and_wait, make_client
+from assistant.home.discovery import DiscoveryError, expand, parse, slug, state_of
+from assistant.home.listener import DiscoveryListener
 from assistant.settings import HomeSettings, MqttSettings
+from assistant.transports.mqtt import MqttUnavailable, connect_and_wait, make_client
 from tests.servers import MosquittoServer, free_port
 
 # -- expand ------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def run_listener() -> Iterator[Callable[[Registry, MqttSettings, HomeSettings], 
 
     yield run
     for listener in started:
-        listener.stop()
+        listener.close()
 
 
 LIGHT = {
@@ -438,7 +439,7 @@ def test_listener_start_fails_without_a_broker(home_settings: HomeSettings) -> N
     with pytest.raises(MqttUnavailable):
         listener.start()
     assert not [t.name for t in threading.enumerate() if t.name == "discovery" or "nobody" in t.name]
-    listener.stop()  # harmless after a failed start
+    listener.close()  # harmless after a failed start
 
 
 def test_listener_restarts(
@@ -454,7 +455,7 @@ def test_listener_restarts(
     fan = lambda: registry.home.entities["fan.attic_fan"]  # noqa: E731
     wait_until(lambda: "fan.attic_fan" in registry.home.entities, "the fan")
     assert fan().area == "living_room"  # found by the area's alias
-    listener.stop()
+    listener.close()
     device.send("attic/state", "on", retain=True)
     listener.start()
     wait_until(lambda: fan().state == "on", "the fan's state after a restart")
@@ -516,8 +517,8 @@ def test_client_sockets_have_no_delay_and_on_connect_is_kept(mqtt: MqttSettings)
 
 
 def test_states_are_put_in_home_assistant_words() -> None:
-    from assistant.discovery import normalize_state
     from assistant.home import Entity
+    from assistant.home.discovery import normalize_state
 
     porch = Entity("light.porch", "Porch", attributes=MappingProxyType({"payload_on": "1",
                                                                         "payload_off": "0"}))
@@ -528,8 +529,22 @@ def test_states_are_put_in_home_assistant_words() -> None:
 
 
 def test_a_topic_mqtt_cannot_carry_is_refused_not_subscribed() -> None:
-    from assistant.discovery import DiscoveryError, parse
+    from assistant.home.discovery import DiscoveryError, parse
 
     config = b'{"name": "Bad", "stat_t": "bad/\\ud800", "cmd_t": "ok/set"}'
     with pytest.raises(DiscoveryError, match="state_topic"):
         parse("homeassistant/light/bad/config", config)
+
+
+def test_a_closed_listener_is_no_longer_told_about_the_home(
+    mqtt: MqttSettings, home_settings: HomeSettings,
+    run_listener: Callable[[Registry, MqttSettings, HomeSettings], DiscoveryListener],
+) -> None:
+    registry = make_registry()
+    listeners = len(registry._listeners)
+    listener = run_listener(registry, mqtt, home_settings)
+    assert len(registry._listeners) == listeners + 1
+    listener.close()
+    assert len(registry._listeners) == listeners
+    listener.start()
+    assert len(registry._listeners) == listeners + 1  # once again, not twice

@@ -16,11 +16,12 @@ import redis
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
 from assistant.generation import Generator, Request, open_backend
-from assistant.generation.base import strip_stop_texts, whole_sentences
+from assistant.generation.base import strip_stop_texts
 from assistant.generation.hailo import HailoBackend
 from assistant.generation.llama_cpp import LlamaCppBackend
 from assistant.generation.ollama import OllamaBackend
 from assistant.settings import GeneratorSettings
+from assistant.speech.sentences import whole_sentences
 from cache import GenerationKey, KeyBuilder, TieredCache
 from tests.standins import hailo_platform as hailo_standin
 from tests.standins.hailo_platform import genai as genai_standin
@@ -49,7 +50,7 @@ def test_llama_reports_versions_of_weights_and_tokenizer(llama: LlamaCppBackend)
     assert llama.model_id == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert len(llama.model_version) == 32 and len(llama.tokenizer_version) == 32
     assert llama.model_version != llama.tokenizer_version
-    again = LlamaCppBackend(threads=1, context=512)  # the digest is remembered, not redone
+    again = LlamaCppBackend(threads=1, context=512).start()  # the digest is remembered, not redone
     assert (again.model_version, again.tokenizer_version) == (llama.model_version,
                                                               llama.tokenizer_version)
     again.close()
@@ -66,7 +67,7 @@ def test_a_deterministic_request_is_generated_once(llama: LlamaCppBackend, cache
     # The model itself is deterministic at temperature 0 (the cache is not hiding that).
     llama.reset()
     direct = llama.complete(Request(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32),
-                            deadline=time.monotonic() + 30)
+                            deadline=time.monotonic() + 30, states=gen.states)
     assert strip_stop_texts(direct.text) == first.text
     # A seeded sampled request is cached too; an unseeded one never is.
     seeded = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600,
@@ -168,14 +169,14 @@ def test_the_system_prompt_state_is_saved_and_restored(llama: LlamaCppBackend,
                          max_tokens=32, ttl=600)
     assert third.completion is not None and third.completion.prefix == "l1"
     # The restored state gives exactly what evaluating the whole prompt gives.
-    plain = LlamaCppBackend(threads=2)
+    plain = LlamaCppBackend(threads=2).start()
     direct = plain.complete(Request(system_prompt=system, prompt="What is the capital of Italy?",
                                     max_tokens=32), deadline=time.monotonic() + 30)
     plain.close()
     assert strip_stop_texts(direct.text) == third.text
     # Kept in memory and on disk, never in Redis.
-    assert gen.backend.prefix_store is not None
-    key = gen.backend.prefix_store.key(llama, system, None)  # type: ignore[attr-defined]
+    assert gen.states is not None
+    key = gen.states.key(llama, system, None)
     raw = redis.Redis.from_url(redis_url)
     assert raw.exists(key) == 0
     raw.close()
@@ -189,7 +190,7 @@ def test_the_system_prompt_state_is_saved_and_restored(llama: LlamaCppBackend,
 def test_the_templates_literal_start_is_kept_with_the_system_prompt(
         llama: LlamaCppBackend, cache: TieredCache, names: KeyBuilder) -> None:
     gen = generator(llama, cache, names)
-    store = gen.backend.prefix_store
+    store = gen.states
     assert store is not None
     head = "In one short sentence, suggest what to wear outside when it is"
 
@@ -197,16 +198,17 @@ def test_the_templates_literal_start_is_kept_with_the_system_prompt(
         llama.reset()
         prepared = gen.prepare(system_prompt=SYSTEM, prompt=prompt, max_tokens=8,
                                prompt_head=head)
-        return llama.complete(prepared.request, deadline=time.monotonic() + 30, user=None)
+        return llama.complete(prepared.request, deadline=time.monotonic() + 30, user=None,
+                              states=store)
 
     assert ask(f"{head} rainy and 8 degrees.", head).prefix == "computed"
     assert ask(f"{head} sunny and 20 degrees.", head).prefix == "l1"
-    assert cache.get(store.key(llama, SYSTEM, None, head)) is not None  # type: ignore[attr-defined]
+    assert cache.get(store.key(llama, SYSTEM, None, head)) is not None
     # A head that the whole prompt tokenizes differently ("Sugg|est" inside "Suggestions")
     # falls back to the system prompt's own state.
     assert ask("Suggestions for a quick dinner, please.", "Sugg").prefix == "computed"
-    assert cache.get(store.key(llama, SYSTEM, None, "")) is not None  # type: ignore[attr-defined]
-    assert cache.get(store.key(llama, SYSTEM, None, "Sugg")) is None  # type: ignore[attr-defined]
+    assert cache.get(store.key(llama, SYSTEM, None, "")) is not None
+    assert cache.get(store.key(llama, SYSTEM, None, "Sugg")) is None
 
 
 def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cache: TieredCache,
@@ -219,7 +221,7 @@ def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cac
         # The model's words do not matter here, only where the state it started from came from.
         llama.reset()
         return llama.complete(prepared.request, deadline=time.monotonic() + 30,
-                              user="ann").prefix
+                              user="ann", states=gen.states).prefix
 
     assert ask() == "computed"
     assert ask() == "l1"
@@ -246,7 +248,7 @@ def test_hailo_glue_follows_the_documented_api(hailo: Path, cache: TieredCache,
                                                names: KeyBuilder,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(genai_standin, "LLM", genai_standin.OlderLLM)  # no saved contexts
-    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo), hailo=hailo_standin)
+    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo), hailo=hailo_standin).start()
     assert isinstance(backend, HailoBackend)
     gen = generator(backend, cache, names)
     first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
@@ -272,7 +274,7 @@ def test_hailo_glue_follows_the_documented_api(hailo: Path, cache: TieredCache,
 
 def test_hailo_saves_and_restores_the_system_prompt_context(hailo: Path, cache: TieredCache,
                                                             names: KeyBuilder) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names)
+    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names)
     gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
     again = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32, ttl=600)
     assert again.completion is not None and again.completion.prefix == "l1"
@@ -289,7 +291,7 @@ def test_hailo_saves_and_restores_the_system_prompt_context(hailo: Path, cache: 
 def test_hailo_timeout_gives_up_and_the_npu_stays_usable(hailo: Path, cache: TieredCache,
                                                         names: KeyBuilder,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names, timeout=0.05,
+    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names, timeout=0.05,
                     prefix_cache=False)
     monkeypatch.setattr(genai_standin, "delay", 0.3)
     with pytest.raises(GenerationTimeout):
@@ -304,7 +306,7 @@ def test_hailo_timeout_gives_up_and_the_npu_stays_usable(hailo: Path, cache: Tie
 def test_hailo_requests_given_up_on_are_not_run_later(hailo: Path, cache: TieredCache,
                                                        names: KeyBuilder,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names, timeout=0.05,
+    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names, timeout=0.05,
                     prefix_cache=False)
     monkeypatch.setattr(genai_standin, "delay", 0.3)
     for n in range(4):
@@ -325,7 +327,7 @@ def test_hailo_requests_given_up_on_are_not_run_later(hailo: Path, cache: Tiered
 def test_a_saved_hailo_context_that_does_not_load_is_made_again(
         hailo: Path, cache: TieredCache, names: KeyBuilder,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin), cache, names)
+    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names)
     gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
 
     def refuse(self: Any, data: bytes) -> None:
@@ -342,17 +344,17 @@ def test_auto_falls_back_to_the_cpu_without_a_hailo_10h(hailo: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO8L)
     backend = open_backend(GeneratorSettings(backend="auto", hef=hailo, context=512),
-                           hailo=hailo_standin)
+                           hailo=hailo_standin).start()
     assert isinstance(backend, LlamaCppBackend)
     backend.close()
     with pytest.raises(ConfigError, match="HAILO8L, which cannot run language models"):
-        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin)
+        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin).start()
     monkeypatch.setattr(hailo_standin, "ARCHITECTURE", None)
     with pytest.raises(ConfigError, match="no Hailo device"):
-        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin)
+        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin).start()
     with pytest.raises(ConfigError, match="does not exist"):
         open_backend(GeneratorSettings(backend="hailo", hef=hailo.with_suffix(".missing")),
-                     hailo=hailo_standin)
+                     hailo=hailo_standin).start()
 
 
 # -- Ollama, against a local server ----------------------------------------------------------
@@ -433,7 +435,7 @@ def ollama() -> Iterator[OllamaServer]:
 def test_ollama_backend_speaks_the_chat_api(ollama: OllamaServer, cache: TieredCache,
                                            names: KeyBuilder) -> None:
     backend = open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
-                                             ollama_model="qwen2:1.5b"))
+                                             ollama_model="qwen2:1.5b")).start()
     assert isinstance(backend, OllamaBackend)
     assert backend.model_version == "sha256:abc123"
     assert backend.tokenizer_version != backend.model_version
@@ -453,11 +455,11 @@ def test_ollama_backend_speaks_the_chat_api(ollama: OllamaServer, cache: TieredC
 def test_ollama_new_model_build_new_key_and_timeouts(ollama: OllamaServer, cache: TieredCache,
                                                      names: KeyBuilder) -> None:
     settings = {"backend": "ollama", "ollama_url": ollama.url, "ollama_model": "qwen2:1.5b"}
-    gen = generator(open_backend(GeneratorSettings(**settings)), cache, names)
+    gen = generator(open_backend(GeneratorSettings(**settings)).start(), cache, names)
     gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)
     ollama.digest = "sha256:def456"  # the model was pulled again
     ollama.answer = "Paris is the capital of France."
-    rolled = generator(open_backend(GeneratorSettings(**settings)), cache, names)
+    rolled = generator(open_backend(GeneratorSettings(**settings)).start(), cache, names)
     assert rolled.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24,
                            ttl=600).text == "Paris is the capital of France."
     ollama.delay = 0.5
@@ -466,10 +468,10 @@ def test_ollama_new_model_build_new_key_and_timeouts(ollama: OllamaServer, cache
         hasty.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=24, ttl=600)
     with pytest.raises(ConfigError, match=r"did not answer about 'missing:7b'"):
         open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
-                                       ollama_model="missing:7b"))
+                                       ollama_model="missing:7b")).start()
     with pytest.raises(ConfigError):
         open_backend(GeneratorSettings(backend="ollama", ollama_url="http://127.0.0.1:9",
-                                       ollama_model="qwen2:1.5b"))
+                                       ollama_model="qwen2:1.5b")).start()
 
 
 def test_ollama_notices_a_model_pulled_again_while_running(
@@ -479,7 +481,7 @@ def test_ollama_notices_a_model_pulled_again_while_running(
 
     monkeypatch.setattr(assistant.generation.ollama, "RECHECK_SECONDS", 0.0)
     gen = generator(open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
-                                                   ollama_model="qwen2:1.5b")), cache, names)
+                                                   ollama_model="qwen2:1.5b")).start(), cache, names)
     first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)
     ollama.digest = "sha256:fresh"
     ollama.answer = "Paris, of course."
@@ -492,7 +494,7 @@ def test_ollama_notices_a_model_pulled_again_while_running(
 def test_ollama_reply_cut_off_is_a_generation_error(ollama: OllamaServer, cache: TieredCache,
                                                     names: KeyBuilder) -> None:
     gen = generator(open_backend(GeneratorSettings(backend="ollama", ollama_url=ollama.url,
-                                                   ollama_model="qwen2:1.5b")), cache, names)
+                                                   ollama_model="qwen2:1.5b")).start(), cache, names)
     ollama.broken = True
     with pytest.raises(GenerationError):
         gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=24, ttl=600)

@@ -6,15 +6,17 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from assistant.engine import IntentEngine
 from assistant.home import Registry, load_home
-from assistant.intents import IntentEngine
 from assistant.settings import IntentsSettings
+from assistant.templates.reload import RELOAD
 from cache import KeyBuilder, Keyring, TieredCache
 from tests import helpers
 from tests.conftest import make_cache
@@ -49,7 +51,7 @@ def engine(folder: Path, registry: Registry, cache: TieredCache,
            names: KeyBuilder) -> Iterator[IntentEngine]:
     errors: list[str] = []
     engine = IntentEngine(IntentsSettings(folder=folder), registry, cache=cache, keys=names,
-                          on_error=errors.append)
+                          on_error=errors.append).start()
     engine.errors = errors  # type: ignore[attr-defined]
     yield engine
     engine.close()
@@ -200,6 +202,53 @@ def test_free_text_is_not_kept_in_the_recognizers_memory(engine: IntentEngine,
     engine.reload()
     engine.respond("remember the safe code is 1234", user="alice")
     engine.respond("never mind")
-    seen = engine._recognizer._seen
+    seen = engine.recognizer._seen
     assert all("1234" not in text for text, _area in seen)
     assert any(text == "never mind" for text, _area in seen)
+
+
+def test_the_version_record_outlives_the_cache_policies(folder: Path, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    # Shared items may live one second here: a record kept as a cache item would be gone by
+    # the second reload, and the edit's cached answers left unpurged.
+    config = write_config(tmp_path, redis_url, f'[intents]\nfolder = "{folder}"\n'
+                                               "[privacy.shared]\nmax_ttl = 1")
+
+    def reload() -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-m", "assistant", "--config", str(config),
+                               "intents", "reload"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    reload()
+    assert json.loads((tmp_path / "intent-versions.json").read_text())["HassMediaPause"]
+    time.sleep(1.5)
+    _edit(folder / "media.yaml", '"Paused."', '"Paused it."')
+    assert list(reload()["purged"]) == ["HassMediaPause"]  # type: ignore[call-overload]
+
+
+def test_announced_reloads_run_on_the_engines_own_worker(
+        engine: IntentEngine, cache: TieredCache, keyring: Keyring, names: KeyBuilder,
+        redis_url: str, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.settle()  # the engine's worker exists from here on
+    other = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                       db=tmp_path / "other.db")
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        _edit(folder / "info.yaml", '- text: "Okay."', '- text: "As you wish."')
+        for _ in range(5):
+            assert other.announce(RELOAD, str(folder))
+        until(lambda: engine.respond("never mind").text == "As you wish.")
+        engine.settle()
+        assert started == []  # no thread per announcement
+    finally:
+        monkeypatch.undo()
+        other.close()

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from assistant.home import Area, Entity, Floor, Home, Registry
-from assistant.recognize import Recognizer, builtin_intents
-from assistant.templates import TemplateSet, load_templates
+from assistant.recognition.library import builtin_intents
+from assistant.recognition.recognizer import Recognizer
+from assistant.templates.loader import load_templates
+from assistant.templates.model import TemplateSet
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,13 @@ from types import MappingProxyType
 
 import pytest
 
+from assistant.answers import NOT_UNDERSTOOD, PlannedAction, Responder
 from assistant.home import Area, Entity, Home
-from assistant.recognize import Match, Slot, builtin_intents
-from assistant.respond import NOT_UNDERSTOOD, PlannedAction, Responder, join_fragments
-from assistant.templates import TemplateSet, load_file, load_templates
+from assistant.recognition.library import builtin_intents
+from assistant.recognition.match import Match, Slot
+from assistant.speech.sentences import join_sentences as join_fragments
+from assistant.templates.loader import load_file, load_templates
+from assistant.templates.model import TemplateSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,13 +171,13 @@ def test_no_match_is_not_understood(responder: Responder, templates: TemplateSet
     ("are all the lights off", "No, the Ceiling Light is not off."),
 ])
 def test_questions_about_several_entities(sentence: str, expected: str) -> None:
+    from assistant.engine import IntentEngine
     from assistant.home import Registry, load_home
-    from assistant.intents import IntentEngine
     from assistant.settings import IntentsSettings
 
     registry = Registry(load_home(ROOT / "configs" / "entities.yaml"))
     registry.set_state("light.ceiling", "on")
-    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"), registry)
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"), registry).start()
     try:
         assert engine.respond(sentence).text == expected
     finally:
@@ -182,9 +185,9 @@ def test_questions_about_several_entities(sentence: str, expected: str) -> None:
 
 
 def test_a_name_shared_by_two_entities_is_asked_about_not_guessed() -> None:
+    from assistant.answers import Responder
     from assistant.home import Area, Entity, Home
-    from assistant.recognize import Match, Slot
-    from assistant.respond import Responder
+    from assistant.recognition.match import Match, Slot
 
     home = Home(areas={"a": Area("a", "Attic"), "b": Area("b", "Bedroom")})
     lamps = (Entity("light.l1", "Lamp", area="a", command_topic="x/1"),

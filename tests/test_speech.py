@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.audio import PcmFormat, resample, wav_bytes
 from assistant.errors import AudioError
 from assistant.settings import SttSettings, TtsSettings
-from assistant.stt import Transcriber
-from assistant.tts import Speaker, SpeechError, split_sentences
+from assistant.speech.audio import PcmFormat, resample, wav_bytes
+from assistant.speech.sentences import split_sentences
+from assistant.speech.stt import Transcriber
+from assistant.speech.tts import Speaker, SpeechError
 from cache import KeyBuilder, Keyring, PolicyBook, PrivacyPolicy, TieredCache
 from tests.conftest import make_cache
 from tests.servers import RedisServer
@@ -42,12 +43,12 @@ def cache(redis_server: RedisServer, keyring: Keyring,
 
 @pytest.fixture(scope="module")
 def speaker(cache: tuple[TieredCache, KeyBuilder]) -> Speaker:
-    return Speaker(TtsSettings(**STEADY_VOICE), cache=cache[0], keys=cache[1])
+    return Speaker(TtsSettings(**STEADY_VOICE), cache=cache[0], keys=cache[1]).start()
 
 
 @pytest.fixture(scope="module")
 def transcriber(cache: tuple[TieredCache, KeyBuilder]) -> Transcriber:
-    return Transcriber(SttSettings(), cache=cache[0], keys=cache[1])
+    return Transcriber(SttSettings(), cache=cache[0], keys=cache[1]).start()
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_bad_audio_gets_its_code_and_nothing_else_is_affected(
         data: bytes, fmt: PcmFormat | None, code: str, transcriber: Transcriber,
         spoken: list[bytes], cache: tuple[TieredCache, KeyBuilder]) -> None:
     tiered, keys = cache
-    small = Transcriber(SttSettings(max_bytes=512 * 1024), cache=tiered, keys=keys) \
+    small = Transcriber(SttSettings(max_bytes=512 * 1024), cache=tiered, keys=keys).start() \
         if code == "too_large" else transcriber
     decoded = small.decoded
     with pytest.raises(AudioError) as caught:
@@ -210,14 +211,14 @@ def test_models_come_from_configured_paths(tmp_path: Path) -> None:
     from assistant.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not exist"):
-        Transcriber(SttSettings(model=tmp_path / "nowhere"))
+        Transcriber(SttSettings(model=tmp_path / "nowhere")).start()
     with pytest.raises(ConfigError, match="does not exist"):
-        Speaker(TtsSettings(voice=tmp_path / "nowhere.onnx"))
+        Speaker(TtsSettings(voice=tmp_path / "nowhere.onnx")).start()
 
 
 def test_the_fitted_window_hears_what_the_full_window_hears(
         spoken: list[bytes], transcriber: Transcriber) -> None:
-    full = Transcriber(SttSettings(short_window=False))
+    full = Transcriber(SttSettings(short_window=False)).start()
     for wav in spoken[:4]:
         assert wer([full.transcribe(wav).text], [transcriber.transcribe(wav).text]) == 0
 
@@ -225,18 +226,19 @@ def test_the_fitted_window_hears_what_the_full_window_hears(
 def test_an_unreliable_fitted_result_is_done_the_usual_way(
         spoken: list[bytes], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    import assistant.stt
+    import assistant.speech.whisper_window
 
-    plain = Transcriber(SttSettings())
-    monkeypatch.setattr(assistant.stt, "_MAX_COMPRESSION", 0.0)  # every result looks repetitive
-    with caplog.at_level("INFO", logger="assistant.stt"):
+    plain = Transcriber(SttSettings()).start()
+    # every result looks repetitive:
+    monkeypatch.setattr(assistant.speech.whisper_window, "MAX_COMPRESSION", 0.0)
+    with caplog.at_level("INFO", logger="assistant.speech.stt"):
         heard = plain.transcribe(spoken[1]).text
     assert "transcribing the usual way" in caplog.text
     assert wer([HOME_SENTENCES[1]], [heard]) <= 0.15, heard
 
 
 def test_a_transcript_that_loops_is_recognised() -> None:
-    from assistant.stt import repeats_itself
+    from assistant.speech.whisper_window import repeats_itself
 
     assert repeats_itself("Turn off the lights in the living room. "
                           "Turn off the lights in the living room.")
@@ -244,3 +246,33 @@ def test_a_transcript_that_loops_is_recognised() -> None:
     assert not repeats_itself("Turn on the kitchen light.")
     assert not repeats_itself("no no no, not that one")
     assert not repeats_itself("It is what it is.")
+
+
+def test_faster_whisper_still_has_what_the_fitted_window_uses(
+        transcriber: Transcriber) -> None:
+    # The fitted window reaches into faster-whisper's internals: a faster-whisper outside
+    # the pinned range, or one that moved them, must fail here, loudly, not slow down quietly.
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    from assistant.speech.whisper_window import KNOWN_VERSIONS, check_internals, installed_version
+
+    pinned = next(Requirement(r) for r in distribution("edge-assistant").requires or ()
+                  if Requirement(r).name == "faster-whisper")
+    assert sorted(str(s) for s in pinned.specifier) == sorted(KNOWN_VERSIONS)
+    assert pinned.specifier.contains(installed_version())
+    assert check_internals(transcriber._model) == []
+    assert transcriber.fitted_window
+
+
+def test_without_those_internals_short_requests_take_the_usual_way(
+        spoken: list[bytes], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import assistant.speech.whisper_window as window
+
+    monkeypatch.setattr(window, "check_internals", lambda model: ["hf_tokenizer"])
+    with caplog.at_level("WARNING", logger="assistant.speech.stt"):
+        plain = Transcriber(SttSettings()).start()
+    assert not plain.fitted_window and "lacks hf_tokenizer" in caplog.text
+    assert wer([HOME_SENTENCES[0]], [plain.transcribe(spoken[0]).text]) <= 0.15

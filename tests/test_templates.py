@@ -12,11 +12,15 @@ import jinja2
 import pytest
 from jinja2.exceptions import SecurityError
 
+from assistant.answers import Responder
 from assistant.errors import TemplateError
 from assistant.home import Area, Entity, Home
-from assistant.recognize import Match, Recognizer, Slot, builtin_intents
-from assistant.respond import Responder
-from assistant.templates import IntentTemplate, load_file, load_templates, make_environment
+from assistant.recognition.library import builtin_intents
+from assistant.recognition.match import Match, Slot
+from assistant.recognition.recognizer import Recognizer
+from assistant.templates.loader import load_file, load_templates
+from assistant.templates.model import IntentTemplate
+from assistant.templates.sandbox import make_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,18 +8,18 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-from assistant.generation.base import Backend, Completion, Request
+from assistant.generation.base import Backend, Completion, PrefixStore, Request
 from assistant.generation.generator import Generated, Generator, PrefixCache
 from assistant.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "Completion", "Generated", "Generator", "PrefixCache", "Request",
-           "open_backend"]
+__all__ = ["Backend", "Completion", "Generated", "Generator", "PrefixCache", "PrefixStore",
+           "Request", "open_backend"]
 
 
 def open_backend(settings: GeneratorSettings, *, hailo: ModuleType | None = None) -> Backend:
-    """The configured backend, loaded.
+    """The configured backend (not yet started: :meth:`Backend.start` loads it).
 
     ``auto`` takes the Hailo-10H when ``hailo_platform``, a Hailo-10H and a configured
     ``.hef`` are all present, else llama.cpp on the CPU. ``hailo``: the ``hailo_platform``

@@ -1,17 +1,14 @@
-"""What every generation backend offers, and the text clean-up they share."""
+"""What every generation backend offers: the request, the completion, the class they share."""
 
 from __future__ import annotations
 
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 STOP_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<|im_start|>")
 """Chat-template markers a model may write out as text; never part of an answer."""
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +72,32 @@ class PrefixStore(Protocol):
 
 
 class Backend(ABC):
-    """A language model behind one small interface; every method is thread-safe."""
+    """A language model behind one small interface; every method is thread-safe.
+
+    The constructor stores the configuration; :meth:`start` loads the model (and fills in
+    the versions), :meth:`close` releases it.
+    """
 
     name: ClassVar[str]
     """``llama_cpp``, ``hailo`` or ``ollama``."""
 
-    def __init__(self, model_id: str, model_version: str, tokenizer_version: str) -> None:
+    def __init__(self, model_id: str = "") -> None:
         self.model_id = model_id
         """The model as configured (file name or model tag)."""
-        self.model_version = model_version
+        self.model_version = ""
         """A content hash of the weights, or what the server reports: in every cache key."""
-        self.tokenizer_version = tokenizer_version
+        self.tokenizer_version = ""
         """The tokenizer's identity: in every cache key."""
-        self.prefix_store: PrefixStore | None = None
-        """Where states after system prompts are kept (set by the generator)."""
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Load the model; :class:`~assistant.errors.ConfigError` when it cannot be."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def state_format(self) -> str:
@@ -96,11 +105,12 @@ class Backend(ABC):
         return ""
 
     @abstractmethod
-    def complete(self, request: Request, *, deadline: float,
-                 user: str | None = None) -> Completion:
+    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+                 states: PrefixStore | None = None) -> Completion:
         """Generate for ``request`` by ``deadline`` (``time.monotonic()``).
 
         ``user``: whose request it is (a saved state of a personal system prompt is theirs).
+        ``states``: where states after system prompts are kept (``None``: none are).
         Raises :class:`~assistant.errors.GenerationTimeout` after the deadline and
         :class:`~assistant.errors.GenerationError` on any failure.
         """
@@ -127,12 +137,6 @@ def strip_stop_texts(text: str) -> str:
         if at >= 0:
             text = text[:at]
     return text.strip()
-
-
-def whole_sentences(text: str) -> str:
-    """``text`` up to the end of its last complete sentence ("" if it has none)."""
-    ends = list(_SENTENCE_END.finditer(text))
-    return text[: ends[-1].end()].strip() if ends else ""
 
 
 def remaining(deadline: float) -> float:

@@ -18,11 +18,13 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Self
 
 from assistant.errors import GenerationError
-from assistant.generation.base import Backend, Completion, Request, whole_sentences
+from assistant.generation.base import Backend, Completion, Request
 from assistant.settings import GeneratorSettings
-from cache import GenerationKey, KeyBuilder, NonDeterministicError, TieredCache
+from assistant.speech.sentences import whole_sentences
+from cache import GenerationKey, KeyBuilder, NonDeterministicError, TieredCache, scope_of
 
 GEN_TAG = "gen"
 """Every cached generated part carries it: ``assistant cache purge --tag gen`` drops them."""
@@ -43,8 +45,7 @@ class PrefixCache:
         """One key per model build, state format, system prompt, prompt head and owner."""
         return self.keys.key("prefix", backend.name, backend.model_version, backend.state_format,
                              hashlib.sha256(system_prompt.encode()).digest(),
-                             hashlib.sha256(head.encode()).digest(),
-                             "shared" if user is None else f"user:{user}")
+                             hashlib.sha256(head.encode()).digest(), scope_of(user))
 
     def load(self, backend: Backend, system_prompt: str, user: str | None,
              head: str = "") -> tuple[bytes, str] | None:
@@ -104,13 +105,26 @@ class Generator:
         self.keys = keys
         self.calls = 0
         """Requests that reached the model (cache hits do not count)."""
-        if cache is not None and keys is not None and settings.prefix_cache:
-            backend.prefix_store = PrefixCache(cache, keys, settings)
+        self.states = PrefixCache(cache, keys, settings) if (
+            cache is not None and keys is not None and settings.prefix_cache) else None
+        """Where the model's states after system prompts are kept (``None``: not kept)."""
+
+    def start(self) -> Self:
+        """Load the model."""
+        self.backend.start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run(self, request: Request, user: str | None) -> tuple[str, Completion]:
         self.calls += 1
         completion = self.backend.complete(
-            request, deadline=time.monotonic() + self.settings.timeout, user=user)
+            request, deadline=time.monotonic() + self.settings.timeout, user=user,
+            states=self.states)
         text = completion.text
         if completion.finish == "length":
             text = whole_sentences(text)
@@ -132,7 +146,7 @@ class Generator:
         """The request and its cache key (None when it is not reproducible, or no cache).
 
         Depends only on its arguments and the backend's versions, so a caller may keep it
-        for the same arguments (see :class:`~assistant.respond.Responder`).
+        for the same arguments (see :class:`~assistant.answers.Responder`).
         """
         request = Request(system_prompt=system_prompt, prompt=prompt, max_tokens=max_tokens,
                           temperature=temperature, top_p=self.settings.top_p,
@@ -150,7 +164,7 @@ class Generator:
                     template_version=template_version, system_prompt=system_prompt,
                     prompt=prompt, temperature=temperature, top_p=request.top_p,
                     top_k=request.top_k, max_tokens=max_tokens, seed=seed,
-                    scope="shared" if user is None else f"user:{user}"))
+                    scope=scope_of(user)))
             except NonDeterministicError:
                 key = None  # sampled without a seed: never cached
         return Prepared(request, key, user, version)

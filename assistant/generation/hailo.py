@@ -25,11 +25,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
-from assistant.models import model_version
+from assistant.generation.base import (
+    Backend,
+    Completion,
+    PrefixStore,
+    Request,
+    remaining,
+    strip_stop_texts,
+)
+from assistant.model_files import model_version
+from assistant.speech.sentences import ends_sentence
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +98,39 @@ class HailoBackend(Backend):
     name = "hailo"
 
     def __init__(self, hef: Path, *, platform: ModuleType | None = None) -> None:
-        """Open the device and load ``hef``.
+        """``hef``: the compiled model; ``platform``: the ``hailo_platform`` module (a
+        stand-in in tests; no NPU is here)."""
+        super().__init__(hef.name)
+        self._hef = hef
+        self._platform = platform
+        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+        self._vdevice: Any = None
+        self._llm: Any = None
+        self._saves = False
+        self._runtime = "unknown"
 
-        ``platform``: the ``hailo_platform`` module (a stand-in in tests; no NPU is here).
-        """
-        module = _platform(platform)
+    def start(self) -> Self:
+        """Open the device and load the model."""
+        if self._llm is not None:
+            return self
+        module = _platform(self._platform)
         genai = getattr(module, "genai", None) or importlib.import_module(
             f"{module.__name__}.genai")
+        hef = self._hef
         if not hef.is_file():
             raise ConfigError(f"the Hailo model {hef} does not exist")
         version = model_version([hef])
-        super().__init__(hef.name, version, version)  # the tokenizer is compiled into the HEF
         try:
             self._vdevice = module.VDevice()
             self._llm = genai.LLM(self._vdevice, str(hef))
-        except Exception as error:  # noqa: BLE001 - a driver error of any kind
-            raise ConfigError(f"cannot load {hef} on the Hailo device: {error}") from None
-        self._lock = threading.Lock()
+        except Exception as error:
+            raise ConfigError(f"cannot load {hef} on the Hailo device: {error}") from error
+        self.model_version = self.tokenizer_version = version  # the tokenizer is in the HEF
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hailo")
         self._saves = hasattr(self._llm, "save_context") and hasattr(self._llm, "load_context")
         self._runtime = str(getattr(module, "__version__", "unknown"))
+        return self
 
     @property
     def state_format(self) -> str:
@@ -135,12 +156,13 @@ class HailoBackend(Backend):
             self._llm.clear_context()
             return False
 
-    def _run(self, request: Request, user: str | None, deadline: float) -> tuple[str, str]:
+    def _run(self, request: Request, user: str | None, deadline: float,
+             states: PrefixStore | None) -> tuple[str, str]:
         with self._lock:
             if time.monotonic() > deadline:  # given up on while it waited: do not run it
                 raise GenerationTimeout("the request's deadline passed while it waited")
             self._llm.clear_context()  # each request is independent
-            store = self.prefix_store if self._saves else None
+            store = states if self._saves else None
             if store is None:
                 return self._generate(request.messages(), request, request.max_tokens), "off"
             system = [{"role": "system", "content": request.system_prompt}]
@@ -155,10 +177,13 @@ class HailoBackend(Backend):
             user_turn = [{"role": "user", "content": request.prompt}]
             return self._generate(user_turn, request, request.max_tokens), source
 
-    def complete(self, request: Request, *, deadline: float,
-                 user: str | None = None) -> Completion:
+    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+                 states: PrefixStore | None = None) -> Completion:
+        if self._worker is None:
+            raise GenerationError("the Hailo model is not loaded")
         started = time.perf_counter()
-        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user, deadline)
+        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user, deadline,
+                                                              states)
         try:
             text, prefix = future.result(timeout=remaining(deadline))
         except FutureTimeout:
@@ -169,18 +194,21 @@ class HailoBackend(Backend):
             raise GenerationTimeout("the NPU did not answer in time") from None
         except GenerationTimeout:
             raise
-        except Exception as error:  # noqa: BLE001 - any driver error
-            raise GenerationError(f"hailo generation failed: {error}") from None
+        except Exception as error:  # any driver error
+            raise GenerationError(f"hailo generation failed: {error}") from error
         clean = strip_stop_texts(text)
         # generate_all does not say why it stopped: text that ends mid-sentence was cut off.
-        finish = "stop" if clean.endswith((".", "!", "?")) else "length"
+        finish = "stop" if ends_sentence(clean) else "length"
         return Completion(text=clean, finish=finish, tokens=len(clean.split()),
                           seconds=time.perf_counter() - started, prefix=prefix)
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
         with self._lock:
             for thing in (self._llm, self._vdevice):
                 release: Any = getattr(thing, "release", None)
                 if release is not None:
                     release()
+            self._llm = self._vdevice = None

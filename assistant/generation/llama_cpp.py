@@ -17,11 +17,18 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
-from assistant.models import cpu_threads, model_version, package_folder
+from assistant.generation.base import (
+    Backend,
+    Completion,
+    PrefixStore,
+    Request,
+    remaining,
+    strip_stop_texts,
+)
+from assistant.model_files import cpu_threads, model_version, package_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +51,50 @@ class LlamaCppBackend(Backend):
     name = "llama_cpp"
 
     def __init__(self, path: Path | None = None, *, threads: int = 0, context: int = 2048) -> None:
-        """Load the model (once).
-
+        """
         Args:
             path: a GGUF file (default: :func:`default_model`).
             threads: CPU threads (0: every core available).
             context: context size in tokens.
         """
-        import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        path = path or default_model()
-        if not path.is_file():
-            raise ConfigError(f"model file {path} does not exist")
-        try:
-            llm = llama_cpp.Llama(str(path), n_ctx=context, n_threads=threads or cpu_threads(),
-                                  verbose=False)
-        except (ValueError, RuntimeError) as error:
-            raise ConfigError(f"cannot load the model {path}: {error}") from None
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ConfigError(f"{path} has no chat template")
-        super().__init__(path.name, model_version([path]), self._vocabulary_hash(llm))
-        self._llm: Any = llm  # typed loosely: its stubs type streamed chunks as a union
-        self._llama_cpp: Any = llama_cpp
-        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
-        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
-        self._format: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        super().__init__(path.name if path is not None else "")
+        self._path = path
+        self._threads = threads
         self._context = context
         self._lock = threading.Lock()
         self._prefixes: OrderedDict[tuple[str, str], list[int] | None] = OrderedDict()
+        self._llm: Any = None  # typed loosely: its stubs type streamed chunks as a union
+        self._llama_cpp: Any = None
+        self._format: Any = None
+
+    def start(self) -> Self:
+        """Load the model (once)."""
+        if self._llm is not None:
+            return self
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        path = self._path or default_model()
+        if not path.is_file():
+            raise ConfigError(f"model file {path} does not exist")
+        try:
+            llm = llama_cpp.Llama(str(path), n_ctx=self._context,
+                                  n_threads=self._threads or cpu_threads(), verbose=False)
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(f"cannot load the model {path}: {error}") from error
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            llm.close()
+            raise ConfigError(f"{path} has no chat template")
+        self.model_id = path.name
+        self.model_version = model_version([path])
+        self.tokenizer_version = self._vocabulary_hash(llm)
+        self._llama_cpp = llama_cpp
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+        self._format = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._llm = llm
+        return self
 
     @staticmethod
     def _vocabulary_hash(llm: Any) -> str:
@@ -138,9 +159,9 @@ class LlamaCppBackend(Backend):
             llm._requires_eval = True
         return True
 
-    def _prepare(self, request: Request, tokens: list[int], user: str | None) -> str:
+    def _prepare(self, request: Request, tokens: list[int], user: str | None,
+                 store: PrefixStore | None) -> str:
         """Put the saved state of the prompt's start in the model; where it came from."""
-        store = self.prefix_store
         llm = self._llm
         if store is None:
             llm.reset()  # the whole prompt from scratch, in the same batches every time
@@ -169,8 +190,10 @@ class LlamaCppBackend(Backend):
         store.save(self, system, user, self._snapshot(), head)
         return "computed"
 
-    def complete(self, request: Request, *, deadline: float,
-                 user: str | None = None) -> Completion:
+    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+                 states: PrefixStore | None = None) -> Completion:
+        if self._llm is None:
+            raise GenerationError("the model is not loaded")
         started = time.perf_counter()
         if not self._lock.acquire(timeout=remaining(deadline)):
             raise GenerationTimeout("the model stayed busy with other requests past the deadline")
@@ -184,7 +207,7 @@ class LlamaCppBackend(Backend):
                 if len(tokens) + request.max_tokens > self._context:
                     raise GenerationError(f"the prompt ({len(tokens)} tokens) and answer do not "
                                           f"fit the context of {self._context} tokens")
-                prefix = self._prepare(request, tokens, user)
+                prefix = self._prepare(request, tokens, user, states)
                 if time.monotonic() > deadline:
                     raise GenerationTimeout("the deadline passed while the system prompt was "
                                             "read")
@@ -210,10 +233,10 @@ class LlamaCppBackend(Backend):
                                                 "tokens")
             except GenerationError:
                 raise
-            except Exception as error:  # noqa: BLE001 - any failure gives the fallback
+            except Exception as error:  # any failure gives the fallback
                 self._llm.reset()
                 raise GenerationError(f"llama.cpp failed: {type(error).__name__}: {error}"
-                                      ) from None
+                                      ) from error
         finally:
             self._lock.release()
         return Completion(text=strip_stop_texts("".join(parts)), finish=finish, tokens=count,
@@ -222,8 +245,11 @@ class LlamaCppBackend(Backend):
 
     def reset(self) -> None:
         with self._lock:
-            self._llm.reset()
+            if self._llm is not None:
+                self._llm.reset()
 
     def close(self) -> None:
         with self._lock:
-            self._llm.close()
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None

@@ -18,10 +18,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import Backend, Completion, Request, remaining, strip_stop_texts
+from assistant.generation.base import (
+    Backend,
+    Completion,
+    PrefixStore,
+    Request,
+    remaining,
+    strip_stop_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +46,25 @@ class OllamaBackend(Backend):
     name = "ollama"
 
     def __init__(self, url: str, model: str, *, timeout: float = 5.0) -> None:
-        """Ask the server about ``model``; :class:`ConfigError` if it cannot be reached or
-        does not have it."""
+        """``url``: the server; ``model``: its model tag; ``timeout``: seconds to wait for
+        the server's answers about the model."""
+        super().__init__(model)
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self._listed = False
+        self._checked = 0.0
+        self._check_lock = threading.Lock()
+
+    def start(self) -> Self:
+        """Ask the server about the model; :class:`ConfigError` if it cannot be reached or
+        does not have it."""
+        model = self.model_id
         try:
-            tags = self._call("GET", "/api/tags", None, timeout)
-            show = self._call("POST", "/api/show", {"model": model}, timeout)
+            tags = self._call("GET", "/api/tags", None, self._timeout)
+            show = self._call("POST", "/api/show", {"model": model}, self._timeout)
         except GenerationError as error:
             raise ConfigError(f"the model server at {self.url} did not answer about {model!r}: "
-                              f"{error}") from None
+                              f"{error}") from error
         digest = self._digest_in(tags, model)
         if digest is None and not show:
             raise ConfigError(f"the model server at {self.url} does not have {model!r}")
@@ -57,10 +73,11 @@ class OllamaBackend(Backend):
                                       "model_info", "modified_at")})
         info = show.get("model_info") or {}
         tokenizer = {k: v for k, v in info.items() if k.startswith("tokenizer.")}
-        super().__init__(model, version, _digest(tokenizer) if tokenizer else version)
+        self.model_version = version
+        self.tokenizer_version = _digest(tokenizer) if tokenizer else version
         self._listed = digest is not None
         self._checked = time.monotonic()
-        self._check_lock = threading.Lock()
+        return self
 
     @staticmethod
     def _digest_in(tags: dict[str, Any], model: str) -> str | None:
@@ -101,18 +118,18 @@ class OllamaBackend(Backend):
             raise GenerationTimeout(f"{path} did not answer within {timeout:.1f} s") from None
         except urllib.error.HTTPError as error:
             detail = error.read(300).decode("utf-8", "replace")
-            raise GenerationError(f"{path}: HTTP {error.code} {detail}") from None
+            raise GenerationError(f"{path}: HTTP {error.code} {detail}") from error
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
                 raise GenerationTimeout(f"{path} did not answer within {timeout:.1f} s") from None
-            raise GenerationError(f"{path}: {type(reason).__name__}: {reason}") from None
+            raise GenerationError(f"{path}: {type(reason).__name__}: {reason}") from error
         if not isinstance(payload, dict):
             raise GenerationError(f"{path}: the answer is not a JSON object")
         return payload
 
-    def complete(self, request: Request, *, deadline: float,
-                 user: str | None = None) -> Completion:
+    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+                 states: PrefixStore | None = None) -> Completion:
         started = time.perf_counter()
         left = remaining(deadline)
         if left <= 0:

@@ -1,19 +1,16 @@
 """Speech to text: faster-whisper, with transcripts cached by the audio's hash.
 
-Whisper reads audio in fixed 30-second windows; a spoken command lasts one to three
-seconds, so most of the encoder's work is on padding (about 0.4 s of the 0.55 s a
-1.3-second command costs on two cores). Audio up to :data:`SHORT_AUDIO_SECONDS` long is
-therefore encoded in a window fitted to it (at least :data:`MIN_WINDOW_FRAMES`, 10 s, below
-which tiny.en starts to repeat itself) and decoded greedily or with the configured beam by
-the same CTranslate2 model; a result that looks unreliable (too repetitive, or cut off at
-the token limit) is done again the usual way, as is all longer audio. With
-``short_window = false`` every request takes the usual way.
+Audio up to :data:`SHORT_AUDIO_SECONDS` long (after VAD trims the silence around the
+speech) is encoded in a window fitted to it (:mod:`assistant.speech.whisper_window`); a
+result that looks unreliable (too repetitive, or cut off at the token limit) is done again
+the usual way, as is all longer audio. With ``short_window = false`` every request takes the
+usual way.
 
-The model is loaded once, when the :class:`Transcriber` is made. A transcript is cached
-(kind ``stt``) under the SHA-256 of the audio bytes as received, their declared format,
-the model's version and every setting that changes the words, so a redelivered MQTT
-message is answered without decoding it again. A transcript is the speaker's own words:
-it is cached for that user (their privacy policy applies and ``forget`` removes it).
+The model is loaded once, by :meth:`Transcriber.start`. A transcript is cached (kind
+``stt``) under the SHA-256 of the audio bytes as received, their declared format, the
+model's version and every setting that changes the words, so a redelivered MQTT message is
+answered without decoding it again. A transcript is the speaker's own words: it is cached
+for that user (their privacy policy applies and ``forget`` removes it).
 """
 
 from __future__ import annotations
@@ -22,47 +19,26 @@ import hashlib
 import logging
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
-from assistant.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
 from assistant.errors import AudioError, ConfigError
-from assistant.models import cpu_threads, find_one, model_version, package_folder
+from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import SttSettings
-from cache import KeyBuilder, TieredCache
+from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
+from assistant.speech.whisper_window import FittedWindow
+from cache import KeyBuilder, TieredCache, scope_of
 
 log = logging.getLogger(__name__)
 
 SHORT_AUDIO_SECONDS = 25.0
 """Longest (voiced) audio encoded in a fitted window; longer audio takes the usual path."""
-MIN_WINDOW_FRAMES = 1000
-"""Smallest fitted window, in 10 ms feature frames."""
-_FULL_WINDOW_FRAMES = 3000
-_TAIL_FRAMES = 200
-"""Silence kept after the speech inside a fitted window (2 s)."""
 _LEAD_IN = np.zeros(TARGET_RATE // 4, dtype=np.float32)
 """A quarter second of silence put before the audio: Whisper misses a first word that starts
 at the very first sample ("turn on the kitchen light" heard as "on the kitchen light")."""
-_MAX_COMPRESSION = 2.4
-"""Above this gzip ratio a transcript is repetition, not speech (Whisper's own threshold)."""
-
-_MIN_REPEAT_WORDS = 3
-
-
-def repeats_itself(text: str) -> bool:
-    """Does ``text`` say a run of three or more words twice in a row? Whisper's way of
-    looping on a short window ("turn off the lights. turn off the lights."); too short for
-    the compression ratio to notice."""
-    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
-    for size in range(_MIN_REPEAT_WORDS, len(words) // 2 + 1):
-        for start in range(len(words) - 2 * size + 1):
-            if words[start : start + size] == words[start + size : start + 2 * size]:
-                return True
-    return False
 
 
 STT_TAG = "stt"
@@ -95,8 +71,7 @@ class Transcriber:
 
     def __init__(self, settings: SttSettings, *, cache: TieredCache | None = None,
                  keys: KeyBuilder | None = None) -> None:
-        """Load the model (once; it stays loaded).
-
+        """
         Args:
             settings: the ``[stt]`` section.
             cache: where transcripts are kept; ``None`` transcribes every time.
@@ -104,38 +79,62 @@ class Transcriber:
         """
         if (cache is None) != (keys is None):
             raise ValueError("cache and keys go together")
-        from faster_whisper import WhisperModel  # heavy: only when speech is used
-
         self.settings = settings
-        self.path = settings.model or default_model()
-        self.version = model_version([self.path])
+        self.path = settings.model
+        self.version = ""
+        """The model's version (a hash of its files), in every cache key; set by :meth:`start`."""
         self.limits = AudioLimits(max_seconds=settings.max_seconds, max_bytes=settings.max_bytes,
                                   silence_dbfs=settings.silence_dbfs)
         self._cache, self._keys = cache, keys
-        started = time.perf_counter()
-        try:
-            self._model = WhisperModel(
-                str(self.path), device="cpu", compute_type=settings.compute_type,
-                cpu_threads=settings.threads or cpu_threads(), local_files_only=True)
-        except (RuntimeError, ValueError, OSError) as error:
-            raise ConfigError(f"cannot load the Whisper model in {self.path}: {error}") from None
-        self._tokenizer = self._short_tokenizer()
-        self.load_seconds = time.perf_counter() - started
+        self._model: Any = None
+        self._window: FittedWindow | None = None
+        self.load_seconds = 0.0
         self.decoded = 0
         """Audio clips actually run through the model (cache hits do not count)."""
         self._count_lock = threading.Lock()
+
+    def start(self) -> Self:
+        """Load the model (once; it stays loaded); :class:`ConfigError` if it cannot be."""
+        if self._model is not None:
+            return self
+        from faster_whisper import WhisperModel  # heavy: only when speech is used
+
+        self.path = self.settings.model or default_model()
+        self.version = model_version([self.path])
+        started = time.perf_counter()
+        try:
+            self._model = WhisperModel(
+                str(self.path), device="cpu", compute_type=self.settings.compute_type,
+                cpu_threads=self.settings.threads or cpu_threads(), local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as error:
+            raise ConfigError(f"cannot load the Whisper model in {self.path}: {error}") \
+                from error
+        if self.settings.short_window:
+            why = FittedWindow.usable(self._model, self.settings.language)
+            if why:
+                log.warning("short requests take Whisper's usual 30 s window: %s", why[0])
+            else:
+                self._window = FittedWindow(self._model, language=self.settings.language,
+                                            beam_size=self.settings.beam_size)
+        self.load_seconds = time.perf_counter() - started
         log.info("whisper model %s (version %s) loaded in %.2f s", self.path, self.version[:12],
                  self.load_seconds)
+        return self
 
-    def _short_tokenizer(self) -> Any:
-        """The tokenizer of the fitted-window path, or None where it cannot be used."""
-        from faster_whisper.tokenizer import Tokenizer
+    def close(self) -> None:
+        """Let the model go."""
+        self._model = self._window = None
 
-        multilingual = self._model.model.is_multilingual
-        if not self.settings.short_window or (multilingual and not self.settings.language):
-            return None  # the language has to be detected: the usual path does that
-        return Tokenizer(self._model.hf_tokenizer, multilingual, task="transcribe",
-                         language=self.settings.language if multilingual else None)
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def fitted_window(self) -> bool:
+        """Are short requests encoded in a fitted window?"""
+        return self._window is not None
 
     def key(self, data: bytes | memoryview, fmt: PcmFormat | None, user: str | None) -> str:
         """The cache key of a transcript of ``data``."""
@@ -145,8 +144,7 @@ class Transcriber:
                                              f"{'f' if fmt.float else 'i'}")
         return self._keys.key(
             "stt", hashlib.sha256(data).digest(), declared, self.version, s.compute_type,
-            s.beam_size, s.language, s.vad_filter, s.short_window,
-            "shared" if user is None else f"user:{user}")
+            s.beam_size, s.language, s.vad_filter, s.short_window, scope_of(user))
 
     def transcribe(self, data: bytes | memoryview, *, fmt: PcmFormat | None = None,
                    user: str | None = None) -> Transcript:
@@ -173,6 +171,8 @@ class Transcriber:
                           seconds=time.perf_counter() - started)
 
     def _run(self, pcm: memoryview, fmt: PcmFormat) -> dict[str, Any]:
+        if self._model is None:
+            raise RuntimeError("the transcriber is not started")
         samples = decode(pcm, fmt, self.limits).samples
         if self.settings.vad_filter:
             samples = self._voiced(samples)
@@ -180,8 +180,10 @@ class Transcriber:
         with self._count_lock:
             self.decoded += 1
         text = None
-        if self._tokenizer is not None and len(samples) <= SHORT_AUDIO_SECONDS * TARGET_RATE:
-            text = self._fitted(samples)
+        if self._window is not None and len(samples) <= SHORT_AUDIO_SECONDS * TARGET_RATE:
+            text = self._window.transcribe(samples)
+            if text is None:
+                log.info("fitted-window transcript looks unreliable; transcribing the usual way")
         if text is None:
             text, language = self._usual(samples)
         else:
@@ -199,35 +201,6 @@ class Transcriber:
         if not spans:
             raise AudioError("no_speech", "no speech was found in the audio")
         return samples[spans[0]["start"] : spans[-1]["end"]]
-
-    def _fitted(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> str | None:
-        """The words, from a window fitted to the audio; None when the result is unreliable."""
-        import ctranslate2
-
-        features = self._model.feature_extractor(samples)
-        frames = features.shape[-1]
-        window = min(_FULL_WINDOW_FRAMES,
-                     max(MIN_WINDOW_FRAMES, -(-(frames + _TAIL_FRAMES) // 100) * 100))
-        padded = np.zeros((1, features.shape[0], window), dtype=np.float32)
-        padded[0, :, : min(frames, window)] = features[:, :window]
-        tokenizer = self._tokenizer
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        # A generous bound on tokens: about 8 per second of audio is fast speech.
-        limit = min(224, len(prompt) + 20 + frames * 8 // 100)
-        result = self._model.model.generate(
-            ctranslate2.StorageView.from_array(padded), [prompt],
-            beam_size=self.settings.beam_size, max_length=limit, suppress_blank=True,
-            suppress_tokens=[-1])[0]
-        tokens = result.sequences_ids[0]
-        text = str(tokenizer.decode(tokens)).strip()
-        encoded = text.encode()
-        # Nothing heard in a window VAD found speech in, repetition, or the token limit reached:
-        # the usual way decides.
-        if not encoded or len(tokens) + len(prompt) >= limit or repeats_itself(text) or (
-                len(encoded) / len(zlib.compress(encoded)) > _MAX_COMPRESSION):
-            log.info("fitted-window transcript looks unreliable; transcribing the usual way")
-            return None
-        return text
 
     def _usual(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> tuple[str, str]:
         s = self.settings

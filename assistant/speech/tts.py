@@ -13,58 +13,33 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
-from assistant.audio import wav_bytes
 from assistant.errors import AssistantError, ConfigError
-from assistant.models import cpu_threads, find_one, model_version, package_folder
+from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import TtsSettings
-from cache import KeyBuilder, TieredCache
+from assistant.speech.audio import wav_bytes
+from assistant.speech.sentences import split_sentences
+from cache import KeyBuilder, TieredCache, scope_of
 
 log = logging.getLogger(__name__)
 
 TTS_TAG = "tts"
 """Every cached clip carries this tag: ``assistant cache purge --tag tts`` drops them."""
-
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "approx",
-    "no", "a.m", "p.m", "fig", "mt", "ft", "min", "max", "dept", "inc", "ltd",
-})
-_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)")
-_SPEAKABLE = re.compile(r"\w")
+_STREAMS = 4
+"""Streams worked on at once."""
 
 
 class SpeechError(AssistantError):
     """Text that cannot be spoken."""
 
     code = "bad_text"
-
-
-def split_sentences(text: str) -> list[str]:
-    """``text`` as sentences, in order: split after ``.``, ``!`` or ``?`` and at line breaks.
-
-    A full stop after a common abbreviation ("Dr.", "p.m.") or a single initial does not
-    end a sentence; decimals ("21.5") never do. Runs of white space become one space, and
-    pieces with nothing to say (no letter or digit) are dropped.
-    """
-    sentences: list[str] = []
-    for line in text.splitlines():
-        start = 0
-        for end in _END.finditer(line):
-            words = line[start : end.start()].split()
-            last = words[-1].lower().rstrip(".") if words else ""
-            if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha() and
-                                          line[end.start()] == "."):
-                continue
-            sentences.append(line[start : end.end()])
-            start = end.end()
-        sentences.append(line[start:])
-    return [" ".join(s.split()) for s in sentences if _SPEAKABLE.search(s)]
 
 
 def default_voice() -> Path:
@@ -110,8 +85,7 @@ class Speaker:
 
     def __init__(self, settings: TtsSettings, *, cache: TieredCache | None = None,
                  keys: KeyBuilder | None = None) -> None:
-        """Load the voice (once; it stays loaded).
-
+        """
         Args:
             settings: the ``[tts]`` section.
             cache: where each sentence's audio is kept; ``None`` synthesises every time.
@@ -119,10 +93,31 @@ class Speaker:
         """
         if (cache is None) != (keys is None):
             raise ValueError("cache and keys go together")
+        self.settings = settings
+        self.path = settings.voice
+        self.config_path = settings.voice_config
+        self.version = ""
+        """The voice's version (a hash of its files), in every cache key; set by :meth:`start`."""
+        self.rate = 0
+        """Samples per second of the voice (known after :meth:`start`)."""
+        self.load_seconds = 0.0
+        self._cache, self._keys = cache, keys
+        self._voice: Any = None
+        self._syn: Any = None
+        self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
+        self._pause = b""
+        self.synthesized = 0
+        """Sentences actually synthesised (cache hits do not count)."""
+        self._streams: ThreadPoolExecutor | None = None
+
+    def start(self) -> Self:
+        """Load the voice (once; it stays loaded); :class:`ConfigError` if it cannot be."""
+        if self._voice is not None:
+            return self
         import onnxruntime  # heavy: only when speech is used
         from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-        self.settings = settings
+        settings = self.settings
         self.path = settings.voice or default_voice()
         self.config_path = settings.voice_config or Path(f"{self.path}.json")
         self.version = model_version([self.path, self.config_path])
@@ -135,24 +130,35 @@ class Speaker:
             session = onnxruntime.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
         except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise ConfigError(f"cannot load the piper voice {self.path}: {error}") from None
+            raise ConfigError(f"cannot load the piper voice {self.path}: {error}") from error
         if settings.speaker is not None and settings.speaker >= config.num_speakers:
             raise ConfigError(f"speaker {settings.speaker} does not exist: the voice has "
                               f"{config.num_speakers}")
-        self._voice = PiperVoice(config=config, session=session)
         self._syn = SynthesisConfig(
             speaker_id=settings.speaker, length_scale=settings.length_scale,
             noise_scale=settings.noise_scale, noise_w_scale=settings.noise_w_scale,
             volume=settings.volume)
-        self.rate: int = config.sample_rate
-        self.load_seconds = time.perf_counter() - started
-        self._cache, self._keys = cache, keys
-        self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
+        self.rate = config.sample_rate
         self._pause = b"\x00\x00" * round(settings.sentence_silence * self.rate)
-        self.synthesized = 0
-        """Sentences actually synthesised (cache hits do not count)."""
+        self._voice = PiperVoice(config=config, session=session)
+        self.load_seconds = time.perf_counter() - started
+        # Streams work ahead of their listeners on these; synthesis itself is one at a time.
+        self._streams = ThreadPoolExecutor(max_workers=_STREAMS, thread_name_prefix="tts-stream")
         log.info("piper voice %s (version %s) loaded in %.2f s", self.path.name,
                  self.version[:12], self.load_seconds)
+        return self
+
+    def close(self) -> None:
+        """Stop the stream workers (streams being read end after their sentence at hand)."""
+        if self._streams is not None:
+            self._streams.shutdown(wait=False, cancel_futures=True)
+            self._streams = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def key(self, sentence: str, user: str | None) -> str:
         """The cache key of one sentence's audio."""
@@ -160,10 +166,12 @@ class Speaker:
         s = self.settings
         return self._keys.key(
             "tts", self.version, sentence, s.speaker, s.length_scale, s.noise_scale,
-            s.noise_w_scale, s.volume, "shared" if user is None else f"user:{user}")
+            s.noise_w_scale, s.volume, scope_of(user))
 
     def synthesize(self, sentence: str) -> bytes:
         """One sentence's audio straight from the voice (no cache)."""
+        if self._voice is None:
+            raise RuntimeError("the speaker is not started")
         with self._lock:
             self.synthesized += 1
             chunks = list(self._voice.synthesize(sentence, syn_config=self._syn))
@@ -204,9 +212,12 @@ class Speaker:
     def stream(self, text: str, *, user: str | None = None) -> Iterator[SpokenSentence]:
         """Each sentence's audio, in order, as soon as it is ready.
 
-        A background thread works through the sentences while the caller plays the ones it
-        has; stopping early (closing the iterator) stops it after the sentence at hand.
+        A worker of the speaker's pool works through the sentences while the caller plays
+        the ones it has; stopping early (closing the iterator) stops it after the sentence at
+        hand.
         """
+        if self._streams is None:
+            raise RuntimeError("the speaker is not started")
         sentences = self._sentences(text)
         ready: queue.Queue[SpokenSentence | BaseException] = queue.Queue()
         stop = threading.Event()
@@ -221,8 +232,7 @@ class Speaker:
                     ready.put(error)
                     return
 
-        worker = threading.Thread(target=work, name="tts-stream", daemon=True)
-        worker.start()
+        self._streams.submit(work)
         try:
             for _ in sentences:
                 item = ready.get()

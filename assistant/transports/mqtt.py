@@ -1,4 +1,4 @@
-"""paho-mqtt clients set up the way this service needs them: MQTT v5, callback API v2, no Nagle.
+"""MQTT clients set up the way this service needs them: MQTT v5, callback API v2, no Nagle.
 
 With Nagle's algorithm on, a QoS 1 round trip through a local mosquitto takes ~88 ms
 instead of ~0.6 ms, so every client socket gets ``TCP_NODELAY`` as soon as it opens

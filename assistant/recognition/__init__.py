@@ -1,0 +1,1 @@
+"""Recognition: the sentence library, the recognizer, and which entities a match means."""

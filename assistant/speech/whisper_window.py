@@ -1,0 +1,123 @@
+"""Whisper in a window fitted to a short request: the one place that reaches into
+faster-whisper's internals.
+
+Whisper reads audio in fixed 30-second windows; a spoken command lasts one to three
+seconds, so most of the encoder's work is on padding (about 0.4 s of the 0.55 s a
+1.3-second command costs on two cores). Here audio is encoded in a window fitted to it (at
+least :data:`MIN_WINDOW_FRAMES`, 10 s, below which tiny.en starts to repeat itself) and
+decoded by the same CTranslate2 model.
+
+faster-whisper has no public call for this, so it uses what ``WhisperModel`` keeps inside:
+``model`` (the CTranslate2 ``Whisper``: ``generate``, ``is_multilingual``),
+``hf_tokenizer`` and ``feature_extractor``, and ``faster_whisper.tokenizer.Tokenizer``.
+These are known to work in the faster-whisper versions :data:`KNOWN_VERSIONS` (the range
+``pyproject.toml`` pins); :func:`check_internals` says what is missing in any other, and the
+tests fail loudly when it does. Where they are missing the transcriber takes the usual way.
+"""
+
+from __future__ import annotations
+
+import zlib
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+
+KNOWN_VERSIONS = (">=1.1", "<1.3")
+"""faster-whisper versions whose internals this module is written against."""
+
+MIN_WINDOW_FRAMES = 1000
+"""Smallest fitted window, in 10 ms feature frames."""
+_FULL_WINDOW_FRAMES = 3000
+_TAIL_FRAMES = 200
+"""Silence kept after the speech inside a fitted window (2 s)."""
+MAX_COMPRESSION = 2.4
+"""Above this gzip ratio a transcript is repetition, not speech (Whisper's own threshold)."""
+_MIN_REPEAT_WORDS = 3
+
+
+def installed_version() -> str:
+    """The installed faster-whisper's version."""
+    return version("faster-whisper")
+
+
+def check_internals(model: Any) -> list[str]:
+    """What this module needs of a loaded ``WhisperModel`` that it lacks (empty: all there)."""
+    missing = [name for name in ("model", "hf_tokenizer", "feature_extractor")
+               if not hasattr(model, name)]
+    inner = getattr(model, "model", None)
+    if inner is not None:
+        missing += [f"model.{name}" for name in ("generate", "is_multilingual")
+                    if not hasattr(inner, name)]
+    try:
+        from faster_whisper.tokenizer import Tokenizer
+    except ImportError:
+        missing.append("faster_whisper.tokenizer.Tokenizer")
+    else:
+        missing += [f"Tokenizer.{name}" for name in ("sot_sequence", "no_timestamps", "decode")
+                    if not hasattr(Tokenizer, name)]
+    return missing
+
+
+def repeats_itself(text: str) -> bool:
+    """Does ``text`` say a run of three or more words twice in a row? Whisper's way of
+    looping on a short window ("turn off the lights. turn off the lights."); too short for
+    the compression ratio to notice."""
+    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
+    for size in range(_MIN_REPEAT_WORDS, len(words) // 2 + 1):
+        for start in range(len(words) - 2 * size + 1):
+            if words[start : start + size] == words[start + size : start + 2 * size]:
+                return True
+    return False
+
+
+class FittedWindow:
+    """Transcribes short audio in a window fitted to it, with a loaded ``WhisperModel``."""
+
+    def __init__(self, model: Any, *, language: str | None, beam_size: int) -> None:
+        """``model``: a loaded ``WhisperModel`` that passes :func:`check_internals`;
+        ``language``: its language (required for a multilingual model)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        self._model = model
+        self._beam_size = beam_size
+        multilingual = bool(model.model.is_multilingual)
+        self._tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
+                                    language=language if multilingual else None)
+
+    @staticmethod
+    def usable(model: Any, language: str | None) -> list[str]:
+        """Why the fitted window cannot be used with ``model`` (empty: it can)."""
+        missing = check_internals(model)
+        if missing:
+            return [f"faster-whisper {installed_version()} lacks {', '.join(missing)}"]
+        if model.model.is_multilingual and not language:
+            return ["the language has to be detected"]
+        return []
+
+    def transcribe(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> str | None:
+        """The words in 16 kHz ``samples``; None when the result looks unreliable (nothing,
+        repetition, or the token limit reached): the usual way decides then."""
+        import ctranslate2
+
+        features = self._model.feature_extractor(samples)
+        frames = features.shape[-1]
+        window = min(_FULL_WINDOW_FRAMES,
+                     max(MIN_WINDOW_FRAMES, -(-(frames + _TAIL_FRAMES) // 100) * 100))
+        padded = np.zeros((1, features.shape[0], window), dtype=np.float32)
+        padded[0, :, : min(frames, window)] = features[:, :window]
+        tokenizer = self._tokenizer
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        # A generous bound on tokens: about 8 per second of audio is fast speech.
+        limit = min(224, len(prompt) + 20 + frames * 8 // 100)
+        result = self._model.model.generate(
+            ctranslate2.StorageView.from_array(padded), [prompt],
+            beam_size=self._beam_size, max_length=limit, suppress_blank=True,
+            suppress_tokens=[-1])[0]
+        tokens = result.sequences_ids[0]
+        text = str(tokenizer.decode(tokens)).strip()
+        encoded = text.encode()
+        if not encoded or len(tokens) + len(prompt) >= limit or repeats_itself(text) or (
+                len(encoded) / len(zlib.compress(encoded)) > MAX_COMPRESSION):
+            return None
+        return text

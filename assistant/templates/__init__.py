@@ -1,0 +1,1 @@
+"""Intent templates (``intents/*.yaml``): their model, loader, sandbox, versions and reload."""
