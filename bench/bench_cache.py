@@ -197,7 +197,7 @@ def new_cache(keyring: Keyring, *, redis_tier: RedisTier | None, sqlite_tier: Sq
               memory_bytes: int = 64 * 1024 * 1024) -> TieredCache:
     # Invalidation events are not part of what is measured: no listener thread.
     return TieredCache(keyring=keyring, memory=MemoryTier(memory_bytes), redis_tier=redis_tier,
-                       sqlite_tier=sqlite_tier, listen=False)
+                       sqlite_tier=sqlite_tier, listen=False).start()
 
 
 def source_is(tier: str) -> Callable[[Any], bool]:
@@ -367,7 +367,7 @@ def run(sizes: Sizes, workdir: Path, stack: contextlib.ExitStack) -> dict[str, A
     blobs = [i.to_bytes(4, "big") + base[4:] for i in range(sizes.writes)]
     writers: list[Writer] = []
     for label, tags in (("l3_writes_per_s", TAGS), ("l3_untagged_writes_per_s", ())):
-        tier = tier_l3(f"writes-{len(tags)}.db")
+        tier = tier_l3(f"writes-{len(tags)}.db").start()
         stack.callback(tier.close)
         records = [(f"w:{i}", Record(blob, expires, tags, None, len(blob))) for i, blob in enumerate(blobs)]
 

@@ -58,7 +58,7 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
     keys = KeyBuilder(keyring.naming_secret())
     cache = TieredCache(keyring=keyring, memory=MemoryTier(256 * 1024 * 1024),
                         redis_tier=RedisTier(server.url, namer=keys.name),
-                        sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False)
+                        sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False).start()
     backend = LlamaCppBackend().start()
     settings = GeneratorSettings()
     generator = Generator(backend, settings, cache=cache, keys=keys)

@@ -126,7 +126,7 @@ def main() -> int:
         keys = KeyBuilder(keyring.naming_secret())
         cache = TieredCache(keyring=keyring, memory=MemoryTier(64 << 20),
                             redis_tier=RedisTier(server.url, namer=keys.name),
-                            sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False)
+                            sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False).start()
         folder = workdir / "intents"
         shutil.copytree(ROOT / "intents", folder)
         engine = IntentEngine(IntentsSettings(folder=folder), Registry(home), cache=cache,

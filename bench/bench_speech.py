@@ -71,10 +71,11 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
     keys = KeyBuilder(keyring.naming_secret())
     cache = TieredCache(keyring=keyring, memory=MemoryTier(256 * 1024 * 1024),
                         redis_tier=RedisTier(server.url, namer=keys.name),
-                        sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False)
+                        sqlite_tier=SqliteTier(workdir / "cache.db"), listen=False).start()
     try:
         (speaker, tts_load) = timed(lambda: Speaker(TtsSettings(), cache=cache, keys=keys).start())
-        (transcriber, stt_load) = timed(lambda: Transcriber(SttSettings(), cache=cache, keys=keys).start())
+        (transcriber, stt_load) = timed(
+            lambda: Transcriber(SttSettings(), cache=cache, keys=keys).start())
         raw_stt = Transcriber(SttSettings()).start()  # no cache: every call runs the model
         # Whisper's own 30 s window for every request: the baseline of the fitted window.
         full_stt = Transcriber(SttSettings(short_window=False)).start()
