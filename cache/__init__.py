@@ -14,8 +14,8 @@ from cache.errors import (
 )
 from cache.keys import GenerationKey, KeyBuilder
 from cache.metrics import CacheMetrics
-from cache.policy import PolicyBook, PrivacyPolicy
-from cache.scope import SHARED, scope_of, user_tag
+from cache.policy import Placement, PolicyBook, PrivacyPolicy
+from cache.scope import SHARED, check_user, scope_of, user_tag
 from cache.tiered import Outcome, TieredCache
 from cache.tiers import MemoryTier, Record, RedisTier, SqliteTier, Tier
 from cache.tiers.breaker import CircuitBreaker
@@ -35,6 +35,7 @@ __all__ = [
     "MemoryTier",
     "NonDeterministicError",
     "Outcome",
+    "Placement",
     "PolicyBook",
     "PrivacyPolicy",
     "Record",
@@ -43,6 +44,7 @@ __all__ = [
     "Tier",
     "TierUnavailable",
     "TieredCache",
+    "check_user",
     "find_key_source",
     "load_keyring",
     "read_keyring",

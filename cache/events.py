@@ -3,10 +3,13 @@
 Tag purges and forgets are applied in this process by :class:`~cache.tiered.TieredCache`
 and announced here on a Redis stream (not pub/sub), which every other process reads to
 drop the same items. One that was stopped or cut off reads what it missed when it comes
-back (its position is kept in its disk tier) before it serves. Purges made while Redis is
-down wait in an outbox, kept on disk across restarts, and are sent when it is back.
-Announcements (``app:<name>`` events) tell other processes something of the service's
-own, such as a template reload.
+back (its position is kept in its disk tier) before it serves.
+
+Purges, forgets and announcements (``app:<name>`` events, such as a template reload) made
+while Redis is down wait in an outbox: one row each in the disk tier's metadata, written as
+they are queued. Whichever process sharing that disk first reaches Redis sends them, its
+own and those a one-shot command left behind, so a service that keeps running hears of a
+reload made while Redis was down once it is back.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import contextlib
 import json
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,7 +32,8 @@ from cache.tiers.redis import EVENTS_STREAM, RedisTier
 log = logging.getLogger(__name__)
 
 _POSITION = "events.last"
-_OUTBOX = "events.outbox"
+_LEGACY_OUTBOX = "events.outbox"
+_OUTBOX = "outbox:"
 _APP = "app:"
 
 
@@ -37,6 +43,10 @@ class PositionStore(Protocol):
     def get_meta(self, name: str) -> str | None: ...
 
     def set_meta(self, name: str, value: str) -> None: ...
+
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]: ...
+
+    def delete_meta(self, name: str) -> None: ...
 
 
 class EventBus:
@@ -67,7 +77,9 @@ class EventBus:
         self._metrics = metrics
         self._listen = listen
         self._block = block
-        self._outbox: list[dict[str, str]] = []
+        self._outbox: list[tuple[str | None, dict[str, str]]] = []
+        """Events not sent yet: the name of their row on disk (None if it could not be
+        written), and the event."""
         self._outbox_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,9 +91,8 @@ class EventBus:
 
     def start(self) -> None:
         """Send what a previous run could not; catch up with the stream; follow it."""
-        self._load_outbox()
-        if self._outbox:
-            self._replay()
+        self._load_legacy_outbox()
+        self._replay()
         if not self._listen:
             return
         client: Any = self._redis.listener(self._block)
@@ -101,18 +112,17 @@ class EventBus:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop following; send what is queued if Redis is back, keep the rest on disk."""
+        """Stop following; send what is queued if Redis is back (the rest stays on disk)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         if self._outbox:
             self._replay()
-        if self._store is not None:
-            try:
-                self._store.set_meta(_OUTBOX, json.dumps(self._outbox))
-            except TierUnavailable as error:
-                log.error("%d purges for Redis are lost: %s", len(self._outbox), error)
+        lost = [event for row, event in self._outbox if row is None]
+        if lost:
+            log.error("%d purges, forgets or announcements could not be kept on disk and are "
+                      "lost: %s", len(lost), ", ".join(sorted({e["op"] for e in lost})))
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -125,11 +135,24 @@ class EventBus:
             self._redis.publish(event)
         except TierUnavailable as error:
             self._metrics.tiers["l2"].error("unavailable")
-            log.warning("redis down: %s %s queued until it is back (%s)", op, arg, error)
-            with self._outbox_lock:
-                self._outbox.append(event)
+            log.warning("redis down: a %s is queued until it is back (%s)", op, error)
+            self._queue(event)
             return 0
         return count
+
+    def _queue(self, event: dict[str, str]) -> None:
+        """Keep ``event`` for when Redis is back: in memory and, if it can, on disk."""
+        row: str | None = None
+        if self._store is not None:
+            row = f"{_OUTBOX}{time.time_ns():020d}:{uuid.uuid4().hex}"
+            try:
+                self._store.set_meta(row, json.dumps(event))
+            except TierUnavailable as error:
+                log.error("a queued %s is kept in memory only (the disk tier failed: %s)",
+                          event["op"], error)
+                row = None
+        with self._outbox_lock:
+            self._outbox.append((row, event))
 
     @property
     def pending(self) -> int:
@@ -137,9 +160,22 @@ class EventBus:
         return len(self._outbox)
 
     def _replay(self) -> None:
+        """Send the outbox: this process's events and those others sharing the disk left."""
         with self._outbox_lock:
             queued, self._outbox = self._outbox, []
-        for number, event in enumerate(queued):
+        mine = {row for row, _event in queued if row is not None}
+        if self._store is not None:
+            try:
+                found = self._store.meta_items(_OUTBOX)
+            except TierUnavailable:
+                found = []
+            for name, value in found:
+                if name in mine:
+                    continue
+                with contextlib.suppress(ValueError, TypeError):
+                    queued.append((name, dict(json.loads(value))))
+            queued.sort(key=lambda item: item[0] or "")
+        for number, (row, event) in enumerate(queued):
             try:
                 if event["op"] == "tag":
                     self._redis.invalidate_tag(event["arg"])
@@ -148,29 +184,37 @@ class EventBus:
                 self._redis.publish(event)
             except TierUnavailable:
                 with self._outbox_lock:
-                    self._outbox[:0] = queued[number:]
+                    self._outbox[:0] = [item for item in queued[number:]
+                                        if item[1].get("origin") == self.node_id]
                 return
+            if row is not None and self._store is not None:
+                with contextlib.suppress(TierUnavailable):
+                    self._store.delete_meta(row)
 
-    def _load_outbox(self) -> None:
-        """Purges a previous run could not send to Redis: they are sent now."""
+    def _load_legacy_outbox(self) -> None:
+        """Events an earlier version kept as one list: queued again one by one."""
         if self._store is None:
             return
         with contextlib.suppress(TierUnavailable, ValueError):
-            saved = json.loads(self._store.get_meta(_OUTBOX) or "[]")
-            with self._outbox_lock:
-                self._outbox = [dict(event) for event in saved] + self._outbox
-            if self._outbox:
-                log.warning("%d purges or forgets from the last run still go to Redis",
-                            len(self._outbox))
+            saved = json.loads(self._store.get_meta(_LEGACY_OUTBOX) or "[]")
+            for event in saved:
+                self._queue(dict(event))
+            if saved:
+                self._store.delete_meta(_LEGACY_OUTBOX)
 
     # -- announcements -------------------------------------------------------------------
 
     def announce(self, name: str, arg: str = "") -> bool:
         """Tell every other process sharing Redis something (e.g. templates were reloaded);
-        false when Redis is unreachable."""
+        false when Redis is unreachable: then it is queued like a purge, and told when Redis
+        is back."""
+        event = {"op": _APP + name, "arg": arg, "origin": self.node_id}
         try:
-            self._redis.publish({"op": _APP + name, "arg": arg, "origin": self.node_id})
-        except TierUnavailable:
+            self._redis.publish(event)
+        except TierUnavailable as error:
+            log.warning("redis down: the announcement %s is queued until it is back (%s)",
+                        name, error)
+            self._queue(event)
             return False
         return True
 
@@ -205,8 +249,10 @@ class EventBus:
                 if lost:
                     self._reconnected(client, last)
                     lost = False
-                elif self._outbox:
-                    self._replay()  # the breaker may have refused the first replay
+                else:
+                    # The breaker may have refused the last replay, and a command sharing
+                    # this disk may have queued events while Redis was away.
+                    self._replay()
             except redis.RedisError as error:
                 if not lost:
                     log.warning("cache events: redis unreachable (%s); retrying", error)

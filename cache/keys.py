@@ -91,6 +91,13 @@ class KeyBuilder:
         """An opaque Redis name for a non-key object (a tag set), e.g. ``v1:tag:<digest>``."""
         return self.key(namespace, value)
 
+    def user_ref(self, user: str) -> str:
+        """The name ``user`` goes by in every tier, file and event: ``u`` and 32 hex digits
+        of an HMAC under the naming secret. A copied disk or a Redis dump does not list who
+        used the assistant, and a guessed id cannot be confirmed without the master key."""
+        mac = hmac.new(self._secret, encode_fields((KEY_VERSION, "user", user)), hashlib.sha256)
+        return "u" + mac.hexdigest()[:32]
+
     def generation_key(self, request: GenerationKey) -> str:
         """The key of a generated fragment; refuses requests that are not reproducible."""
         request.check_deterministic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cache.codec import Codec
@@ -37,13 +38,17 @@ def rotate(cache: TieredCache) -> int:
     return cache.sqlite.reseal(reseal, stale=lambda blob: Codec.key_id(blob) != current)
 
 
-def enforce_policies(sqlite: SqliteTier, policies: PolicyBook, now: float) -> None:
+def enforce_policies(sqlite: SqliteTier, policies: PolicyBook, now: float, *,
+                     ref: Callable[[str], str]) -> None:
     """Apply the policies in force now to what an earlier run left on disk: shorter lives are
-    capped, and the items of whoever no longer allows disk are deleted."""
+    capped, and the items of whoever no longer allows disk are deleted. ``ref``: the name a
+    user goes by on disk."""
+    named = {user: ref(user) for user in policies.users}
     try:
         for user, policy in policies.users.items():
-            sqlite.restrict(users=[user], expires_by=now + policy.max_ttl, keep=policy.persist)
-        sqlite.restrict(others_than=list(policies.users),
+            sqlite.restrict(users=[named[user]], expires_by=now + policy.max_ttl,
+                            keep=policy.persist)
+        sqlite.restrict(others_than=list(named.values()),
                         expires_by=now + policies.default.max_ttl, keep=policies.default.persist)
         sqlite.restrict(users=None, expires_by=now + policies.shared.max_ttl,
                         keep=policies.shared.persist)

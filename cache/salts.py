@@ -41,6 +41,14 @@ def private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_corruption(error: sqlite3.Error) -> bool:
+    """Does ``error`` mean a bad file? (Locked, busy, full, I/O or a closed handle do not.)"""
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT_CODES
+
+
 class SaltStore:
     """User id -> salt, durable (``synchronous=FULL``), thread-safe."""
 
@@ -84,6 +92,17 @@ class SaltStore:
         try:
             return self._conn.execute(sql, params)
         except sqlite3.DatabaseError as error:
+            if is_corruption(error):
+                # Damaged under us: deleted like one found damaged at start, which forgets
+                # every user (their items become unreadable), and the operation is retried.
+                log.error("salts file %s is damaged (%s): deleted; cached items of every user "
+                          "will be recomputed", self.path, error)
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                self._conn = self._open()
             raise TierUnavailable(f"salts file {self.path}: {error}") from error
 
     def get(self, user: str) -> bytes | None:

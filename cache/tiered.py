@@ -33,9 +33,11 @@ from cache.codec import Codec, frozen, thawed
 from cache.crypto import Keyring
 from cache.errors import BlobError, CacheError, TierUnavailable
 from cache.events import EventBus
+from cache.keys import KeyBuilder
 from cache.metrics import CacheMetrics
 from cache.policy import PolicyBook
 from cache.salts import Salts
+from cache.scope import check_user, tag_user, user_tag
 from cache.tiers.base import Clock, Record, Tier, wall_clock
 from cache.tiers.memory import MemoryTier
 from cache.tiers.redis import RedisTier
@@ -117,6 +119,8 @@ class TieredCache:
                            on_redis_down=lambda: self._m["l2"].error("unavailable"))
         self.codec = Codec(keyring, self.salts, level=zstd_level,
                            compress_min_bytes=compress_min_bytes)
+        self._names = KeyBuilder(keyring.naming_secret())
+        self._refs: dict[str, str] = {}
         self.events = None if redis_tier is None else EventBus(
             redis_tier, node_id=self.node_id, store=sqlite_tier, metrics=self.metrics,
             apply=self._apply_remote,
@@ -146,7 +150,8 @@ class TieredCache:
                 self._m["l3"].error("unavailable")
                 self.sqlite = None  # the salts and events see it closed, and do without
             else:
-                maintenance.enforce_policies(self.sqlite, self.policies, self.clock())
+                maintenance.enforce_policies(self.sqlite, self.policies, self.clock(),
+                                             ref=self._names.user_ref)
         if self.events is not None:
             self.events.start()
         return self
@@ -159,12 +164,25 @@ class TieredCache:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def ref_of(self, user: str | None) -> str | None:
+        """The name ``user`` goes by below this class (see :meth:`KeyBuilder.user_ref`)."""
+        if user is None:
+            return None
+        ref = self._refs.get(user)
+        if ref is None:
+            ref = self._names.user_ref(check_user(user) or "")
+            if len(self._refs) >= 4096:
+                self._refs.clear()
+            self._refs[user] = ref
+        return ref
+
     def lookup(self, key: str, *, user: str | None = None, redis: bool = True) -> Outcome | None:
         """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere.
 
         ``redis=False`` skips Redis, for items that are never stored there (see :meth:`set`).
         """
         started = time.perf_counter()
+        ref = self.ref_of(user)
         generation = self.memory.generation
         record = self.memory.get(key)
         m = self._m["l1"]
@@ -175,14 +193,14 @@ class TieredCache:
         for tier in (self.redis if redis else None, self.sqlite):
             if tier is None:
                 continue
-            found = self._read(tier, key, user)
+            found = self._read(tier, key, ref)
             if found is not None:
                 value, record = found
                 self._promote(tier, key, value, record, user, generation)
                 return Outcome(value, tier.name, time.perf_counter() - started)
         return None
 
-    def _read(self, tier: Tier, key: str, user: str | None) -> tuple[Any, Record] | None:
+    def _read(self, tier: Tier, key: str, ref: str | None) -> tuple[Any, Record] | None:
         m = self._m[tier.name]
         started = time.perf_counter()
         try:
@@ -203,7 +221,7 @@ class TieredCache:
             m.misses += 1
             return None
         try:
-            value, tags, size = self.codec.decode(key, record.payload, user)
+            value, tags, size = self.codec.decode(key, record.payload, ref)
         except BlobError as error:
             m.error("corrupt")
             m.misses += 1
@@ -215,7 +233,7 @@ class TieredCache:
                     tier.delete(key)
             return None
         m.hits += 1
-        record.tags, record.user, record.size = tags, user, size
+        record.tags, record.user, record.size = tags, ref, size
         return value, record
 
     def _promote(self, tier: Tier, key: str, value: Any, record: Record,
@@ -228,8 +246,8 @@ class TieredCache:
         # A policy tightened since the item was stored applies from now on. Not stored if a
         # purge ran since the read began: the copy read may be what it purged.
         expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
-        self.memory.set(key, Record(frozen(value), expires_at, record.tags, user, record.size),
-                        generation)
+        self.memory.set(key, Record(frozen(value), expires_at, record.tags, record.user,
+                                    record.size), generation)
 
     def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
@@ -257,6 +275,8 @@ class TieredCache:
                redis: bool = True, disk: bool = True) -> bool:
         """Write to every allowed tier; with ``generation``/``epochs`` (read before a compute),
         only if no purge happened meanwhile. False when a purge intervened."""
+        ref = self.ref_of(user)
+        tags = tuple(self._tag(tag) for tag in tags)
         policy = self.policies.for_user(user)
         ttl = min(ttl, policy.max_ttl)
         if ttl <= 0:
@@ -268,8 +288,8 @@ class TieredCache:
         to_disk = disk and policy.persist and self.sqlite is not None
         to_redis = self.redis if redis else None
         if to_redis is not None or to_disk:
-            blob = self.codec.seal(key, body, user)
-            record = Record(blob, expires_at, tags, user, len(blob))
+            blob = self.codec.seal(key, body, ref)
+            record = Record(blob, expires_at, tags, ref, len(blob))
             if to_redis is not None:
                 shared: RedisTier = to_redis
                 if not self._write(shared, lambda: shared.set_unless_purged(key, record, epochs)):
@@ -278,7 +298,7 @@ class TieredCache:
             if to_disk and self.sqlite is not None:
                 local: SqliteTier = self.sqlite
                 self._write(local, lambda: local.set(key, record))
-        stored = self.memory.set(key, Record(frozen(value), expires_at, tags, user, len(body)),
+        stored = self.memory.set(key, Record(frozen(value), expires_at, tags, ref, len(body)),
                                  generation)
         if not stored and generation is not None and generation != self.memory.generation:
             # A purge arrived while writing: what was written below may predate it.
@@ -305,16 +325,22 @@ class TieredCache:
         return True
 
     def get_or_compute(self, key: str, compute: Callable[[], Any], *, ttl: float,
-                       tags: Iterable[str] = (), user: str | None = None) -> Any:
+                       tags: Iterable[str] = (), user: str | None = None, redis: bool = True,
+                       disk: bool = True) -> Any:
         """The cached value at ``key``, or ``compute()`` stored under it (errors are not stored)."""
-        return self.fetch(key, compute, ttl=ttl, tags=tags, user=user).value
+        return self.fetch(key, compute, ttl=ttl, tags=tags, user=user, redis=redis,
+                          disk=disk).value
 
     def fetch(self, key: str, compute: Callable[[], Any], *, ttl: float,
-              tags: Iterable[str] = (), user: str | None = None) -> Outcome:
-        """Like :meth:`get_or_compute`, and says which tier answered and how long it took."""
+              tags: Iterable[str] = (), user: str | None = None, redis: bool = True,
+              disk: bool = True) -> Outcome:
+        """Like :meth:`get_or_compute`, and says which tier answered and how long it took.
+
+        ``redis`` and ``disk`` as for :meth:`set` (a :class:`~cache.policy.Placement` says
+        all four of ``ttl``, ``user``, ``redis`` and ``disk``)."""
         started = time.perf_counter()
         generation = self.memory.generation
-        found = self.lookup(key, user=user)
+        found = self.lookup(key, user=user, redis=redis)
         if found is not None:
             return found
         with self._flight_lock:
@@ -334,7 +360,8 @@ class TieredCache:
                 flight.value = thawed(again.payload)
                 return Outcome(flight.value, "l1", time.perf_counter() - started)
             tags = tuple(tags)
-            epochs = self._epochs(tags, user)
+            epochs = self._epochs(tuple(self._tag(t) for t in tags),
+                                  self.ref_of(user)) if redis else None
             self.metrics.computes.inc()
             try:
                 value = compute()
@@ -344,19 +371,19 @@ class TieredCache:
                 raise
             flight.value = value
             self._store(key, value, ttl=ttl, tags=tags, user=user, generation=generation,
-                        epochs=epochs)
+                        epochs=epochs, redis=redis, disk=disk)
             return Outcome(value, COMPUTED, time.perf_counter() - started)
         finally:
             with self._flight_lock:
                 del self._flights[key]
             flight.done.set()
 
-    def _epochs(self, tags: tuple[str, ...], user: str | None) -> list[str] | None:
+    def _epochs(self, tags: tuple[str, ...], ref: str | None) -> list[str] | None:
         """The purge epochs of an item's tags before its compute (None: write unconditionally)."""
         if self.redis is None:
             return None
         try:
-            return self.redis.epochs(RedisTier.all_tags(tags, user))
+            return self.redis.epochs(RedisTier.all_tags(tags, ref))
         except TierUnavailable:
             self._m["l2"].error("unavailable")
             return None
@@ -376,11 +403,19 @@ class TieredCache:
 
     def invalidate_tag(self, tag: str) -> dict[str, int]:
         """Remove every item tagged ``tag`` from every tier and every process; counts per tier."""
-        return self._apply_local("tag", tag, origin="local")
+        return self._apply_local("tag", self._tag(tag), origin="local")
+
+    def _tag(self, tag: str) -> str:
+        """``tag`` as the tiers and events know it: a user's tag names their ref."""
+        user = tag_user(tag)
+        return tag if user is None else user_tag(self.ref_of(user) or "")
 
     def forget_user(self, user: str) -> dict[str, int]:
-        """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier."""
-        return self._apply_local("forget", user, origin="local")
+        """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier.
+
+        The user is named by their ref everywhere, the event other processes read included.
+        """
+        return self._apply_local("forget", self.ref_of(user) or "", origin="local")
 
     def _apply_local(self, op: str, arg: str, *, origin: str) -> dict[str, int]:
         """Apply a tag purge (``tag``) or a forget (``forget``) to L3, then (when it starts

@@ -12,7 +12,8 @@ is back. Item reads use one held connection per thread (the rest use the pool).
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
-entries in memory.
+entries in memory. Events name users only by their refs (HMACs), and leave the
+stream after ``events_ttl``.
 
 Every purge also bumps the tag's epoch. A value computed after a miss is written
 only if the epochs of its tags are still those read before the compute began, so
@@ -126,6 +127,7 @@ class RedisTier:
         clock: Clock = wall_clock,
         epoch_ttl: float = 86400.0,
         tombstone_ttl: float = 30 * 86400.0,
+        events_ttl: float = 7 * 86400.0,
     ) -> None:
         """
         Args:
@@ -137,6 +139,8 @@ class RedisTier:
             epoch_ttl: seconds a tag's purge epoch is kept: longer than any compute runs.
             tombstone_ttl: seconds a forget is remembered: longer than any item of the user
                 may live on any node's disk (the largest ``max_ttl`` of the policies).
+            events_ttl: seconds an invalidation event stays on the stream for processes
+                that were away to catch up on (one away longer drops its memory tier).
         """
         self.url = url
         self.breaker = breaker or CircuitBreaker(clock=clock)
@@ -145,6 +149,7 @@ class RedisTier:
         self._clock = clock
         self._epoch_ms = str(int(epoch_ttl * 1000))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
+        self._events_ttl = events_ttl
         # Reads of items go over one connection per thread, held, not checked out of the
         # pool per command: on a loopback GET that halves redis-py's own cost (about 60 µs
         # of a 120 µs GET here), which is most of what an L2 hit costs.
@@ -300,10 +305,19 @@ class RedisTier:
         return None if found is None else bytes(found)
 
     def publish(self, fields: dict[str, str], maxlen: int = 10000) -> str:
-        """Append an invalidation event to the stream; its id."""
-        event_id = self._call(
-            lambda: self.client.xadd(EVENTS_STREAM, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        )
+        """Append an invalidation event to the stream; its id.
+
+        The stream keeps at most about ``maxlen`` events, none older than ``events_ttl``.
+        """
+        oldest = f"{int((self._clock() - self._events_ttl) * 1000)}-0"
+
+        def append() -> Any:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(EVENTS_STREAM, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.xtrim(EVENTS_STREAM, minid=oldest, approximate=False)
+                return pipe.execute()[0]
+
+        event_id = self._call(append)
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
     def listener(self, block_seconds: float) -> redis.Redis:

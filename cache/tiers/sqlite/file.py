@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cache.errors import TierUnavailable
-from cache.salts import private_file
+from cache.salts import is_corruption, private_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,13 +54,10 @@ PAGE_SIZE = 16384
 costs a page in the WAL; 16 KB pages more than double the write rate and suit an SD card's
 erase blocks better."""
 
+WAL_BYTES = 2 * 1024 * 1024
+"""How far the WAL may grow between checkpoints, and the size it is cut back to."""
+
 _MAGIC = b"SQLite format 3\x00"
-_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def is_corruption(error: sqlite3.Error) -> bool:
-    """Does ``error`` mean a bad file? (Locked, busy, full, I/O or a closed handle do not.)"""
-    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT_CODES
 
 
 class SqliteFile:
@@ -107,6 +104,10 @@ class SqliteFile:
                 conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                # The WAL is checkpointed every WAL_BYTES of pages (sqlite counts 1000 pages
+                # by default: 16 MB of our pages) and cut back to that size afterwards.
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BYTES // PAGE_SIZE}")
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_BYTES}")
                 conn.executescript(SCHEMA)
                 return conn
             except sqlite3.Error as error:

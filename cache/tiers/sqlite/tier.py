@@ -13,10 +13,11 @@ either.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -28,6 +29,7 @@ from cache.tiers.sqlite.writer import WriteQueue
 
 log = logging.getLogger(__name__)
 
+_PENDING = "forgets.pending"
 _SELECT = "SELECT blob, expires_at, user, size FROM items WHERE key = ? AND expires_at > ?"
 
 
@@ -48,6 +50,7 @@ class SqliteTier:
         gc_interval: float = 60.0,
         touch_interval: float = 1.0,
         on_quarantine: Callable[[Path], None] | None = None,
+        quarantine_ttl: float = 86400.0,
     ) -> None:
         """
         Args:
@@ -63,10 +66,13 @@ class SqliteTier:
                 ``flush_interval`` costs the readers CPU and the card writes for no better
                 eviction.
             on_quarantine: called with the new name of a file moved aside as corrupt.
+            quarantine_ttl: seconds a file moved aside is kept (for a look at what went
+                wrong) before it is deleted; a forget deletes every such file at once.
         """
         self.path = Path(path)
         self._clock = clock
         self._gc_interval = gc_interval
+        self._quarantine_ttl = quarantine_ttl
         self.file = SqliteFile(self.path, on_quarantine=on_quarantine)
         self.writes = WriteQueue(self.file, clock=clock, max_bytes=max_bytes,
                                  batch_size=batch_size, flush_interval=flush_interval,
@@ -77,15 +83,22 @@ class SqliteTier:
         """Users whose rows could not be deleted yet (their salt is already gone), with the
         keys of their writes that were dropped from the queue."""
         self._last_check = self._last_gc = 0.0
+        self._pending_saved = False
 
     def start(self) -> Self:
-        """Open the file (quarantining a corrupt one) and the salts file; start the writer."""
+        """Open the file (quarantining a corrupt one) and the salts file; start the writer.
+
+        Forgets an earlier run could not finish are taken up again, and files moved aside
+        longer ago than ``quarantine_ttl`` are deleted.
+        """
         self.file.open()
         try:
             self.salts.open()
         except BaseException:
             self.file.close()
             raise
+        self._load_pending()
+        self.remove_copies(older_than=self._quarantine_ttl)
         self._last_check = self._last_gc = time.monotonic()
         self.writes.start()
         return self
@@ -149,28 +162,31 @@ class SqliteTier:
                 "DELETE FROM items WHERE key IN (SELECT key FROM tags WHERE tag = ?)", (tag,))
 
     def forget_user(self, user: str) -> int:
-        """Destroy the user's salt, then delete their rows; retried by the writer if it fails.
+        """Destroy the user's salt, then delete their rows and every file moved aside.
 
         The salt goes first, in its own file: once it is gone, whatever rows remain are
         unreadable, so a busy or full disk can delay the deletion but not the forgetting.
+        Until all of it is done the forget is pending: retried by the writer and by the next
+        start, counted in :attr:`pending_forgets`, and :class:`TierUnavailable` is raised.
         """
-        self.salts.delete(user)
         # The batch being written is left alone (its rows are deleted right after it).
         unwritten = self.writes.take_user(user)
         # A write dropped here may have been overwriting an older row of the same key,
         # perhaps not theirs: that row is stale too, and goes with theirs.
-        stale = set(unwritten) | self.pending_forgets.get(user, set())
-        try:
-            with self.file.write_lock:
-                return len(unwritten) + self._delete_user_rows(user, stale)
-        except TierUnavailable:
-            self.pending_forgets.setdefault(user, set()).update(unwritten)  # the writer retries
-            raise
+        self.pending_forgets.setdefault(user, set()).update(unwritten)
+        with self.file.write_lock:
+            try:
+                return len(unwritten) + self._forget(user)
+            except TierUnavailable:
+                self._save_pending()
+                raise
 
-    def _delete_user_rows(self, user: str, stale: Iterable[str]) -> int:
-        keys = sorted(stale)
+    def _forget(self, user: str) -> int:
+        """One attempt at a pending forget; the rows deleted. Hold the write lock."""
+        self.salts.delete(user)
+        keys = sorted(self.pending_forgets.get(user, set()))
 
-        def forget() -> int:
+        def rows() -> int:
             with self.file.tx() as conn:
                 count = conn.execute("DELETE FROM items WHERE user = ?", (user,)).rowcount
                 for start in range(0, len(keys), 500):
@@ -179,26 +195,77 @@ class SqliteTier:
                                  chunk)
             return int(count)
 
-        count = self.file.guard(forget)
+        count = self.file.guard(rows)
+        # A file moved aside cannot be changed, only deleted: it goes whole.
+        self.remove_copies()
         # Old versions of the deleted pages still sit in the WAL: copy the zeroed pages
         # back and cut the WAL file to nothing.
         if not self.file.checkpoint():
             log.warning("forget: WAL checkpoint incomplete (readers active); the WAL is cut at "
                         "the next checkpoint")
         self.pending_forgets.pop(user, None)
+        if self._pending_saved:
+            self._save_pending()
         return count
+
+    def _save_pending(self) -> None:
+        """Keep the pending forgets in the file, so a restart takes them up (best effort: a
+        full disk keeps them in memory only, retried all the same)."""
+        value = json.dumps({user: sorted(keys) for user, keys in self.pending_forgets.items()})
+        try:
+            self.set_meta(_PENDING, value)
+        except TierUnavailable as error:
+            log.warning("pending forgets kept in memory only: %s", error)
+        else:
+            self._pending_saved = bool(self.pending_forgets)
+
+    def _load_pending(self) -> None:
+        try:
+            saved = json.loads(self.get_meta(_PENDING) or "{}")
+        except (TierUnavailable, ValueError) as error:
+            log.error("pending forgets of an earlier run unreadable: %s", error)
+            return
+        for user, keys in saved.items():
+            self.pending_forgets.setdefault(str(user), set()).update(map(str, keys))
+        self._pending_saved = bool(saved)
+        if self.pending_forgets:
+            log.warning("%d forgets of an earlier run are finished now", len(saved))
+
+    def copies(self) -> list[Path]:
+        """Files moved aside as corrupt (each with its WAL and shared-memory files)."""
+        return sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*"))
+
+    def remove_copies(self, *, older_than: float | None = None) -> int:
+        """Delete files moved aside (those modified more than ``older_than`` seconds ago,
+        or all); the number of database files deleted."""
+        cutoff = None if older_than is None else time.time() - older_than
+        removed = 0
+        for path in self.copies():
+            try:
+                if cutoff is not None and path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise TierUnavailable(f"sqlite: cannot delete {path}: {error}") from error
+            removed += not path.name.endswith(("-wal", "-shm"))
+        if removed:
+            log.info("deleted %d file(s) moved aside from %s", removed, self.path)
+        return removed
 
     def _housekeeping(self) -> None:
         """The writer thread's work after each flush: retried forgets, file check, GC."""
-        for user, stale in list(self.pending_forgets.items()):
+        for user in list(self.pending_forgets):
             with self.file.write_lock:
-                self._delete_user_rows(user, stale)
+                self._forget(user)
         if time.monotonic() - self._last_check >= 1.0:
             self._last_check = time.monotonic()
             self.file.check()
         if time.monotonic() - self._last_gc >= self._gc_interval:
             self._last_gc = time.monotonic()
             self.gc()
+            self.remove_copies(older_than=self._quarantine_ttl)
 
     def close(self) -> None:
         if not self.file.is_open:
@@ -207,11 +274,16 @@ class SqliteTier:
         with self.file.write_lock:
             try:
                 self.flush()
-                for user, stale in list(self.pending_forgets.items()):
-                    self._delete_user_rows(user, stale)
             except TierUnavailable as error:
                 log.error("sqlite cache closed with %d writes not written: %s",
                           self.writes.waiting, error)
+            for user in list(self.pending_forgets):
+                try:
+                    self._forget(user)
+                except TierUnavailable as error:
+                    log.error("a forget is still pending (kept for the next start): %s", error)
+            if self.pending_forgets:
+                self._save_pending()
             self.file.close()
         self.salts.close()
 
@@ -267,6 +339,16 @@ class SqliteTier:
         self.file.write("INSERT INTO meta (name, value) VALUES (?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """The metadata values whose names start with ``prefix``, by name."""
+        return [(str(n), str(v)) for n, v in self.file.read(
+            "SELECT name, value FROM meta WHERE name >= ? AND name < ? ORDER BY name",
+            (prefix, prefix + "\U0010ffff"))]
+
+    def delete_meta(self, name: str) -> None:
+        """Remove a value of the metadata table."""
+        self.file.write("DELETE FROM meta WHERE name = ?", (name,))
+
     def reseal(self, reseal: Callable[[str, bytes, str | None], bytes | None], *,
                stale: Callable[[bytes], bool], batch: int = 500) -> int:
         """Rewrite every row whose blob is ``stale``; the number rewritten.
@@ -315,7 +397,9 @@ class SqliteTier:
             "rows": int(rows), "bytes": int(used), "max_bytes": self.max_bytes,
             "file_bytes": file_bytes, "wal_bytes": wal_bytes,
             "queued": self.writes.waiting, "evictions": self.evictions,
-            "quarantined": self.quarantined, "dropped": self.writes.dropped,
+            "quarantined": len([p for p in self.copies()
+                                if not p.name.endswith(("-wal", "-shm"))]),
+            "quarantined_here": self.quarantined, "dropped": self.writes.dropped,
             "forgets_pending": len(self.pending_forgets),
         }
 
