@@ -94,6 +94,7 @@ def build_cache(
                                    cooldown=redis.breaker_cooldown),
             # A forget is remembered as long as anything of the user may live anywhere.
             tombstone_ttl=longest + 3600,
+            events_ttl=redis.events_ttl,
         )
     sqlite_tier = None
     if sqlite.enabled:
@@ -108,6 +109,7 @@ def build_cache(
             queue_size=sqlite.queue_size,
             gc_interval=sqlite.gc_interval,
             on_quarantine=quarantined,
+            quarantine_ttl=sqlite.quarantine_ttl,
         )
     tiered = TieredCache(
         keyring=keyring,

@@ -202,8 +202,8 @@ def _reload(settings: Settings) -> int:
         print(json.dumps({"purged": result.purged, "intents": len(templates.intents),
                           "services_told": told}))
         if cache.pending_events or not told:
-            print("error: Redis is unreachable: other nodes and running services were not told",
-                  file=sys.stderr)
+            print("error: Redis is unreachable: other nodes and running services are told when "
+                  "it is back (the reload is queued on this node's disk)", file=sys.stderr)
             return 1
     return 0
 
@@ -224,7 +224,9 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
         elif args.op == "purge":
             print(json.dumps({"tag": args.tag, "removed": cache.invalidate_tag(args.tag)}))
         elif args.op == "forget":
-            print(json.dumps({"user": args.user, "removed": cache.forget_user(args.user)}))
+            removed = cache.forget_user(args.user)
+            print(json.dumps({"user": args.user, "removed": removed,
+                              "complete": not cache.pending_events}))
         elif args.op == "gc":
             print(json.dumps({"expired_removed": maintenance.gc(cache)}))
         elif args.op == "rotate-key":

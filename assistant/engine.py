@@ -33,7 +33,7 @@ from assistant.templates.model import TemplateSet
 from assistant.templates.reload import RELOAD, Reloader, ReloadResult
 from assistant.templates.versioning import VersionRecord
 from assistant.templates.watch import TemplateWatcher
-from cache import KeyBuilder, TieredCache
+from cache import KeyBuilder, PolicyBook, TieredCache, check_user
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class IntentEngine:
         self.cache = cache
         self.on_error = on_error
         self.responder = responder or Responder(cache, keys)
+        self._policies = cache.policies if cache is not None else PolicyBook()
         self._reloader = Reloader(
             lambda: load_intent_templates(settings.folder, settings.language), cache=cache,
             record=record)
@@ -118,7 +119,8 @@ class IntentEngine:
                 area: str | None = None) -> Answer:
         """Recognise ``text`` and answer it."""
         recognizer = self.recognizer  # one snapshot for the whole request
-        match = recognizer.recognize(text, area=area)
+        private = user is not None and self._policies.for_user(check_user(user) or "").private
+        match = recognizer.recognize(text, area=area, remember=not private)
         template = recognizer.templates.intents.get(match.intent) if match else None
         return self.responder.answer(
             match, template, recognizer.home, user=user, site=site, text=text,

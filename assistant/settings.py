@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,7 +19,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from cache.errors import CacheError
 from cache.policy import PolicyBook, PrivacyPolicy
+from cache.scope import check_user
 
 DEFAULT_CONFIG = Path("configs/assistant.toml")
 CONFIG_ENV = "ASSISTANT_CONFIG"
@@ -51,6 +53,9 @@ class RedisSettings(_Section):
     timeout: float = Field(0.2, gt=0, description="socket connect/read timeout, seconds")
     breaker_threshold: int = Field(3, ge=1, description="failures in a row that open the breaker")
     breaker_cooldown: float = Field(2.0, gt=0, description="seconds Redis is skipped once open")
+    events_ttl: float = Field(
+        7 * 86400, gt=0, description="seconds an invalidation event stays on the stream for "
+                                     "processes that were away")
 
 
 class SqliteSettings(_Section):
@@ -63,6 +68,9 @@ class SqliteSettings(_Section):
     flush_interval: float = Field(0.05, gt=0, description="seconds a write may wait in the queue")
     queue_size: int = Field(20000, ge=1)
     gc_interval: float = Field(60.0, gt=0, description="seconds between removals of expired rows")
+    quarantine_ttl: float = Field(
+        86400.0, ge=0, description="seconds a corrupt file moved aside is kept for a look "
+                                   "(a forget deletes such files at once)")
 
 
 class KeySettings(_Section):
@@ -92,6 +100,16 @@ class PrivacySettings(_Section):
     default: PolicySettings = PolicySettings()
     shared: PolicySettings = PolicySettings()
     users: dict[str, PolicySettings] = {}
+
+    @field_validator("users")
+    @classmethod
+    def _user_ids(cls, users: dict[str, PolicySettings]) -> dict[str, PolicySettings]:
+        for user in users:
+            try:
+                check_user(user)
+            except CacheError as error:
+                raise ValueError(str(error)) from error
+        return users
 
     def book(self) -> PolicyBook:
         """As the cache library's type."""

@@ -126,7 +126,7 @@ def run(rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
             if done.tokens > 1:
                 rates.append((done.tokens - 1) / (done.seconds - done.first_token_seconds))
             backend.reset()
-            done = backend.complete(request, deadline=time.monotonic() + 60, states=store)
+            done = backend.complete(request, deadline=time.monotonic() + 60, states=store.bound(None))
             assert done.first_token_seconds is not None
             prefix_sources.append(done.prefix)
             restored.append(done.first_token_seconds)

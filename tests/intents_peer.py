@@ -1,6 +1,8 @@
 """A second OS process running the intent engine over a shared Redis, driven over stdin.
 
-Commands (one JSON list per line): ["ask", text], ["close"]. Answers are JSON lines.
+Arguments: Redis URL, sqlite file, intents folder, and ``nowatch`` to leave the folder
+unwatched (the process then hears of edits only from announcements). Commands (one JSON
+list per line): ["ask", text], ["close"]. Answers are JSON lines.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main() -> None:
     engine = IntentEngine(IntentsSettings(folder=folder),
                           Registry(load_home(ROOT / "configs" / "entities.yaml")),
                           cache=cache, keys=keys).start()
-    engine.watch()
+    if sys.argv[4:] != ["nowatch"]:
+        engine.watch()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)

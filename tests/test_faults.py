@@ -134,7 +134,7 @@ def test_forget_while_the_disk_is_locked_destroys_the_salt_first(
     try:
         counts = cache.forget_user("hal")
         assert counts["l3"] == 0 and counts["l1"] == 1
-        assert cache.sqlite.get_salt("hal") is None  # type: ignore[union-attr]
+        assert cache.sqlite.get_salt(cache.ref_of("hal") or "") is None  # type: ignore[union-attr]
         assert cache.pending_events == 1  # the rows are still to go
     finally:
         blocker.execute("ROLLBACK")
@@ -144,7 +144,8 @@ def test_forget_while_the_disk_is_locked_destroys_the_salt_first(
         time.sleep(0.05)  # the writer thread retries
     assert cache.pending_events == 0
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*) FROM items WHERE user = 'hal'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM items WHERE user = ?",
+                        (cache.ref_of("hal"),)).fetchone()[0] == 0
     conn.close()
     cache.close()
 

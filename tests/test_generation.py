@@ -67,7 +67,7 @@ def test_a_deterministic_request_is_generated_once(llama: LlamaCppBackend, cache
     # The model itself is deterministic at temperature 0 (the cache is not hiding that).
     llama.reset()
     direct = llama.complete(Request(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32),
-                            deadline=time.monotonic() + 30, states=gen.states)
+                            deadline=time.monotonic() + 30, states=gen.states.bound(None))
     assert strip_stop_texts(direct.text) == first.text
     # A seeded sampled request is cached too; an unseeded one never is.
     seeded = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600,
@@ -198,8 +198,8 @@ def test_the_templates_literal_start_is_kept_with_the_system_prompt(
         llama.reset()
         prepared = gen.prepare(system_prompt=SYSTEM, prompt=prompt, max_tokens=8,
                                prompt_head=head)
-        return llama.complete(prepared.request, deadline=time.monotonic() + 30, user=None,
-                              states=store)
+        return llama.complete(prepared.request, deadline=time.monotonic() + 30,
+                              states=store.bound(None))
 
     assert ask(f"{head} rainy and 8 degrees.", head).prefix == "computed"
     assert ask(f"{head} sunny and 20 degrees.", head).prefix == "l1"
@@ -221,7 +221,7 @@ def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cac
         # The model's words do not matter here, only where the state it started from came from.
         llama.reset()
         return llama.complete(prepared.request, deadline=time.monotonic() + 30,
-                              user="ann", states=gen.states).prefix
+                              states=gen.states.bound("ann")).prefix
 
     assert ask() == "computed"
     assert ask() == "l1"

@@ -59,8 +59,9 @@ def test_policy_tightened_after_storing_applies_at_start(keyring: Keyring, names
     conn = sqlite3.connect(db)
     rows = dict(conn.execute("SELECT user, expires_at FROM items"))
     conn.close()
-    assert "bob" not in rows  # no longer allowed on disk: gone before anything is served
-    assert rows["carol"] == clock() + 60 and rows["dan"] == clock() + 120
+    bob, carol, dan = (cache.ref_of(u) for u in ("bob", "carol", "dan"))
+    assert bob not in rows  # no longer allowed on disk: gone before anything is served
+    assert rows[carol] == clock() + 60 and rows[dan] == clock() + 120
     assert rows[None] == clock() + 86400  # shared items keep their TTL
     clock.advance(61)
     assert cache.get("v1:t:carol", user="carol") is None
@@ -100,7 +101,7 @@ def test_forget_leaves_nothing_readable_on_disk(keyring: Keyring, names: KeyBuil
     cache.set(names.key("gen", "shared"), "It is sunny", ttl=3600)
     cache.sqlite.flush()  # type: ignore[union-attr]
     blobs = [cache.sqlite.get(k).payload for k in alice_keys]  # type: ignore[union-attr]
-    salt = cache.sqlite.get_salt("alice")  # type: ignore[union-attr]
+    salt = cache.sqlite.get_salt(cache.ref_of("alice") or "")  # type: ignore[union-attr]
     assert salt is not None
     backup = tmp_path / "backup.db"
     shutil.copy(db, backup)  # a copy taken before the forget (its WAL content included below)

@@ -18,7 +18,7 @@ from assistant.answers.context import BUCKET_SECONDS, render
 from assistant.home import entity_tag
 from assistant.recognition.match import Match
 from assistant.templates.model import Fragment, IntentTemplate
-from cache import KeyBuilder, TieredCache, scope_of
+from cache import KeyBuilder, Placement, PolicyBook, TieredCache, scope_of
 
 MEMO_SIZE = 4096
 """Entries a responder memo holds before it starts again."""
@@ -52,14 +52,14 @@ def said_freely(match: Match | None) -> bool:
     return match is not None and any(s.wildcard for s in match.slots.values())
 
 
-def fragment_owner(user: str | None, *, reads: frozenset[str], personal: bool,
-                   free_text: bool) -> str | None:
-    """Whose a cached piece of an answer is: ``user``'s alone when it is ``personal``
-    (``scope: user``), reads who asks, or reads slots holding words said freely
-    (``free_text``); everyone's (``None``) otherwise."""
-    if not user:
-        return None
-    return user if personal or "user" in reads or ("slots" in reads and free_text) else None
+def placement(policies: PolicyBook, user: str | None, *, ttl: float, reads: frozenset[str],
+              personal: bool = False, free_text: bool = False) -> Placement:
+    """Where a piece of an answer computed for ``user`` lives: ``user``'s own when it is
+    ``personal`` (``scope: user``), reads who asks, or reads slots holding words said freely
+    (``free_text``), or when their policy is private; shared otherwise. Their policy caps
+    its life and tiers either way (see :meth:`PolicyBook.place`)."""
+    return policies.place(user, ttl=ttl, personal=personal or "user" in reads or (
+        "slots" in reads and free_text))
 
 
 class StaticFragments:
@@ -71,6 +71,7 @@ class StaticFragments:
         self.cache = cache
         self.keys = keys
         self.ttl = ttl
+        self.policies = cache.policies if cache is not None else PolicyBook()
         # Keys of shared fragments by what decides them: the key is canonical JSON under an
         # HMAC, while this memo only has to tell contexts apart within the process, which
         # their repr does at a fraction of the cost. Nothing of a user's is kept here.
@@ -91,7 +92,9 @@ class StaticFragments:
             return FragmentResult("text", rendered(), "computed",
                                   time.perf_counter() - started), None
         free_text = said_freely(match)
-        owner = fragment_owner(user, reads=fragment.uses, personal=False, free_text=free_text)
+        ttl = BUCKET_SECONDS.get(template.vary_by or "", self.ttl)
+        place = placement(self.policies, user, ttl=ttl, reads=fragment.uses, free_text=free_text)
+        owner = place.owner
         # Only what the template reads goes into its key, so an answer that does not depend on
         # who asks, or where, is cached once for everyone.
         seen = {k: v for k, v in context.items() if k in fragment.uses and k != "time"}
@@ -106,8 +109,8 @@ class StaticFragments:
                                 visible, bucket, scope_of(owner))
             if memo is not None:
                 remember(self._keys_made, memo, key)
-        ttl = BUCKET_SECONDS.get(template.vary_by or "", self.ttl)
         tags = (*template.tags, *(entity_tag(e.entity_id) for e in match.targets))
-        outcome = self.cache.fetch(key, rendered, ttl=ttl, tags=tags, user=owner)
+        outcome = self.cache.fetch(key, rendered, ttl=place.ttl, tags=tags, user=owner,
+                                   redis=place.redis, disk=place.disk)
         return FragmentResult("text", str(outcome.value), outcome.source,
                               time.perf_counter() - started), key if owner is None else None

@@ -22,7 +22,7 @@ from assistant.answers.context import render, template_context
 from assistant.answers.fragments import (
     FragmentResult,
     StaticFragments,
-    fragment_owner,
+    placement,
     remember,
     said_freely,
 )
@@ -39,7 +39,7 @@ from assistant.templates.model import (
     template_head,
     template_reads,
 )
-from cache import KeyBuilder, TieredCache
+from cache import KeyBuilder, TieredCache, check_user
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Responder:
         ``text``: what was said, answered by the generator when no intent matched;
         ``default_system_prompt``: for that, and for intents that name no system prompt.
         """
+        check_user(user)
         if match is None or template is None:
             return self._unmatched(text, user, site, home, default_system_prompt)
         refused = refusal(template, match)
@@ -121,7 +122,7 @@ class Responder:
         context = self.context(match, template, home, user=user, site=site)
         system = template.system_prompt or default_system_prompt
         fragments = template.fragments(match.response)
-        plan = self._plan_key(template, match, fragments, context, system)
+        plan = self._plan_key(template, match, fragments, context, system, user)
         results = self._from_plan(plan) if plan is not None else None
         if results is None:
             made: list[tuple[str, str | None]] = []
@@ -140,8 +141,8 @@ class Responder:
         )
 
     def _plan_key(self, template: IntentTemplate, match: Match, fragments: Sequence[Fragment],
-                  context: Mapping[str, Any],
-                  system: Template | None) -> tuple[Any, ...] | None:
+                  context: Mapping[str, Any], system: Template | None,
+                  user: str | None) -> tuple[Any, ...] | None:
         """What decides every fragment key of a shared answer; None for a personal one.
 
         An answer none of whose fragments reads the user or carries words said freely is the
@@ -152,6 +153,8 @@ class Responder:
             return None
         if "user" in template_reads(system) or any(f.uses_user for f in fragments):
             return None
+        if self.texts.policies.place(user, ttl=0.0).owner is not None:
+            return None  # a private user's answers are theirs alone
         version = self.generator.model_version() if self.generator is not None and any(
             f.generate is not None for f in fragments) else ""
         # The system prompt by identity: the memo keeps it alive, and a reload makes a new one.
@@ -182,12 +185,11 @@ class Responder:
         context = template_context(None, None, home, user=user, site=site, clock=self.clock,
                                    tz=self.tz)
         prompt = render(system, context, where="default_system_prompt") if system else ""
-        owner = fragment_owner(user, reads=template_reads(system),
-                               personal=settings.unmatched_scope == "user", free_text=False)
+        personal = settings.unmatched_scope == "user" or "user" in template_reads(system)
         try:
             out = self.generator.generate(
                 system_prompt=prompt, prompt=" ".join(text.split()),
-                max_tokens=settings.unmatched_max_tokens, user=owner,
+                max_tokens=settings.unmatched_max_tokens, user=user, personal=personal,
                 ttl=settings.unmatched_ttl, tags=(UNMATCHED_TAG,), template_id="unmatched")
         except GenerationError as error:
             log.warning("no generated answer to an unmatched sentence: %s", error,
@@ -209,8 +211,8 @@ class Responder:
         generator = self.generator
         reads = spec.prompt.reads | template_reads(system)
         free_text = said_freely(match)
-        owner = fragment_owner(user, reads=reads, personal=spec.scope == "user",
-                               free_text=free_text)
+        owner = placement(self.texts.policies, user, ttl=spec.ttl, reads=reads,
+                          personal=spec.scope == "user", free_text=free_text).owner
         # Only shared parts are remembered: nothing of a user's stays in this memo, which
         # forget does not reach. A shared part does not depend on who asks.
         memo = None
@@ -230,7 +232,7 @@ class Responder:
             if memo is not None:
                 remember(self._prepared, memo, prepared)
         try:
-            out = generator.run(prepared, ttl=spec.ttl, tags=(
+            out = generator.run(prepared, ttl=spec.ttl, asker=user, tags=(
                 *template.tags, *(entity_tag(e.entity_id) for e in match.targets)))
         except GenerationError as error:
             log.warning("%s, line %s: fallback said: %s", template.file, fragment.line, error,

@@ -59,15 +59,15 @@ class Completion:
 
 
 class PrefixStore(Protocol):
-    """Keeps a backend's state after a system prompt, so the next request skips it."""
+    """Keeps a backend's state after a system prompt for one request's owner, so the next
+    request with that system prompt skips it."""
 
-    def load(self, backend: Backend, system_prompt: str, user: str | None,
+    def load(self, backend: Backend, system_prompt: str,
              head: str = "") -> tuple[bytes, str] | None:
         """The saved state after ``system_prompt`` (and the user turn's ``head``), and the
         tier it came from, or None."""
 
-    def save(self, backend: Backend, system_prompt: str, user: str | None, state: bytes,
-             head: str = "") -> None:
+    def save(self, backend: Backend, system_prompt: str, state: bytes, head: str = "") -> None:
         """Keep ``state``."""
 
 
@@ -105,12 +105,12 @@ class Backend(ABC):
         return ""
 
     @abstractmethod
-    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+    def complete(self, request: Request, *, deadline: float,
                  states: PrefixStore | None = None) -> Completion:
         """Generate for ``request`` by ``deadline`` (``time.monotonic()``).
 
-        ``user``: whose request it is (a saved state of a personal system prompt is theirs).
-        ``states``: where states after system prompts are kept (``None``: none are).
+        ``states``: where this request's states after system prompts are kept (``None``:
+        none are); it knows whose they are.
         Raises :class:`~assistant.errors.GenerationTimeout` after the deadline and
         :class:`~assistant.errors.GenerationError` on any failure.
         """

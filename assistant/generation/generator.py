@@ -24,7 +24,15 @@ from assistant.errors import GenerationError
 from assistant.generation.base import Backend, Completion, Request
 from assistant.settings import GeneratorSettings
 from assistant.speech.sentences import whole_sentences
-from cache import GenerationKey, KeyBuilder, NonDeterministicError, TieredCache, scope_of
+from cache import (
+    GenerationKey,
+    KeyBuilder,
+    NonDeterministicError,
+    Placement,
+    PolicyBook,
+    TieredCache,
+    scope_of,
+)
 
 GEN_TAG = "gen"
 """Every cached generated part carries it: ``assistant cache purge --tag gen`` drops them."""
@@ -47,21 +55,42 @@ class PrefixCache:
                              hashlib.sha256(system_prompt.encode()).digest(),
                              hashlib.sha256(head.encode()).digest(), scope_of(user))
 
-    def load(self, backend: Backend, system_prompt: str, user: str | None,
+    def bound(self, owner: str | None, *, asker: str | None = None) -> BoundStates:
+        """The store one request's states go to: ``owner``'s (a personal system prompt's
+        state is its user's) or shared, within the policy of ``asker`` (who the request is
+        for; the owner when not given)."""
+        placement = self.cache.policies.place(
+            asker if asker is not None else owner, ttl=self.settings.prefix_ttl,
+            personal=owner is not None, redis=self.settings.prefix_redis)
+        if placement.owner != owner:
+            raise ValueError("a state's owner must follow the asker's policy")
+        return BoundStates(self, placement)
+
+
+class BoundStates:
+    """Saved states of one request, placed as its asker's policy allows."""
+
+    def __init__(self, states: PrefixCache, placement: Placement) -> None:
+        self._states = states
+        self.placement = placement
+        """Whose the states are, how long they live, in which tiers."""
+
+    def load(self, backend: Backend, system_prompt: str,
              head: str = "") -> tuple[bytes, str] | None:
-        found = self.cache.lookup(self.key(backend, system_prompt, user, head), user=user,
-                                  redis=self.settings.prefix_redis)
+        p = self.placement
+        found = self._states.cache.lookup(self._states.key(backend, system_prompt, p.owner, head),
+                                          user=p.owner, redis=p.redis)
         if found is None or not isinstance(found.value, bytes):
             return None
         return found.value, found.source
 
-    def save(self, backend: Backend, system_prompt: str, user: str | None, state: bytes,
-             head: str = "") -> None:
-        self.cache.set(self.key(backend, system_prompt, user, head), state,
-                       ttl=self.settings.prefix_ttl,
-                       tags=(PREFIX_TAG, f"model:{backend.model_version[:16]}"), user=user,
-                       redis=self.settings.prefix_redis,
-                       disk=len(state) <= self.settings.prefix_disk_max_bytes)
+    def save(self, backend: Backend, system_prompt: str, state: bytes, head: str = "") -> None:
+        p = self.placement
+        self._states.cache.set(
+            self._states.key(backend, system_prompt, p.owner, head), state, ttl=p.ttl,
+            tags=(PREFIX_TAG, f"model:{backend.model_version[:16]}"), user=p.owner,
+            redis=p.redis,
+            disk=p.disk and len(state) <= self._states.settings.prefix_disk_max_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +149,10 @@ class Generator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, request: Request, user: str | None) -> tuple[str, Completion]:
+    def _run(self, request: Request, states: BoundStates | None) -> tuple[str, Completion]:
         self.calls += 1
         completion = self.backend.complete(
-            request, deadline=time.monotonic() + self.settings.timeout, user=user,
-            states=self.states)
+            request, deadline=time.monotonic() + self.settings.timeout, states=states)
         text = completion.text
         if completion.finish == "length":
             text = whole_sentences(text)
@@ -169,41 +197,60 @@ class Generator:
                 key = None  # sampled without a seed: never cached
         return Prepared(request, key, user, version)
 
-    def run(self, prepared: Prepared, *, ttl: float, tags: Iterable[str] = ()) -> Generated:
-        """The generated part of ``prepared``: from the cache, or written by the model."""
+    def placement(self, user: str | None, *, ttl: float, personal: bool) -> Placement:
+        """Where a part generated for ``user`` lives (see :meth:`PolicyBook.place`)."""
+        policies = self.cache.policies if self.cache is not None else PolicyBook()
+        return policies.place(user, ttl=ttl, personal=personal)
+
+    def run(self, prepared: Prepared, *, ttl: float, tags: Iterable[str] = (),
+            asker: str | None = None) -> Generated:
+        """The generated part of ``prepared``: from the cache, or written by the model.
+
+        ``asker``: who it is generated for (default: its owner); their policy caps how long
+        the part, and the model state it leaves, may live and where.
+        """
         started = time.perf_counter()
-        request, user = prepared.request, prepared.user
+        request, owner = prepared.request, prepared.user
+        place = self.placement(asker if asker is not None else owner, ttl=ttl,
+                               personal=owner is not None)
+        if place.owner != owner:
+            raise ValueError("a generated part's owner must follow the asker's policy")
+        states = self.states.bound(owner, asker=asker) if self.states is not None else None
         if prepared.key is None or self.cache is None:
-            text, completion = self._run(request, user)
+            text, completion = self._run(request, states)
             source = "uncached" if self.cache is not None else "computed"
             return Generated(text, source, time.perf_counter() - started, completion)
         ran: list[Completion] = []
 
         def compute() -> str:
-            text, completion = self._run(request, user)
+            text, completion = self._run(request, states)
             ran.append(completion)
             return text
 
         outcome = self.cache.fetch(
-            prepared.key, compute, ttl=ttl,
-            tags=(GEN_TAG, f"model:{prepared.model_version[:16]}", *tags), user=user)
+            prepared.key, compute, ttl=place.ttl,
+            tags=(GEN_TAG, f"model:{prepared.model_version[:16]}", *tags), user=owner,
+            redis=place.redis, disk=place.disk)
         return Generated(str(outcome.value), outcome.source, time.perf_counter() - started,
                          ran[0] if ran else None)
 
     def generate(self, *, system_prompt: str, prompt: str, max_tokens: int,
                  temperature: float = 0.0, seed: int | None = None, user: str | None = None,
-                 ttl: float, tags: Iterable[str] = (), template_id: str = "",
-                 template_version: str = "") -> Generated:
-        """One generated part; :class:`GenerationError` when there is none to give.
+                 personal: bool | None = None, ttl: float, tags: Iterable[str] = (),
+                 template_id: str = "", template_version: str = "") -> Generated:
+        """One generated part for ``user``; :class:`GenerationError` when there is none.
 
-        ``user``: the part is that user's (cached for them alone, under their policy);
-        ``None`` shares it with everyone.
+        ``personal``: the part is ``user``'s own, cached for them alone (default: whenever a
+        user is named); otherwise it is shared unless their policy is private. Either way
+        their policy caps its life and tiers.
         """
+        owner = self.placement(user, ttl=ttl, personal=user is not None if personal is None
+                               else personal).owner
         prepared = self.prepare(system_prompt=system_prompt, prompt=prompt,
                                 max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                user=user, template_id=template_id,
+                                user=owner, template_id=template_id,
                                 template_version=template_version)
-        return self.run(prepared, ttl=ttl, tags=tags)
+        return self.run(prepared, ttl=ttl, tags=tags, asker=user)
 
     def close(self) -> None:
         """Release the backend."""

@@ -156,7 +156,7 @@ class HailoBackend(Backend):
             self._llm.clear_context()
             return False
 
-    def _run(self, request: Request, user: str | None, deadline: float,
+    def _run(self, request: Request, deadline: float,
              states: PrefixStore | None) -> tuple[str, str]:
         with self._lock:
             if time.monotonic() > deadline:  # given up on while it waited: do not run it
@@ -166,23 +166,23 @@ class HailoBackend(Backend):
             if store is None:
                 return self._generate(request.messages(), request, request.max_tokens), "off"
             system = [{"role": "system", "content": request.system_prompt}]
-            found = store.load(self, request.system_prompt, user)
+            found = store.load(self, request.system_prompt)
             if found is not None and self._restored(found[0]):
                 source = found[1]
             else:
                 # Read the system prompt alone (one token out, not kept) and save that context.
                 self._generate(system, request, 1)
-                store.save(self, request.system_prompt, user, bytes(self._llm.save_context()))
+                store.save(self, request.system_prompt, bytes(self._llm.save_context()))
                 source = "computed"
             user_turn = [{"role": "user", "content": request.prompt}]
             return self._generate(user_turn, request, request.max_tokens), source
 
-    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+    def complete(self, request: Request, *, deadline: float,
                  states: PrefixStore | None = None) -> Completion:
         if self._worker is None:
             raise GenerationError("the Hailo model is not loaded")
         started = time.perf_counter()
-        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, user, deadline,
+        future: Future[tuple[str, str]] = self._worker.submit(self._run, request, deadline,
                                                               states)
         try:
             text, prefix = future.result(timeout=remaining(deadline))

@@ -159,8 +159,7 @@ class LlamaCppBackend(Backend):
             llm._requires_eval = True
         return True
 
-    def _prepare(self, request: Request, tokens: list[int], user: str | None,
-                 store: PrefixStore | None) -> str:
+    def _prepare(self, request: Request, tokens: list[int], store: PrefixStore | None) -> str:
         """Put the saved state of the prompt's start in the model; where it came from."""
         llm = self._llm
         if store is None:
@@ -182,15 +181,15 @@ class LlamaCppBackend(Backend):
             # batches they were computed in, and that is enough to change a greedy answer.
             llm.n_tokens = len(prefix)
             return "kept"
-        found = store.load(self, system, user, head)
+        found = store.load(self, system, head)
         if found is not None and self._restore(found[0], prefix):
             return found[1]
         llm.reset()
         llm.eval(prefix)
-        store.save(self, system, user, self._snapshot(), head)
+        store.save(self, system, self._snapshot(), head)
         return "computed"
 
-    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+    def complete(self, request: Request, *, deadline: float,
                  states: PrefixStore | None = None) -> Completion:
         if self._llm is None:
             raise GenerationError("the model is not loaded")
@@ -207,7 +206,7 @@ class LlamaCppBackend(Backend):
                 if len(tokens) + request.max_tokens > self._context:
                     raise GenerationError(f"the prompt ({len(tokens)} tokens) and answer do not "
                                           f"fit the context of {self._context} tokens")
-                prefix = self._prepare(request, tokens, user, states)
+                prefix = self._prepare(request, tokens, states)
                 if time.monotonic() > deadline:
                     raise GenerationTimeout("the deadline passed while the system prompt was "
                                             "read")

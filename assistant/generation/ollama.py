@@ -128,7 +128,7 @@ class OllamaBackend(Backend):
             raise GenerationError(f"{path}: the answer is not a JSON object")
         return payload
 
-    def complete(self, request: Request, *, deadline: float, user: str | None = None,
+    def complete(self, request: Request, *, deadline: float,
                  states: PrefixStore | None = None) -> Completion:
         started = time.perf_counter()
         left = remaining(deadline)

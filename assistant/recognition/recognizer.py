@@ -139,9 +139,11 @@ class Recognizer:
         """This recognizer over another snapshot of the home (same parsed sentences)."""
         return Recognizer(self.templates, home, language=self.language, previous=self)
 
-    def recognize(self, text: str, *, area: str | None = None) -> Match | None:
+    def recognize(self, text: str, *, area: str | None = None,
+                  remember: bool = True) -> Match | None:
         """The best match for ``text``, said in the area with id ``area`` (if known), with
-        the entities it is about."""
+        the entities it is about. ``remember=False`` keeps nothing of ``text`` (the sentence
+        of someone whose policy is private)."""
         key = (" ".join(text.casefold().split()), area)
         with self._seen_lock:
             found = self._seen.get(key, _UNSEEN)
@@ -149,7 +151,8 @@ class Recognizer:
             found = self.match(text, area=area)
             # Free text someone said (a wildcard slot) is theirs: not kept in a memory that
             # outlives the request and that forgetting them could not reach.
-            if found is None or not any(slot.wildcard for slot in found.slots.values()):
+            if remember and (found is None or
+                             not any(slot.wildcard for slot in found.slots.values())):
                 with self._seen_lock:
                     self._seen[key] = found
         if found is None:

@@ -30,7 +30,7 @@ from assistant.model_files import cpu_threads, find_one, model_version, package_
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
 from assistant.speech.whisper_window import FittedWindow
-from cache import KeyBuilder, TieredCache, scope_of
+from cache import KeyBuilder, TieredCache, check_user, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class Transcriber:
         audio is never cached.
         """
         started = time.perf_counter()
+        check_user(user)
         source_fmt, pcm = probe(data, self.limits, fmt)  # limits first, before any work
         audio_seconds = len(pcm) / source_fmt.frame_bytes / source_fmt.rate
 
@@ -163,8 +164,11 @@ class Transcriber:
         if self._cache is None:
             value, source = compute(), "computed"
         else:
-            found = self._cache.fetch(self.key(data, fmt, user), compute, ttl=self.settings.ttl,
-                                      tags=(STT_TAG,), user=user)
+            # A transcript is the speaker's own words.
+            place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
+            found = self._cache.fetch(self.key(data, fmt, place.owner), compute, ttl=place.ttl,
+                                      tags=(STT_TAG,), user=place.owner, redis=place.redis,
+                                      disk=place.disk)
             value, source = found.value, found.source
         return Transcript(text=value["text"], language=value["language"],
                           audio_seconds=audio_seconds, source=source,

@@ -26,7 +26,7 @@ from assistant.model_files import cpu_threads, find_one, model_version, package_
 from assistant.settings import TtsSettings
 from assistant.speech.audio import wav_bytes
 from assistant.speech.sentences import split_sentences
-from cache import KeyBuilder, TieredCache, scope_of
+from cache import KeyBuilder, TieredCache, check_user, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +177,27 @@ class Speaker:
             chunks = list(self._voice.synthesize(sentence, syn_config=self._syn))
         return b"".join(chunk.audio_int16_bytes for chunk in chunks)
 
-    def sentence(self, sentence: str, *, user: str | None = None) -> SpokenSentence:
+    def sentence(self, sentence: str, *, user: str | None = None,
+                 personal: bool | None = None) -> SpokenSentence:
         """The audio of one sentence, from the cache when it was said before.
 
-        ``user``: cache it as that user's (for answers with personal content); ``None``
-        shares it with everyone.
+        ``user``: who it is spoken for; their policy caps how long the audio is kept and
+        where. ``personal``: the sentence is theirs (personal content), cached for them
+        alone; by default it is when a user is named. An impersonal sentence is shared unless
+        their policy is private.
         """
         started = time.perf_counter()
+        check_user(user)
         if self._cache is None or self._keys is None:
             pcm, source = self.synthesize(sentence), "computed"
         else:
-            found = self._cache.fetch(self.key(sentence, user), lambda: self.synthesize(sentence),
-                                      ttl=self.settings.ttl, tags=(TTS_TAG,), user=user)
+            place = self._cache.policies.place(
+                user, ttl=self.settings.ttl,
+                personal=user is not None if personal is None else personal)
+            found = self._cache.fetch(self.key(sentence, place.owner),
+                                      lambda: self.synthesize(sentence), ttl=place.ttl,
+                                      tags=(TTS_TAG,), user=place.owner, redis=place.redis,
+                                      disk=place.disk)
             pcm, source = found.value, found.source
         return SpokenSentence(sentence, pcm, source, time.perf_counter() - started)
 
@@ -198,10 +207,12 @@ class Speaker:
             raise SpeechError("there is nothing to say: the text has no words")
         return sentences
 
-    def speak(self, text: str, *, user: str | None = None) -> Speech:
-        """``text`` spoken as one WAV file."""
+    def speak(self, text: str, *, user: str | None = None,
+              personal: bool | None = None) -> Speech:
+        """``text`` spoken as one WAV file (``user`` and ``personal`` as for :meth:`sentence`)."""
         started = time.perf_counter()
-        spoken = tuple(self.sentence(s, user=user) for s in self._sentences(text))
+        spoken = tuple(self.sentence(s, user=user, personal=personal)
+                       for s in self._sentences(text))
         return Speech(self.stitch([s.pcm for s in spoken]), spoken, self.rate,
                       time.perf_counter() - started)
 
@@ -209,7 +220,8 @@ class Speaker:
         """Sentence clips joined with the configured pause, as one WAV file."""
         return wav_bytes(self._pause.join(clips), rate=self.rate)
 
-    def stream(self, text: str, *, user: str | None = None) -> Iterator[SpokenSentence]:
+    def stream(self, text: str, *, user: str | None = None,
+               personal: bool | None = None) -> Iterator[SpokenSentence]:
         """Each sentence's audio, in order, as soon as it is ready.
 
         A worker of the speaker's pool works through the sentences while the caller plays
@@ -227,7 +239,7 @@ class Speaker:
                 if stop.is_set():
                     return
                 try:
-                    ready.put(self.sentence(sentence, user=user))
+                    ready.put(self.sentence(sentence, user=user, personal=personal))
                 except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
                     ready.put(error)
                     return
