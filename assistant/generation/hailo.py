@@ -28,14 +28,8 @@ from types import ModuleType
 from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import (
-    Backend,
-    Completion,
-    PrefixStore,
-    Request,
-    remaining,
-    strip_stop_texts,
-)
+from assistant.generation import base
+from assistant.generation.base import Backend, Completion, PrefixStore, Request
 from assistant.model_files import model_version
 from assistant.speech.sentences import ends_sentence
 
@@ -185,7 +179,7 @@ class HailoBackend(Backend):
         future: Future[tuple[str, str]] = self._worker.submit(self._run, request, deadline,
                                                               states)
         try:
-            text, prefix = future.result(timeout=remaining(deadline))
+            text, prefix = future.result(timeout=base.remaining(deadline))
         except FutureTimeout:
             # Not started yet: it never will be. Started: the NPU finishes the call in the
             # background and its result is dropped; requests queued behind it that run out
@@ -196,7 +190,7 @@ class HailoBackend(Backend):
             raise
         except Exception as error:  # any driver error
             raise GenerationError(f"hailo generation failed: {error}") from error
-        clean = strip_stop_texts(text)
+        clean = base.strip_stop_texts(text)
         # generate_all does not say why it stopped: text that ends mid-sentence was cut off.
         finish = "stop" if ends_sentence(clean) else "length"
         return Completion(text=clean, finish=finish, tokens=len(clean.split()),

@@ -20,14 +20,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import (
-    Backend,
-    Completion,
-    PrefixStore,
-    Request,
-    remaining,
-    strip_stop_texts,
-)
+from assistant.generation import base
+from assistant.generation.base import Backend, Completion, PrefixStore, Request
 from assistant.model_files import cpu_threads, model_version, package_folder
 
 log = logging.getLogger(__name__)
@@ -194,7 +188,7 @@ class LlamaCppBackend(Backend):
         if self._llm is None:
             raise GenerationError("the model is not loaded")
         started = time.perf_counter()
-        if not self._lock.acquire(timeout=remaining(deadline)):
+        if not self._lock.acquire(timeout=base.remaining(deadline)):
             raise GenerationTimeout("the model stayed busy with other requests past the deadline")
         try:
             if time.monotonic() > deadline:
@@ -238,7 +232,7 @@ class LlamaCppBackend(Backend):
                                       ) from error
         finally:
             self._lock.release()
-        return Completion(text=strip_stop_texts("".join(parts)), finish=finish, tokens=count,
+        return Completion(text=base.strip_stop_texts("".join(parts)), finish=finish, tokens=count,
                           seconds=time.perf_counter() - started, first_token_seconds=first,
                           prefix=prefix)
 

@@ -21,14 +21,8 @@ import urllib.request
 from typing import Any, Self
 
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
-from assistant.generation.base import (
-    Backend,
-    Completion,
-    PrefixStore,
-    Request,
-    remaining,
-    strip_stop_texts,
-)
+from assistant.generation import base
+from assistant.generation.base import Backend, Completion, PrefixStore, Request
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +125,7 @@ class OllamaBackend(Backend):
     def complete(self, request: Request, *, deadline: float,
                  states: PrefixStore | None = None) -> Completion:
         started = time.perf_counter()
-        left = remaining(deadline)
+        left = base.remaining(deadline)
         if left <= 0:
             raise GenerationTimeout("no time left to generate")
         options: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p,
@@ -145,6 +139,6 @@ class OllamaBackend(Backend):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise GenerationError("/api/chat: the answer has no message content")
         finish = "length" if answer.get("done_reason") == "length" else "stop"
-        return Completion(text=strip_stop_texts(message["content"]), finish=finish,
+        return Completion(text=base.strip_stop_texts(message["content"]), finish=finish,
                           tokens=int(answer.get("eval_count") or 0),
                           seconds=time.perf_counter() - started)
