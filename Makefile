@@ -1,6 +1,6 @@
-# The two commands of the README: `make test` and `make run`. Both set up what they
-# need on a fresh machine: the virtualenv, the project, and the redis-server and
-# mosquitto binaries (Debian packages, installed when missing and running as root).
+# The two commands of the README: `make test` and `make run` (the MQTT service). Both set
+# up what they need on a fresh machine: the virtualenv, the project, and the redis-server
+# and mosquitto binaries (Debian packages, installed when missing and running as root).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server mosquitto
 SERVER_BINARIES := redis-server mosquitto
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate clean
+.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,10 @@ unit: $(STAMP) servers
 
 test: lint typecheck unit
 
-run: $(STAMP)
-	$(BIN)/assistant cache stats
+# The service: a private mosquitto on loopback when none listens there (the Debian package
+# `servers` installs), Redis used when it answers.
+run: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/assistant serve
 
 bench-cache: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_cache.py
@@ -56,6 +58,9 @@ bench-speech: $(STAMP) servers
 
 bench-generate: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_generate.py
+
+bench-e2e: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_e2e.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -6,14 +6,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
+
+from prometheus_client import CollectorRegistry
 
 from assistant.answers import Responder
 from assistant.engine import IntentEngine
 from assistant.generation import Generator, open_backend
 from assistant.home import Registry, load_home
+from assistant.home.listener import DiscoveryListener
+from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics
+from assistant.pipeline import Pipeline
 from assistant.settings import (
     CacheSettings,
     KeySettings,
@@ -25,6 +30,8 @@ from assistant.settings import (
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
 from assistant.templates.versioning import VersionRecord
+from assistant.transports.broker import EmbeddedBroker
+from assistant.transports.mqtt_service import MqttService
 from cache import (
     CacheMetrics,
     CircuitBreaker,
@@ -150,47 +157,85 @@ class App:
 
     Which parts: always the cache; with ``answers`` the home, the generator and the intent
     engine (watching the templates when ``watch``); with ``speech`` the transcriber and the
-    speaker. The constructor only stores the choice; :meth:`start` builds and starts them in
-    that order and :meth:`close` stops them in reverse, as does a failure half-way.
+    speaker; with ``serve`` a private broker if the machine has none, discovery of the home,
+    the metrics endpoint and the MQTT service. The constructor only stores the choice;
+    :meth:`start` builds and starts them in that order and :meth:`close` stops them in
+    reverse, as does a failure half-way.
     """
 
     def __init__(self, settings: Settings, *, answers: bool = True, speech: bool = False,
-                 listen: bool = True, watch: bool = False) -> None:
-        """``listen``: follow other processes' purges (a one-shot command does not)."""
+                 serve: bool = False, listen: bool = True, watch: bool = False,
+                 progress: Callable[[str], object] = lambda step: None) -> None:
+        """``listen``: follow other processes' purges (a one-shot command does not);
+        ``progress``: told what is being started (for a display)."""
         self.settings = settings
-        self._answers = answers
+        self._answers = answers or serve
         self._speech = speech
+        self._serve = serve
         self._listen = listen
         self._watch = watch
+        self._progress = progress
         self._stack = contextlib.ExitStack()
+        self.registry_of_metrics = CollectorRegistry()
         self.cache: TieredCache | None = None
         self.keys: KeyBuilder | None = None
+        self.broker: EmbeddedBroker | None = None
         self.registry: Registry | None = None
+        self.discovery: DiscoveryListener | None = None
         self.generator: Generator | None = None
         self.engine: IntentEngine | None = None
         self.transcriber: Transcriber | None = None
         self.speaker: Speaker | None = None
+        self.service: MqttService | None = None
 
     def start(self) -> Self:
         """Build and start every part; on a failure, stop those already started and raise."""
         s = self.settings
+        say = self._progress
         try:
-            cache, keys = cache_of(s, listen=self._listen)
+            if self._serve:
+                say("MQTT broker")
+                self.broker = self._started(EmbeddedBroker(s.mqtt))
+            say("cache")
+            cache, keys = build_cache(cache=s.cache, redis=s.redis, sqlite=s.sqlite,
+                                      keys=s.keys, privacy=s.privacy, listen=self._listen,
+                                      metrics=CacheMetrics(self.registry_of_metrics))
             self.cache, self.keys = self._started(cache), keys
             if self._answers:
+                say("the home")
                 self.registry = Registry(load_home(s.home.entities_file))
+                if self._serve and s.home.discovery:
+                    self.discovery = self._started(DiscoveryListener(self.registry, s.mqtt,
+                                                                     s.home))
+                say(f"language model ({s.generator.backend})")
                 self.generator = self._started(Generator(open_backend(s.generator), s.generator,
                                                          cache=cache, keys=keys))
                 responder = Responder(cache, keys, generator=self.generator,
                                       static_ttl=s.cache.default_ttl)
+                say("intent templates and sentences")
                 self.engine = self._started(IntentEngine(
                     s.intents, self.registry, cache=cache, keys=keys, responder=responder,
                     record=version_record(s)))
                 if self._watch:
                     self.engine.watch()
             if self._speech:
+                say("speech recognition (Whisper)")
                 self.transcriber = self._started(Transcriber(s.stt, cache=cache, keys=keys))
+                say("voice (piper)")
                 self.speaker = self._started(Speaker(s.tts, cache=cache, keys=keys))
+            if self._serve:
+                assert self.engine is not None
+                metrics = ServiceMetrics(self.registry_of_metrics)
+                say("metrics endpoint")
+                self._started(MetricsEndpoint(self.registry_of_metrics,
+                                              host=s.service.metrics_host,
+                                              port=s.service.metrics_port))
+                say("MQTT service")
+                self.service = self._started(MqttService(
+                    mqtt=s.mqtt, settings=s.service, metrics=metrics, cache=cache, keys=keys,
+                    pipeline=Pipeline(self.engine, transcriber=self.transcriber,
+                                      speaker=self.speaker),
+                    max_audio_bytes=s.stt.max_bytes, speech=self._speech))
         except BaseException:
             self.close()
             raise

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from assistant.app import App, cache_of, key_source, open_keyring, version_record
 from assistant.errors import AssistantError, AudioError, TemplateError
@@ -20,7 +21,7 @@ from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
 from assistant.templates.loader import load_file
 from assistant.templates.reload import RELOAD, Reloader
-from cache import CacheError, KeyBuilder, TieredCache, maintenance
+from cache import CacheError, KeyBuilder, TieredCache, check_user, maintenance
 from cache.crypto import append_key
 
 log = logging.getLogger("assistant")
@@ -73,16 +74,32 @@ def _parser() -> argparse.ArgumentParser:
                      help="report each sentence as soon as it is ready")
     say.add_argument("--no-cache", action="store_true", help="synthesise even if cached")
 
-    ask = commands.add_parser("ask", help="answer a sentence in process (no MQTT)")
-    ask.add_argument("text")
+    ask = commands.add_parser("ask", help="answer a sentence: in process, or with --mqtt from "
+                                          "a running service")
+    ask.add_argument("text", nargs="?", help="what is said (or --audio)")
     ask.add_argument("--user", help="who asks (their privacy policy applies)")
     ask.add_argument("--site", help="the satellite it was said to")
     ask.add_argument("--area", help="the area it was said in")
     ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    over = ask.add_argument_group("over MQTT, to a running `assistant serve`")
+    over.add_argument("--mqtt", action="store_true", help="ask the running service")
+    over.add_argument("--audio", type=Path, help="a WAV file to send instead of text")
+    over.add_argument("--play-to", type=Path, help="write the spoken answer to this WAV file")
+    over.add_argument("--stream", action="store_true", help="speech one sentence at a time")
+    over.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
+
+    serve = commands.add_parser("serve", help="answer requests over MQTT until stopped")
+    serve.add_argument("--no-speech", action="store_true",
+                       help="text only: do not load the speech models")
     return parser
 
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    if args.mqtt or args.audio or args.play_to:
+        return _ask_mqtt(args, settings)
+    if not args.text:
+        print("error: say what to ask (or --mqtt --audio FILE.wav)", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     with App(settings, listen=False) as app:
         assert app.engine is not None and app.generator is not None
@@ -110,6 +127,102 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     print(f"answered in {took * 1000:.3f} ms (start-up {loaded:.2f} s, "
           f"{backend.name} {backend.model_id})", file=sys.stderr)
     return 0
+
+
+def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.protocol import ErrorReply, Topics
+    from assistant.speech.audio import wav_bytes
+    from assistant.transports.mqtt_client import Asker
+
+    if (args.text is None) == (args.audio is None):
+        print("error: give either the text or --audio FILE.wav", file=sys.stderr)
+        return 2
+    wav = args.audio.read_bytes() if args.audio is not None else None
+    user = check_user(args.user) or settings.mqtt.username or "assistant"
+    with Asker(settings.mqtt, user=user, site=args.site or "default",
+               topics=Topics(settings.service.topic_prefix)) as asker:
+        asked = asker.ask(text=args.text, wav=wav, area=args.area, speak=args.play_to is not None,
+                          stream=args.stream, timeout=args.timeout)
+    reply = asked.reply
+    if reply is None:
+        print(f"error: no answer within {args.timeout:g} s: is `assistant serve` running "
+              f"and connected to {settings.mqtt.host}:{settings.mqtt.port}?", file=sys.stderr)
+        return 1
+    if isinstance(reply, ErrorReply):
+        print(f"error[{reply.code}]: {reply.message}", file=sys.stderr)
+        return 1
+    if args.play_to is not None and asked.speech:
+        chunks = sorted(asked.speech, key=lambda c: c.seq)
+        pcm = b"".join(c.wav[44:] for c in chunks)
+        args.play_to.write_bytes(wav_bytes(pcm, rate=int.from_bytes(chunks[0].wav[24:28],
+                                                                     "little")))
+    if args.json:
+        print(json.dumps({**reply.to_json(), "round_trip_ms": round(asked.seconds * 1000, 3)},
+                         default=str))
+        return 0
+    print(reply.text)
+    if reply.transcript is not None:
+        print(f"heard: {reply.transcript}", file=sys.stderr)
+    print(f"intent: {reply.intent or '(none)'}", file=sys.stderr)
+    for fragment in reply.fragments:
+        print(f"  {fragment.get('kind', ''):8} {fragment.get('source', ''):9} "
+              f"{fragment.get('ms', 0):9.3f} ms  {fragment.get('text', '')}", file=sys.stderr)
+    for action in reply.actions:
+        print(f"  action   {action.get('topic')} <- {action.get('payload')}", file=sys.stderr)
+    stages = " ".join(f"{k}={v:.2f}ms" for k, v in reply.timings.items())
+    print(f"round trip {asked.seconds * 1000:.2f} ms ({stages})", file=sys.stderr)
+    if args.play_to is not None:
+        print(f"speech: {len(asked.speech)} chunk(s) written to {args.play_to}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.perf_counter()
+    with console.status("starting") as status:
+        app = App(settings, serve=True, speech=not args.no_speech, listen=True,
+                  watch=settings.intents.watch,
+                  progress=lambda step: status.update(f"starting: {step}"))
+        app.start()
+    try:
+        _say_ready(app, settings, console, time.perf_counter() - started)
+        stop.wait()
+        console.print("stopping")
+    finally:
+        app.close()
+    return 0
+
+
+def _say_ready(app: App, settings: Settings, console: Any, took: float) -> None:
+    from cache import TierUnavailable
+
+    m, service = settings.mqtt, settings.service
+    assert app.cache is not None
+    if app.cache.redis is not None:
+        try:
+            app.cache.redis.info()
+        except TierUnavailable:
+            console.print(f"[yellow]Redis at {settings.redis.url} is unreachable: answering "
+                          "from memory and disk, and using it as soon as it answers[/]")
+    if app.cache.sqlite is None and settings.sqlite.enabled:
+        console.print("[yellow]the disk cache could not be opened: running without it[/]")
+    broker = "a private broker started for it" if app.broker and app.broker.proc else "the broker"
+    console.print(f"[green]ready[/] in {took:.1f} s: answering on {broker} at "
+                  f"{m.host}:{m.port} (topics {service.topic_prefix}/<site>/request/<user>, "
+                  f".../audio/<user>; answers on .../response/<user>)")
+    if service.metrics_port:
+        console.print(f"metrics: http://{service.metrics_host}:{service.metrics_port}/metrics")
+    console.print('try: assistant ask --mqtt "turn on the kitchen light" [--user U] '
+                  "[--play-to answer.wav]")
+    print(f"ready mqtt://{m.host}:{m.port} {service.topic_prefix}", flush=True)
 
 
 @contextlib.contextmanager
@@ -258,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _say(args, settings)
         if args.command == "ask":
             return _ask(args, settings)
+        if args.command == "serve":
+            return _serve(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         log.debug("why", exc_info=error)

@@ -116,15 +116,22 @@ class IntentEngine:
         return self.recognizer.recognize(text, area=area)
 
     def respond(self, text: str, *, user: str | None = None, site: str | None = None,
-                area: str | None = None) -> Answer:
-        """Recognise ``text`` and answer it."""
+                area: str | None = None, timings: dict[str, float] | None = None) -> Answer:
+        """Recognise ``text`` and answer it; ``timings`` gets the milliseconds of each step
+        (``recognise``, ``answer``)."""
+        started = time.perf_counter()
         recognizer = self.recognizer  # one snapshot for the whole request
         private = user is not None and self._policies.for_user(check_user(user) or "").private
         match = recognizer.recognize(text, area=area, remember=not private)
         template = recognizer.templates.intents.get(match.intent) if match else None
-        return self.responder.answer(
+        recognised = time.perf_counter()
+        answer = self.responder.answer(
             match, template, recognizer.home, user=user, site=site, text=text,
             default_system_prompt=recognizer.templates.default_system_prompt)
+        if timings is not None:
+            timings["recognise"] = (recognised - started) * 1000
+            timings["answer"] = (time.perf_counter() - recognised) * 1000
+        return answer
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -125,10 +125,41 @@ class MqttSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = None
-    client_id: str = "assistant"
+    username: str | None = Field("assistant", description="the service's MQTT account")
+    password: str | None = Field(None, description="its password (default: the private "
+                                                   "broker's, in broker_dir)")
+    client_id: str = Field("assistant", description="unique per process on one broker: the "
+                                                    "broker keeps its session by this id")
     keepalive: int = Field(30, ge=5)
+    session_expiry: int = Field(
+        86400, ge=0, description="seconds the broker keeps the service's session (and the "
+                                 "requests sent to it) while it is away")
+    embedded: Literal["auto", "never"] = Field(
+        "auto", description="auto: when nothing listens at host:port on this machine, start "
+                            "a private mosquitto there (loopback) with broker_config")
+    broker_config: Path = Field(Path("configs/mosquitto.conf"),
+                                description="the embedded broker's settings")
+    broker_dir: Path = Field(Path("var/mosquitto"),
+                             description="where the embedded broker keeps its data and log")
+
+
+class ServiceSettings(_Section):
+    """The MQTT service: topics, workers, deadlines, limits, metrics."""
+
+    topic_prefix: str = "assistant"
+    sites: list[str] = Field([], description="the sites served (empty: any)")
+    workers: int = Field(4, ge=1, le=64, description="requests handled at once")
+    queue_size: int = Field(64, ge=1, description="requests waiting; beyond it: busy")
+    timeout: float = Field(15.0, gt=0, description="seconds a request may take; then timeout")
+    replay_ttl: float = Field(600.0, gt=0, description="seconds an answer is kept to answer a "
+                                                       "redelivered request again")
+    requests_per_minute: int = Field(60, ge=0, description="per user; 0: no limit")
+    audio_seconds_per_minute: float = Field(120.0, ge=0, description="per user; 0: no limit")
+    shared_subscription: bool = Field(
+        False, description="share requests among the service processes of one broker "
+                           "($share/assistant/...), each answered by one of them")
+    metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
 
 
 class HomeSettings(_Section):
@@ -229,6 +260,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     privacy: PrivacySettings = PrivacySettings()
     mqtt: MqttSettings = MqttSettings()
+    service: ServiceSettings = ServiceSettings()
     home: HomeSettings = HomeSettings()
     intents: IntentsSettings = IntentsSettings()
     stt: SttSettings = SttSettings()

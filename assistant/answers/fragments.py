@@ -45,6 +45,8 @@ class FragmentResult:
     reproducible) or ``fallback``."""
     seconds: float
     """Time it took."""
+    personal: bool = False
+    """Is it the asker's own (cached for them alone)? Then so is its speech."""
 
 
 def said_freely(match: Match | None) -> bool:
@@ -113,4 +115,5 @@ class StaticFragments:
         outcome = self.cache.fetch(key, rendered, ttl=place.ttl, tags=tags, user=owner,
                                    redis=place.redis, disk=place.disk)
         return FragmentResult("text", str(outcome.value), outcome.source,
-                              time.perf_counter() - started), key if owner is None else None
+                              time.perf_counter() - started, owner is not None), \
+            key if owner is None else None

@@ -70,6 +70,11 @@ class Answer:
     actions: tuple[PlannedAction, ...] = ()
     """MQTT publishes to make."""
 
+    @property
+    def personal(self) -> bool:
+        """Does it hold anything of the asker's own? Then so does its speech."""
+        return any(f.personal for f in self.fragments)
+
 
 class Responder:
     """Renders answers for matches, through the cache."""
@@ -186,6 +191,8 @@ class Responder:
                                    tz=self.tz)
         prompt = render(system, context, where="default_system_prompt") if system else ""
         personal = settings.unmatched_scope == "user" or "user" in template_reads(system)
+        owned = self.generator.placement(user, ttl=settings.unmatched_ttl,
+                                         personal=personal).owner is not None
         try:
             out = self.generator.generate(
                 system_prompt=prompt, prompt=" ".join(text.split()),
@@ -197,7 +204,7 @@ class Responder:
             return Answer(text=NOT_UNDERSTOOD, fragments=(FragmentResult(
                 "generate", NOT_UNDERSTOOD, "fallback", time.perf_counter() - started),))
         return Answer(text=out.text, fragments=(FragmentResult(
-            "generate", out.text, out.source, time.perf_counter() - started),))
+            "generate", out.text, out.source, time.perf_counter() - started, owned),))
 
     def _generated(self, template: IntentTemplate, match: Match, fragment: Fragment,
                    context: Mapping[str, Any], user: str | None,
@@ -239,7 +246,8 @@ class Responder:
                         exc_info=error if error.__cause__ else None)
             return FragmentResult("generate", spec.fallback, "fallback",
                                   time.perf_counter() - started), None
-        return (FragmentResult("generate", out.text, out.source, time.perf_counter() - started),
+        return (FragmentResult("generate", out.text, out.source, time.perf_counter() - started,
+                               owner is not None),
                 prepared.key if prepared.user is None else None)
 
     def _fragment(self, template: IntentTemplate, match: Match, index: int, fragment: Fragment,

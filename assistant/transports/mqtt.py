@@ -12,13 +12,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from paho.mqtt.client import CallbackOnConnect_v2, Client, ConnectFlags
+from paho.mqtt.client import CallbackOnConnect_v2, Client, ConnectFlags, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from assistant.errors import AssistantError
+from assistant.protocol import Packet
 from assistant.settings import MqttSettings
+from assistant.transports.broker import service_password
 
 if TYPE_CHECKING:
     # Defined by paho only for type checkers.
@@ -37,27 +40,34 @@ def _no_delay(client: Client, userdata: Any, sock: SocketLike) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_client(settings: MqttSettings, *, client_id_suffix: str = "") -> Client:
+def make_client(settings: MqttSettings, *, client_id_suffix: str = "",
+                client_id: str | None = None, manual_ack: bool = False) -> Client:
     """A client for the broker in ``settings``, not yet connected.
 
     ``client_id_suffix``: appended to ``settings.client_id``, so that several clients of one
-    process (the request transport, discovery) do not take each other's session over.
+    process (the request transport, discovery) do not take each other's session over;
+    ``client_id``: another id altogether. ``manual_ack``: QoS 1 messages are acknowledged
+    by the application (:meth:`Client.ack`), once it has dealt with them.
     """
     client = Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=settings.client_id + client_id_suffix,
+        client_id=client_id if client_id is not None else settings.client_id + client_id_suffix,
         protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual_ack,
     )
     if settings.username is not None:
-        client.username_pw_set(settings.username, settings.password)
+        client.username_pw_set(settings.username, service_password(settings))
     client.on_socket_open = _no_delay
     return client
 
 
-def connect_and_wait(client: Client, settings: MqttSettings, timeout: float = 5.0) -> None:
+def connect_and_wait(client: Client, settings: MqttSettings, timeout: float = 5.0, *,
+                     clean_start: bool = True, properties: Properties | None = None) -> None:
     """Connect ``client`` to the broker in ``settings``, start its network thread, await CONNACK.
 
-    ``timeout``: seconds for the TCP connection and the broker's answer together.
+    ``timeout``: seconds for the TCP connection and the broker's answer together;
+    ``clean_start`` and ``properties``: those of the MQTT v5 CONNECT (a persistent session
+    is ``clean_start=False`` with a session expiry interval).
 
     Raises :class:`MqttUnavailable` when nothing listens, the broker refuses (bad credentials,
     say) or no CONNACK comes in time; the network thread is stopped again in that case.
@@ -81,7 +91,8 @@ def connect_and_wait(client: Client, settings: MqttSettings, timeout: float = 5.
     client.connect_timeout = timeout
     try:
         try:
-            client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+            client.connect(settings.host, settings.port, keepalive=settings.keepalive,
+                           clean_start=clean_start, properties=properties)
         except (OSError, ValueError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise MqttUnavailable(f"cannot connect to {where}: {reason}") from None
@@ -100,3 +111,32 @@ def _abandon(client: Client) -> None:
     # Without this the network thread would keep reconnecting in the background.
     client.disconnect()
     client.loop_stop()
+
+
+def packet_of(message: MQTTMessage) -> Packet:
+    """A received MQTT message as the protocol reads it."""
+    props = getattr(message, "properties", None)
+    correlation = getattr(props, "CorrelationData", None)
+    response_topic = getattr(props, "ResponseTopic", None)
+    user = tuple((str(k), str(v)) for k, v in (getattr(props, "UserProperty", None) or []))
+    content_type = getattr(props, "ContentType", None)
+    return Packet(message.topic, bytes(message.payload),
+                  correlation=bytes(correlation) if correlation is not None else None,
+                  response_topic=str(response_topic) if response_topic else None,
+                  properties=user, content_type=str(content_type) if content_type else None,
+                  retain=bool(message.retain))
+
+
+def publish(client: Client, packet: Packet, *, qos: int = 1) -> MQTTMessageInfo:
+    """Publish ``packet`` with its MQTT v5 properties (never blocks: paho queues it)."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if packet.correlation is not None:
+        props.CorrelationData = packet.correlation
+    if packet.response_topic is not None:
+        props.ResponseTopic = packet.response_topic
+    if packet.properties:
+        props.UserProperty = list(packet.properties)
+    if packet.content_type is not None:
+        props.ContentType = packet.content_type
+    return client.publish(packet.topic, packet.payload, qos=qos, retain=packet.retain,
+                          properties=props)

@@ -320,6 +320,23 @@ class RedisTier:
         event_id = self._call(append)
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
+    def claim(self, name: str, ttl: float) -> bool:
+        """Take ``name`` (an opaque name from the namer) for ``ttl`` seconds unless someone
+        holds it: true when this caller now does."""
+        return bool(self._call(lambda: self.client.set(name, b"1", nx=True,
+                                                       px=max(1, int(ttl * 1000)))))
+
+    def count(self, name: str, amount: float, ttl: float) -> float:
+        """Add ``amount`` to the counter ``name`` (made with a life of ``ttl`` seconds when
+        new); its total now."""
+        def add() -> float:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.incrbyfloat(name, amount)
+                pipe.pexpire(name, max(1, int(ttl * 1000)), nx=True)
+                return float(pipe.execute()[0])
+
+        return self._call(add)
+
     def listener(self, block_seconds: float) -> redis.Redis:
         """A separate client for blocking stream reads (its timeout outlasts the block)."""
         return _client(self.url, block_seconds + 2.0)

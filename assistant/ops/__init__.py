@@ -1,0 +1,1 @@
+"""Running it: metrics now; warming and readiness later."""

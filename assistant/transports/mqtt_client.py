@@ -1,0 +1,134 @@
+"""A client of the MQTT service: send one request, collect its reply and its speech."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from paho.mqtt.client import Client, MQTTMessage
+
+from assistant.errors import AssistantError
+from assistant.protocol import (
+    ErrorReply,
+    Packet,
+    Reply,
+    SpeechChunk,
+    Topics,
+    decode_reply,
+    encode_audio_request,
+    encode_text_request,
+)
+from assistant.settings import MqttSettings
+from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
+
+
+@dataclass
+class Asked:
+    """What came back for one request."""
+
+    reply: Reply | None = None
+    """The answer or the error (None: nothing came within the time allowed)."""
+    speech: list[SpeechChunk] = field(default_factory=list)
+    """Speech chunks, in the order they came."""
+    seconds: float = 0.0
+    """From publishing the request to its reply."""
+    first_speech_seconds: float | None = None
+    """From publishing the request to its first speech chunk."""
+
+
+class Asker:
+    """One connection to the broker, asking as one user at one site."""
+
+    def __init__(self, settings: MqttSettings, *, user: str, site: str = "default",
+                 topics: Topics | None = None, client_id: str | None = None) -> None:
+        self.settings = settings
+        self.user = user
+        self.site = site
+        self.topics = topics or Topics()
+        self._client_id = client_id or f"ask-{uuid.uuid4().hex[:12]}"
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[Asked, threading.Event, float, bool]] = {}
+        self._subscribed = threading.Event()
+
+    def start(self) -> Asker:
+        client = make_client(self.settings, client_id=self._client_id)
+        client.on_message = self._on_message
+        client.on_subscribe = lambda *args: self._subscribed.set()
+        client.on_connect = lambda c, *args: c.subscribe(
+            [(t, 1) for t in self.topics.replies(self.user, self.site)])
+        self._client = client
+        connect_and_wait(client, self.settings)
+        if not self._subscribed.wait(5):
+            raise AssistantError("the broker did not confirm the reply subscriptions")
+        return self
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        packet = packet_of(message)
+        now = time.perf_counter()
+        if "/speech/" in packet.topic:
+            chunk = SpeechChunk.from_packet(packet)
+            with self._lock:
+                waiting = self._waiting.get(chunk.id)
+            if waiting is not None:
+                asked, event, started, speak = waiting
+                if asked.first_speech_seconds is None:
+                    asked.first_speech_seconds = now - started
+                asked.speech.append(chunk)
+                if chunk.last and asked.reply is not None:
+                    event.set()
+            return
+        try:
+            reply = decode_reply(packet)
+        except (ValueError, KeyError):
+            return
+        with self._lock:
+            waiting = self._waiting.get(reply.id or "") if reply.id else None
+            if waiting is None and packet.correlation is not None:
+                waiting = self._waiting.get(packet.correlation.decode("utf-8", "replace"))
+        if waiting is None:
+            return
+        asked, event, started, speak = waiting
+        asked.reply = reply
+        asked.seconds = now - started
+        if not speak or isinstance(reply, ErrorReply) or (asked.speech and asked.speech[-1].last):
+            event.set()
+
+    def ask(self, *, text: str | None = None, wav: bytes | None = None, area: str | None = None,
+            speak: bool = False, stream: bool = False, timeout: float = 30.0,
+            request_id: str | None = None) -> Asked:
+        """Send one request (text, or a WAV) and wait for its reply (and speech, if asked)."""
+        if self._client is None:
+            raise RuntimeError("the asker is not started")
+        request_id = request_id or uuid.uuid4().hex[:16]
+        if wav is not None:
+            packet: Packet = encode_audio_request(self.topics, site=self.site, user=self.user,
+                                                  wav=wav, request_id=request_id, area=area,
+                                                  speak=speak, stream=stream)
+        else:
+            packet = encode_text_request(self.topics, site=self.site, user=self.user,
+                                         text=text or "", request_id=request_id, area=area,
+                                         speak=speak, stream=stream)
+        asked, event = Asked(), threading.Event()
+        with self._lock:
+            self._waiting[request_id] = (asked, event, time.perf_counter(), speak)
+        publish(self._client, packet)
+        event.wait(timeout)
+        with self._lock:
+            self._waiting.pop(request_id, None)
+        return asked
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    def __enter__(self) -> Asker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
