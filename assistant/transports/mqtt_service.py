@@ -52,6 +52,9 @@ from cache import CacheError, KeyBuilder, TieredCache, TierUnavailable, scope_of
 
 log = logging.getLogger(__name__)
 
+_RECENT = 4096
+"""Replies kept in memory to answer a request sent again."""
+
 TRANSIENT = frozenset({"busy", "timeout", "rate_limited", "internal", "unavailable"})
 """Error codes not recorded as a request's answer: a redelivery is tried anew."""
 
@@ -72,6 +75,8 @@ class _Job:
 
     request: TextRequest | AudioRequest
     deadline: float
+    redelivered: bool = False
+    """The broker sent it before (MQTT's DUP flag): it may have been answered already."""
     deliveries: list[_Delivery] = field(default_factory=list)
     finished: bool = False
     reply: Reply | None = None
@@ -81,30 +86,48 @@ class _Job:
 
 
 class _Limits:
-    """Per-user counts per minute: in Redis for every node, in memory while it is down."""
+    """Per-user counts per minute, shared by every node through Redis.
 
-    def __init__(self, cache: TieredCache, keys: KeyBuilder) -> None:
+    Counted in memory on the request's path, and the counts added since the last sync sent
+    to Redis (which returns everyone's total) at most every ``sync`` seconds per counter:
+    every node sees the others' counts within that time, and a request costs no round trip.
+    While Redis is down the counts are this node's alone.
+    """
+
+    def __init__(self, cache: TieredCache, keys: KeyBuilder, *, sync: float = 0.5) -> None:
         self._redis = cache.redis
         self._keys = keys
-        self._local: dict[str, tuple[float, float]] = {}
+        self._sync = sync
+        # name -> [shared total at the last sync, added here since, last sync, expires]
+        self._counts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
     def add(self, user: str, what: str, amount: float) -> float:
         """Add ``amount`` to the user's count of ``what`` this minute; the total."""
         window = int(time.time() // 60)
         name = self._keys.name("rate", f"{scope_of(user)}:{what}:{window}")
-        if self._redis is not None:
-            try:
-                return self._redis.count(name, amount, 120.0)
-            except TierUnavailable:
-                pass
+        now = time.monotonic()
         with self._lock:
-            if len(self._local) > 10000:
-                now = time.monotonic()
-                self._local = {k: v for k, v in self._local.items() if v[1] > now}
-            total = self._local.get(name, (0.0, 0.0))[0] + amount
-            self._local[name] = (total, time.monotonic() + 120)
-            return total
+            if len(self._counts) > 10000:
+                self._counts = {k: v for k, v in self._counts.items() if v[3] > now}
+            count = self._counts.setdefault(name, [0.0, 0.0, 0.0, now + 120])
+            count[1] += amount
+            due = now - count[2] >= self._sync
+            if due:
+                count[2] = now
+                added, count[1] = count[1], 0.0
+        if due and self._redis is not None:
+            try:
+                total = self._redis.count(name, added, 120.0)
+            except TierUnavailable:
+                total = count[0] + added  # this node's alone until Redis is back
+            with self._lock:
+                count[0] = total
+        elif due:
+            with self._lock:
+                count[0] += added
+        with self._lock:
+            return count[0] + count[1]
 
 
 class MqttService:
@@ -147,6 +170,12 @@ class MqttService:
         self._threads: list[threading.Thread] = []
         self._client: Client | None = None
         self._subscribed = threading.Event()
+        # The requests answered last, by (user, id), with their replies where nothing of the
+        # asker's is in them: a request sent again is answered without running it twice.
+        # A personal reply is kept only in the cache, as the asker's (forget reaches it).
+        self._recent: collections.OrderedDict[tuple[str, str], Reply | None] = \
+            collections.OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -275,7 +304,8 @@ class MqttService:
             self._acked([delivery])
             return
         with self._lock:
-            job = _Job(request, time.monotonic() + self.settings.timeout, [delivery])
+            job = _Job(request, time.monotonic() + self.settings.timeout, bool(message.dup),
+                       [delivery])
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
@@ -284,7 +314,7 @@ class MqttService:
                 self._jobs[key] = job
                 self.metrics.queue.set(self._queue.qsize())
         if job is None:
-            busy = _Job(request, 0.0, [delivery])
+            busy = _Job(request, 0.0, False, [delivery])
             self._finish(busy, ErrorReply(request.id, "busy", "too many requests are waiting; "
                                                               "try again in a moment"))
             return
@@ -319,7 +349,8 @@ class MqttService:
                 if client is not None and delivery.connection == self._connection:
                     client.ack(delivery.mid, delivery.qos)
 
-    def _finish(self, job: _Job, reply: Reply, *, record: bool = True) -> bool:
+    def _finish(self, job: _Job, reply: Reply, *, record: bool = True,
+                personal: bool = True) -> bool:
         """Send the request's one final reply, if it has none yet; false when it had."""
         with job.lock:
             if job.finished:
@@ -332,8 +363,14 @@ class MqttService:
             self.metrics.errors.labels(reply.code).inc()
         if isinstance(reply, ErrorReply) and reply.code in TRANSIENT:
             self._release(request)  # the same request sent again is tried anew
-        elif record:
-            self._record(request, reply)
+        else:
+            kept = None if personal and isinstance(reply, Response) else reply
+            with self._recent_lock:
+                self._recent[(request.user, request.id)] = kept
+                if len(self._recent) > _RECENT:
+                    self._recent.popitem(last=False)
+            if record:
+                self._record(request, reply)
         return True
 
     def _send(self, request: TextRequest | AudioRequest, reply: Reply) -> None:
@@ -366,7 +403,16 @@ class MqttService:
         except CacheError as error:
             log.warning("a reply was not recorded: %s", error)
 
-    def _recorded(self, request: TextRequest | AudioRequest) -> Reply | None:
+    def _recorded(self, job: _Job) -> Reply | None:
+        """The reply already sent to this request: from this process's memory, or, for one
+        the broker delivers again (after a restart, say), from the cache."""
+        request = job.request
+        key = (request.user, request.id)
+        with self._recent_lock:
+            seen = key in self._recent
+            recent = self._recent.get(key)
+        if recent is not None or not (seen or job.redelivered):
+            return recent
         found = self._cache.get(self._reply_key(request), user=request.user)
         if not isinstance(found, dict):
             return None
@@ -435,7 +481,7 @@ class MqttService:
         if time.monotonic() > job.deadline:
             self._finish(job, ErrorReply(request.id, "timeout", "waited past its deadline"))
             return
-        recorded = self._recorded(request)
+        recorded = self._recorded(job)
         if recorded is not None:  # delivered again after it was answered
             self.metrics.answers.labels("replayed").inc()
             self._finish(job, recorded, record=False)
@@ -479,7 +525,7 @@ class MqttService:
             fragments=[{"kind": f.kind, "text": f.text, "source": f.source,
                         "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
             timings={k: round(v, 3) for k, v in timings.items()})
-        if self._finish(job, response):
+        if self._finish(job, response, personal=answer.personal or handled.transcript is not None):
             self.metrics.timings(timings)
             self.metrics.answers.labels(_source(answer.fragments)).inc()
             if request.speak and self._speech:
