@@ -453,3 +453,51 @@ def test_random_payloads_each_get_one_reply_and_the_service_lives(service: Servi
         f"z{n}".encode() for n in range(sent))
     assert service.alive()
     client.close()
+
+
+def test_ask_over_mqtt_from_the_command_line(service: ServiceProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "answer.wav"
+    done = subprocess.run([sys.executable, "-m", "assistant", "--config", str(service.config),
+                           "ask", "--mqtt", "turn off the kitchen light", "--user", "rex",
+                           "--site", "kitchen", "--play-to", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Turned off the Kitchen Light."
+    assert "home/kitchen/light/set <- OFF" in done.stderr and "round trip" in done.stderr
+    assert out.read_bytes()[:4] == b"RIFF" and len(out.read_bytes()) > 10_000
+
+
+def test_status_is_retained_and_a_311_client_is_answered(service: ServiceProcess,
+                                                        broker: Broker) -> None:
+    from paho.mqtt.client import Client
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    status = Listener(broker.settings("assistant"), "assistant/status")
+    until(lambda: status.on("assistant/status"), "the retained status")
+    assert status.on("assistant/status")[0].payload == b"online"
+    status.close()
+    got: list[bytes] = []
+    old = Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="old-client",
+                 protocol=MQTTProtocolVersion.MQTTv311)
+    old.username_pw_set("rex", "rex-pw")
+    old.on_message = lambda client, userdata, message: got.append(message.payload)
+    old.connect("127.0.0.1", broker.port)
+    old.loop_start()
+    old.subscribe(Topics().response("kitchen", "rex"), qos=1)
+    time.sleep(0.3)
+    old.publish(Topics().request("kitchen", "rex"),
+                json.dumps({"id": "v311", "text": "never mind"}), qos=1)
+    until(lambda: got, "the answer to an MQTT 3.1.1 client")
+    assert json.loads(got[0])["id"] == "v311"
+    old.disconnect()
+    old.loop_stop()
+
+
+def test_a_site_not_served_is_refused() -> None:
+    packet = encode_text_request(Topics(), site="garage", user="ann", text="hi", request_id="s1")
+    with pytest.raises(ProtocolError) as caught:
+        decode_request(packet, Topics(), max_audio_bytes=1024, sites=["kitchen", "hall"])
+    assert caught.value.code == "unknown_site" and caught.value.request_id == "s1"
