@@ -4,7 +4,6 @@ real redis-server, and MQTT clients asking it things."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 import urllib.request
@@ -427,32 +426,38 @@ def test_the_decoder_takes_anything_and_says_why_it_refuses(topic: str, payload:
         assert request.user == "ann" and request.site == "kitchen" and request.id
 
 
-def test_random_payloads_each_get_one_reply_and_the_service_lives(service: ServiceProcess,
-                                                                  broker: Broker) -> None:
-    rng = random.Random(7)
-    keys = ["text", "area", "speak", "stream", "x"]
-
-    def sample() -> bytes:
-        if rng.random() < 0.4:
-            return rng.randbytes(rng.randint(1, 200))
-        value = rng.choice([rng.randint(-5, 5), "".join(rng.choices("abc xyz!?", k=rng.randint(
-            0, 30))), None, True])
-        return json.dumps({rng.choice(keys): value for _ in range(rng.randint(0, 3))}).encode()
-
+@pytest.fixture(scope="module")
+def fuzzer(service: ServiceProcess, broker: Broker) -> Iterator[Listener]:
     client = Listener(broker.settings("assistant"), "assistant/fuzz/+/+")
-    t = Topics()
-    sent = 40
-    for n in range(sent):
-        kind = t.audio if n % 3 == 0 else t.request
-        client.send(Packet(kind("fuzz", "quinn"), sample(), correlation=f"z{n}".encode()))
-    until(lambda: len(client.on("/error/")) + len(client.on("/response/")) >= sent,
-          "one reply to each", timeout=60)
-    time.sleep(0.5)
-    finals = client.on("/error/") + client.on("/response/")
-    assert sorted(p.correlation or b"" for p in finals) == sorted(
-        f"z{n}".encode() for n in range(sent))
-    assert service.alive()
+    yield client
     client.close()
+
+
+_PAYLOADS = st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.dictionaries(st.sampled_from(["id", "text", "area", "speak", "stream", "user", "x"]),
+                    st.one_of(st.none(), st.integers(), st.booleans(), st.text(max_size=40)),
+                    max_size=5).map(lambda d: json.dumps(d).encode()),
+    st.text(max_size=60).map(lambda t: json.dumps({"text": t}).encode()))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=_PAYLOADS, audio=st.booleans(), n=st.integers(0, 10**9))
+def test_random_payloads_each_get_one_reply_and_the_service_lives(
+        service: ServiceProcess, fuzzer: Listener, payload: bytes, audio: bool, n: int) -> None:
+    t = Topics()
+    tag = f"z{n}-{len(fuzzer.messages)}".encode()
+    topic = t.audio("fuzz", "quinn") if audio else t.request("fuzz", "quinn")
+    fuzzer.send(Packet(topic, payload, correlation=tag))
+    until(lambda: [p for p in fuzzer.on("/fuzz/") if p.correlation == tag
+                   and ("/error/" in p.topic or "/response/" in p.topic)],
+          "the reply", timeout=60)
+    time.sleep(0.05)
+    replies = [p for p in fuzzer.on("/fuzz/") if p.correlation == tag
+               and ("/error/" in p.topic or "/response/" in p.topic)]
+    assert len(replies) == 1  # one reply, an answer or an error, never two
+    assert service.alive()
 
 
 def test_ask_over_mqtt_from_the_command_line(service: ServiceProcess, tmp_path: Path) -> None:
