@@ -105,6 +105,13 @@ class Topics:
         return [self.response(site, user), self.error(site, user),
                 f"{self.prefix}/{site}/speech/{user}/+"]
 
+    def owns(self, topic: str, site: str, user: str) -> bool:
+        """May ``topic`` carry replies for ``user`` at ``site``? Their response topic, or one
+        below it, without wildcards (a response topic a request sets must be one)."""
+        own = self.response(site, user)
+        return ("+" not in topic and "#" not in topic
+                and (topic == own or topic.startswith(own + "/")))
+
     def parse(self, topic: str) -> tuple[str, str, str] | None:
         """``(kind, site, user)`` of a request topic, else ``None``."""
         parts = topic.split("/")
@@ -115,8 +122,10 @@ class Topics:
         return (kind, site, user) if kind in ("request", "audio") else None
 
 
-def _request_id(value: Any, correlation: bytes | None, prop: str | None) -> str:
-    """A request's id: the one given (checked), else one made from the correlation data."""
+def _request_id(value: Any, correlation: bytes | None, prop: str | None,
+                made: str | None = None) -> str:
+    """A request's id: the one given (checked), else one made from the correlation data, else
+    ``made`` (from what it asks, so a redelivery has the same), else a new one."""
     if value is None:
         value = prop
     if value is None and correlation:
@@ -126,7 +135,7 @@ def _request_id(value: Any, correlation: bytes | None, prop: str | None) -> str:
             text = ""
         value = text if _ID.fullmatch(text) else correlation.hex()[:64]
     if value is None:
-        return uuid.uuid4().hex
+        return made or uuid.uuid4().hex
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ProtocolError("bad_request", "id must be 1 to 64 letters, digits or . _ : -, "
                                            "starting with a letter or digit")
@@ -148,7 +157,16 @@ def _area(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         raise ProtocolError("bad_request", "area must be a string of 1 to 64 characters")
-    return value
+    return _utf8(value, "area")
+
+
+def _utf8(text: str, name: str) -> str:
+    """``text``, if it can be written out again (JSON lets a lone surrogate in)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_request", f"{name} is not valid Unicode text") from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +203,13 @@ class AudioRequest(Request):
 
 
 def decode_request(packet: Packet, topics: Topics, *, max_audio_bytes: int,
-                   sites: Sequence[str] = ()) -> TextRequest | AudioRequest:
+                   sites: Sequence[str] = (), made_id: str | None = None
+                   ) -> TextRequest | AudioRequest:
     """The request a packet carries; :class:`ProtocolError` (with its code, and the request
     id where it could be read) for anything wrong with it.
 
-    ``sites``: the sites served (empty: any).
+    ``sites``: the sites served (empty: any). ``made_id``: the id of a request that names
+    none (made from its content, so that a redelivery of it is known as one).
     """
     where = topics.parse(packet.topic)
     if where is None:
@@ -198,7 +218,7 @@ def decode_request(packet: Packet, topics: Topics, *, max_audio_bytes: int,
     request_id: str | None = None
     try:
         if kind == "audio":
-            request_id = _request_id(None, packet.correlation, packet.property("id"))
+            request_id = _request_id(None, packet.correlation, packet.property("id"), made_id)
         else:
             request_id = _given_id(packet.payload) or (
                 _request_id(None, packet.correlation, packet.property("id"))
@@ -211,6 +231,10 @@ def decode_request(packet: Packet, topics: Topics, *, max_audio_bytes: int,
             raise ProtocolError("unknown_site", f"site {site!r} is not a valid name")
         if sites and site not in sites:
             raise ProtocolError("unknown_site", f"site {site!r} is not served here")
+        if packet.response_topic is not None and not topics.owns(packet.response_topic, site,
+                                                                 user):
+            raise ProtocolError("bad_request", "a response topic must be the asker's own "
+                                               f"({topics.response(site, user)}[/...])")
         common: dict[str, Any] = {"site": site, "user": user, "reply_to": packet.response_topic,
                                   "correlation": packet.correlation}
         if kind == "audio":
@@ -222,7 +246,7 @@ def decode_request(packet: Packet, topics: Topics, *, max_audio_bytes: int,
                                 speak=_flag(packet.property("speak"), "speak", True),
                                 stream=_flag(packet.property("stream"), "stream", False),
                                 audio=packet.payload, **common)
-        return _text_request(packet.payload, request_id, common)
+        return _text_request(packet.payload, request_id or made_id, common)
     except ProtocolError as error:
         error.request_id = error.request_id or request_id
         raise
@@ -234,7 +258,7 @@ def _given_id(payload: bytes) -> str | None:
         return None
     try:
         value = json.loads(payload).get("id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
@@ -248,6 +272,8 @@ def _text_request(payload: bytes, request_id: str | None,
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise ProtocolError("bad_json", f"not a JSON object: {error}") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", f"expected a JSON object, got {type(data).__name__}")
     if request_id is None or "id" in data:
@@ -263,6 +289,7 @@ def _text_request(payload: bytes, request_id: str | None,
         if len(text) > MAX_TEXT_CHARS:
             raise ProtocolError("too_large", f"text of {len(text)} characters; at most "
                                              f"{MAX_TEXT_CHARS}")
+        _utf8(text, "text")
         return TextRequest(id=request_id, area=_area(data.get("area")),
                            speak=_flag(data.get("speak"), "speak", False),
                            stream=_flag(data.get("stream"), "stream", False), text=text,

@@ -157,7 +157,9 @@ class ServiceSettings(_Section):
     audio_seconds_per_minute: float = Field(120.0, ge=0, description="per user; 0: no limit")
     shared_subscription: bool = Field(
         False, description="share requests among the service processes of one broker "
-                           "($share/assistant/...), each answered by one of them")
+                           "($share/assistant/...): each goes to one of them, and waits for "
+                           "it if it is away; false: each goes to all, and the first to claim "
+                           "it in Redis answers")
     metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
 

@@ -141,13 +141,17 @@ def test_bad_input_gets_its_error_and_the_service_goes_on(service: ServiceProces
             {"id": "r5", "text": "break the template"}).encode()),
         "bad_user": Packet(t.request("kitchen", "d!an"), json.dumps(
             {"id": "r6", "text": "hi"}).encode()),
+        "nested": Packet(t.request("kitchen", "dan"), b"[" * 60000, correlation=b"r7"),
+        "surrogate": Packet(t.request("kitchen", "dan"),
+                            b'{"id": "r8", "text": "hi", "area": "\\ud800"}'),
     }
     for packet in bad.values():
         client.send(packet)
     until(lambda: len(client.on("/error/")) >= len(bad), "an error for each", timeout=30)
     errors = {e.id: e.code for e in map(decode_reply, client.on("/error/"))}
     assert errors == {"r1": "bad_json", "r2": "bad_request", "r3": "too_large", "r4": "not_wav",
-                      "r5": "bad_template", "r6": "bad_user"}
+                      "r5": "bad_template", "r6": "bad_user", "r7": "bad_json",
+                      "r8": "bad_request"}
     assert not client.on("/response/")
     assert service.alive()
     with asker(broker, "dan") as dan:
@@ -168,16 +172,27 @@ def test_a_user_named_in_the_payload_is_not_who_asks(service: ServiceProcess,
 
 def test_the_mqtt5_response_topic_and_correlation_are_honoured(service: ServiceProcess,
                                                                broker: Broker) -> None:
-    client = Listener(broker.settings("assistant"),
-                      "replies/gus/#")
-    request = encode_text_request(Topics(), site="kitchen", user="gus", text="never mind",
+    client = Listener(broker.settings("assistant"), "assistant/kitchen/response/gus/#",
+                      "assistant/kitchen/error/gus", "elsewhere/#")
+    t = Topics()
+    request = encode_text_request(t, site="kitchen", user="gus", text="never mind",
                                   request_id="corr-1")
     client.send(Packet(request.topic, request.payload, correlation=b"\x01\x02opaque",
-                       response_topic="replies/gus/inbox"))
-    until(lambda: client.on("replies/gus/inbox"), "the answer on the response topic")
-    packet = client.on("replies/gus/inbox")[0]
+                       response_topic="assistant/kitchen/response/gus/inbox"))
+    until(lambda: client.on("response/gus/inbox"), "the answer on the response topic")
+    packet = client.on("response/gus/inbox")[0]
     assert packet.correlation == b"\x01\x02opaque"
     assert isinstance(decode_reply(packet), Response)
+    # A response topic that is not the asker's own would make the service write for them
+    # where they may not: refused, and nothing is published there.
+    for n, elsewhere in enumerate(("elsewhere/device/set", "assistant/kitchen/response/cal",
+                                   "assistant/kitchen/response/gus/+")):
+        client.send(Packet(request.topic, json.dumps({"id": f"far{n}", "text": "never mind"})
+                           .encode(), response_topic=elsewhere))
+    until(lambda: len(client.on("/error/gus")) >= 3, "three refusals")
+    assert {(e.id, e.code) for e in map(decode_reply, client.on("/error/gus"))} == {
+        ("far0", "bad_request"), ("far1", "bad_request"), ("far2", "bad_request")}
+    assert not client.on("elsewhere/")
     client.close()
 
 
@@ -264,6 +279,12 @@ def test_a_flood_gets_busy_beyond_the_queue_and_nothing_twice(tmp_path: Path, br
         busy = [r for r in replies if isinstance(r, ErrorReply) and r.code == "busy"]
         answered = [r for r in replies if isinstance(r, Response)]
         assert busy and answered and len(busy) + len(answered) == len(ids)
+        # Every delivery was acknowledged, the refused ones too: the same service started
+        # again (its session resumed) is sent none of them a second time.
+        node.stop()
+        node.start()
+        time.sleep(2)
+        assert len(client.on("/response/")) + len(client.on("/error/")) == len(ids)
     finally:
         client.close()
         node.stop()

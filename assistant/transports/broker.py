@@ -115,12 +115,18 @@ class EmbeddedBroker:
         accounts = {s.username or "assistant": self._service_secret(), **self.accounts}
         passwords.unlink(missing_ok=True)
         private_file(passwords)
+        # Written in clear to a private file and hashed in place (-U): no password is ever
+        # on a command line, where other users could read it in /proc.
+        passwords.write_text("".join(f"{user}:{password}\n"
+                                     for user, password in accounts.items()), encoding="utf-8")
         tool = shutil.which("mosquitto_passwd")
         if tool is None:
             raise ConfigError("mosquitto_passwd is missing (apt package mosquitto)")
-        for user, password in accounts.items():
-            subprocess.run([tool, "-b", str(passwords), user, password], check=True,
-                           capture_output=True)
+        done = subprocess.run([tool, "-U", str(passwords)], capture_output=True, text=True)
+        if done.returncode != 0:
+            passwords.unlink(missing_ok=True)
+            raise ConfigError(f"the broker's password file could not be made: "
+                              f"{done.stderr.strip() or done.stdout.strip()}")
         try:
             text = self.config.read_text(encoding="utf-8")
         except OSError as error:

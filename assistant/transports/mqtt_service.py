@@ -3,26 +3,27 @@
 paho's network thread only decodes a request and queues it (or answers ``busy`` at once
 when the queue is full); a pool of workers runs the pipeline. Every request gets exactly one
 final reply, an answer or an error: the first of the worker's result and the deadline's
-``timeout`` wins. Requests are acknowledged to the broker (QoS 1, in the order they came)
-only once they are dealt with, and the session is persistent, so one accepted but not yet
-answered when the service stops is delivered again when it is back; a redelivery of one
-already answered gets the recorded answer, without running the pipeline twice. Replies are
-recorded in the cache as the asker's own items (encrypted, under their privacy policy).
+``timeout`` wins, and once a request's device commands are going out its deadline no longer
+applies. Requests are acknowledged to the broker (QoS 1, in the order they came) only once
+dealt with, and the session is persistent, so one accepted but not yet answered when the
+service stops is delivered again when it is back; a delivery of one already answered gets
+the recorded answer without running the pipeline twice. Replies are recorded in the cache
+as the asker's own items (encrypted, under their privacy policy).
 
-Per-user limits (requests and seconds of audio per minute) are counted in Redis, shared by
-every node, and in memory while Redis is down.
+Several service processes share a broker through a shared subscription (each request goes
+to one of them); without one, each request is claimed in Redis by the first to take it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import heapq
-import itertools
+import hashlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -47,26 +48,22 @@ from assistant.protocol import (
     reply_packet,
 )
 from assistant.settings import MqttSettings, ServiceSettings
+from assistant.transports.deliveries import Acks, Deadlines, Delivery
+from assistant.transports.limits import UserLimits
 from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
 from cache import CacheError, KeyBuilder, TieredCache, TierUnavailable, scope_of
 
 log = logging.getLogger(__name__)
 
-_RECENT = 4096
-"""Replies kept in memory to answer a request sent again."""
-
 TRANSIENT = frozenset({"busy", "timeout", "rate_limited", "internal", "unavailable"})
-"""Error codes not recorded as a request's answer: a redelivery is tried anew."""
+"""Error codes not recorded as a request's answer: the same request sent again is tried anew."""
+_RECENT = 4096
+"""Requests answered lately, remembered in memory to answer one sent again."""
+_RECENT_SECONDS = 60.0
 
-
-@dataclass(eq=False)
-class _Delivery:
-    """One received message, to be acknowledged when dealt with."""
-
-    mid: int
-    qos: int
-    connection: int
-    done: bool = False
+_Key = tuple[str, str, str]
+"""A request: its user, its id, and a digest of what it asks (an id used again for another
+question is another request)."""
 
 
 @dataclass(eq=False)
@@ -74,60 +71,18 @@ class _Job:
     """A request being dealt with, and every delivery of it."""
 
     request: TextRequest | AudioRequest
+    key: _Key
     deadline: float
-    redelivered: bool = False
+    redelivered: bool
     """The broker sent it before (MQTT's DUP flag): it may have been answered already."""
-    deliveries: list[_Delivery] = field(default_factory=list)
+    deliveries: list[Delivery]
     finished: bool = False
+    committed: bool = False
+    """Its device commands are going out: the answer follows, whatever the deadline."""
+    claimed: bool = False
     reply: Reply | None = None
-    """The final reply, once sent."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     received: float = field(default_factory=time.perf_counter)
-
-
-class _Limits:
-    """Per-user counts per minute, shared by every node through Redis.
-
-    Counted in memory on the request's path, and the counts added since the last sync sent
-    to Redis (which returns everyone's total) at most every ``sync`` seconds per counter:
-    every node sees the others' counts within that time, and a request costs no round trip.
-    While Redis is down the counts are this node's alone.
-    """
-
-    def __init__(self, cache: TieredCache, keys: KeyBuilder, *, sync: float = 0.5) -> None:
-        self._redis = cache.redis
-        self._keys = keys
-        self._sync = sync
-        # name -> [shared total at the last sync, added here since, last sync, expires]
-        self._counts: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, user: str, what: str, amount: float) -> float:
-        """Add ``amount`` to the user's count of ``what`` this minute; the total."""
-        window = int(time.time() // 60)
-        name = self._keys.name("rate", f"{scope_of(user)}:{what}:{window}")
-        now = time.monotonic()
-        with self._lock:
-            if len(self._counts) > 10000:
-                self._counts = {k: v for k, v in self._counts.items() if v[3] > now}
-            count = self._counts.setdefault(name, [0.0, 0.0, 0.0, now + 120])
-            count[1] += amount
-            due = now - count[2] >= self._sync
-            if due:
-                count[2] = now
-                added, count[1] = count[1], 0.0
-        if due and self._redis is not None:
-            try:
-                total = self._redis.count(name, added, 120.0)
-            except TierUnavailable:
-                total = count[0] + added  # this node's alone until Redis is back
-            with self._lock:
-                count[0] = total
-        elif due:
-            with self._lock:
-                count[0] += added
-        with self._lock:
-            return count[0] + count[1]
 
 
 class MqttService:
@@ -156,24 +111,19 @@ class MqttService:
         self.metrics = metrics
         self._max_audio = max_audio_bytes
         self._speech = speech
-        self._limits = _Limits(cache, keys)
+        self._limits = UserLimits(cache.redis, keys)
         self._queue: queue.Queue[_Job | None] = queue.Queue(settings.queue_size)
-        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._jobs: dict[_Key, _Job] = {}
         self._lock = threading.Lock()
-        self._acks: collections.deque[_Delivery] = collections.deque()
-        self._ack_lock = threading.Lock()
-        self._connection = 0
-        self._deadlines: list[tuple[float, int, _Job]] = []
-        self._deadline_cond = threading.Condition()
-        self._order = itertools.count()
+        self._acks = Acks(self._ack)
+        self._deadlines = Deadlines(self._expire)
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []
         self._client: Client | None = None
         self._subscribed = threading.Event()
-        # The requests answered last, by (user, id), with their replies where nothing of the
-        # asker's is in them: a request sent again is answered without running it twice.
+        # Requests answered lately -> (until, reply where nothing of the asker's is in it).
         # A personal reply is kept only in the cache, as the asker's (forget reaches it).
-        self._recent: collections.OrderedDict[tuple[str, str], Reply | None] = \
+        self._recent: collections.OrderedDict[_Key, tuple[float, Reply | None]] = \
             collections.OrderedDict()
         self._recent_lock = threading.Lock()
 
@@ -183,8 +133,11 @@ class MqttService:
         """Start the workers, connect (persistent session), subscribe; return when ready."""
         self._stopping.clear()
         for n in range(self.settings.workers):
-            self._spawn(self._work, f"service-worker-{n}")
-        self._spawn(self._watch_deadlines, "service-deadlines")
+            worker = threading.Thread(target=self._work, name=f"service-worker-{n}",
+                                      daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        self._deadlines.start()
         client = make_client(self._mqtt, manual_ack=True)
         client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -205,28 +158,30 @@ class MqttService:
             raise
         return self
 
-    def _spawn(self, target: Any, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
     def close(self) -> None:
-        """Say offline, let the workers finish what they hold, disconnect."""
+        """Take no more requests, let the workers answer what they hold while still
+        connected, say offline, disconnect. What was not taken is delivered again later."""
         self._stopping.set()
-        client, self._client = self._client, None
-        for _ in range(self.settings.workers):
+        for _ in self._workers:
             try:
-                self._queue.put(None, timeout=self.settings.timeout)
+                self._queue.put(None, timeout=self.settings.timeout + 5)
             except queue.Full:
                 break
-        with self._deadline_cond:
-            self._deadline_cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=self.settings.timeout + 5)
-        self._threads.clear()
-        if client is not None:
-            info = client.publish(self.topics.status, b"offline", qos=1, retain=True)
-            info.wait_for_publish(timeout=2)
+        deadline = time.monotonic() + self.settings.timeout + 5
+        for worker in self._workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._workers.clear()
+        self._deadlines.close()
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected():
+                client.publish(self.topics.status, b"offline", qos=1,
+                               retain=True).wait_for_publish(timeout=2)
+        except (RuntimeError, ValueError) as error:
+            log.debug("offline status not sent: %s", error)
+        finally:
             client.disconnect()
             client.loop_stop()
 
@@ -243,11 +198,7 @@ class MqttService:
         if reason.is_failure:
             log.error("the broker refused the connection: %s", reason)
             return
-        with self._ack_lock:
-            # Deliveries of the last connection cannot be acknowledged on this one: the
-            # broker sends them again, and their replies are recorded.
-            self._connection += 1
-            self._acks.clear()
+        self._acks.reconnected()
         share = "$share/assistant/" if self.settings.shared_subscription else ""
         client.subscribe([(share + f, 1) for f in self.topics.requests()])
         client.publish(self.topics.status, b"online", qos=1, retain=True)
@@ -268,27 +219,32 @@ class MqttService:
             log.warning("lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # not acknowledged: the broker delivers it to the next run
+        delivery = self._acks.received(message.mid, message.qos)
+        handed = False
         try:
-            self._receive(message)
+            handed = self._receive(message, delivery)
         except Exception:  # never raise in paho's thread
             log.exception("a request could not be taken")
+            self.metrics.errors.labels("internal").inc()
+        finally:
+            if not handed:
+                self._acks.done([delivery])
 
-    def _receive(self, message: MQTTMessage) -> None:
-        with self._ack_lock:
-            delivery = _Delivery(message.mid, message.qos, self._connection)
-            if message.qos:
-                self._acks.append(delivery)
+    def _receive(self, message: MQTTMessage, delivery: Delivery) -> bool:
+        """Take a message; true when a job now holds its delivery (acknowledged later)."""
         packet = packet_of(message)
         where = self.topics.parse(packet.topic)
         self.metrics.requests.labels(where[0] if where else "unknown").inc()
+        digest = hashlib.blake2b(packet.payload, digest_size=8).hexdigest()
         try:
             request = decode_request(packet, self.topics, max_audio_bytes=self._max_audio,
-                                     sites=self.settings.sites)
+                                     sites=self.settings.sites, made_id="h" + digest)
         except ProtocolError as error:
             self._refuse(packet, error)
-            self._acked([delivery])
-            return
-        key = (request.user, request.id)
+            return False
+        key = (request.user, request.id, digest)
         sent: Reply | None = None
         with self._lock:
             job = self._jobs.get(key)
@@ -297,57 +253,74 @@ class MqttService:
                     sent = job.reply
                     if sent is None:
                         job.deliveries.append(delivery)  # answered with the first
-                        return
+                        return True
         if sent is not None:  # answered already, still finishing: the same answer again
             self._send(request, sent)
             self.metrics.answers.labels("replayed").inc()
-            self._acked([delivery])
-            return
+            return False
+        job = _Job(request, key, time.monotonic() + self.settings.timeout, bool(message.dup),
+                   [delivery])
         with self._lock:
-            job = _Job(request, time.monotonic() + self.settings.timeout, bool(message.dup),
-                       [delivery])
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
-                job = None
+                busy = True
             else:
+                busy = False
                 self._jobs[key] = job
-                self.metrics.queue.set(self._queue.qsize())
-        if job is None:
-            busy = _Job(request, 0.0, False, [delivery])
-            self._finish(busy, ErrorReply(request.id, "busy", "too many requests are waiting; "
+        if busy:
+            self._finish(job, ErrorReply(request.id, "busy", "too many requests are waiting; "
                                                               "try again in a moment"))
-            return
-        with self._deadline_cond:
-            heapq.heappush(self._deadlines, (job.deadline, next(self._order), job))
-            self._deadline_cond.notify()
+            return False
+        self.metrics.queue.set(self._queue.qsize())
+        self._deadlines.add(key, job.deadline)
+        return True
 
     def _refuse(self, packet: Packet, error: ProtocolError) -> None:
         """The error reply to a message that could not be decoded, where there is one to send
-        it to."""
+        it to (the asker's own topics only)."""
         self.metrics.errors.labels(error.code).inc()
         log.info("refused a request on %s: %s", packet.topic, error)
         where = self.topics.parse(packet.topic)
         if where is None or self._client is None:
             return
         _kind, site, user = where
+        reply_to = packet.response_topic if packet.response_topic and self.topics.owns(
+            packet.response_topic, site, user) else None
         reply = ErrorReply(error.request_id, error.code, str(error))
-        publish(self._client, reply_packet(self.topics, reply, site=site, user=user,
-                                           reply_to=packet.response_topic,
-                                           correlation=packet.correlation))
+        self._publish(reply_packet(self.topics, reply, site=site, user=user, reply_to=reply_to,
+                                   correlation=packet.correlation))
 
     # -- the ends of a request -------------------------------------------------------------
 
-    def _acked(self, deliveries: list[_Delivery]) -> None:
-        """Mark deliveries dealt with; acknowledge every one in order up to the first not."""
+    def _ack(self, mid: int, qos: int) -> None:
+        if self._client is not None:
+            self._client.ack(mid, qos)
+
+    def _publish(self, packet: Packet) -> bool:
+        """Publish; false (logged, counted) when it cannot be sent."""
         client = self._client
-        with self._ack_lock:
-            for delivery in deliveries:
-                delivery.done = True
-            while self._acks and self._acks[0].done:
-                delivery = self._acks.popleft()
-                if client is not None and delivery.connection == self._connection:
-                    client.ack(delivery.mid, delivery.qos)
+        if client is None:
+            return False
+        try:
+            publish(client, packet)
+        except (ValueError, TypeError, RuntimeError, OSError) as error:
+            log.error("could not publish on %r: %s", packet.topic, error)
+            self.metrics.errors.labels("send_failed").inc()
+            return False
+        return True
+
+    def _send(self, request: TextRequest | AudioRequest, reply: Reply) -> None:
+        try:
+            packet = reply_packet(self.topics, reply, site=request.site, user=request.user,
+                                  reply_to=request.reply_to, correlation=request.correlation)
+        except (ValueError, TypeError) as error:  # not JSON-able: say so instead
+            log.error("request %s: the reply could not be encoded: %s", request.id, error)
+            packet = reply_packet(self.topics, ErrorReply(request.id, "internal",
+                                                          "the answer could not be encoded"),
+                                  site=request.site, user=request.user,
+                                  reply_to=request.reply_to, correlation=request.correlation)
+        self._publish(packet)
 
     def _finish(self, job: _Job, reply: Reply, *, record: bool = True,
                 personal: bool = True) -> bool:
@@ -361,43 +334,38 @@ class MqttService:
         self._send(request, reply)
         if isinstance(reply, ErrorReply):
             self.metrics.errors.labels(reply.code).inc()
-        if isinstance(reply, ErrorReply) and reply.code in TRANSIENT:
-            self._release(request)  # the same request sent again is tried anew
-        else:
-            kept = None if personal and isinstance(reply, Response) else reply
-            with self._recent_lock:
-                self._recent[(request.user, request.id)] = kept
-                if len(self._recent) > _RECENT:
-                    self._recent.popitem(last=False)
-            if record:
-                self._record(request, reply)
+            if reply.code in TRANSIENT:
+                if job.claimed:
+                    self._release(request)
+                return True
+        kept = None if personal and isinstance(reply, Response) else reply
+        with self._recent_lock:
+            self._recent[job.key] = (time.monotonic() + _RECENT_SECONDS, kept)
+            if len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+        if record:
+            self._record(request, job.key, reply)
         return True
-
-    def _send(self, request: TextRequest | AudioRequest, reply: Reply) -> None:
-        if self._client is not None:
-            publish(self._client, reply_packet(self.topics, reply, site=request.site,
-                                               user=request.user, reply_to=request.reply_to,
-                                               correlation=request.correlation))
 
     def _complete(self, job: _Job) -> None:
         """The request is dealt with: forget it, acknowledge every delivery of it."""
-        request = job.request
         with self._lock:
-            if self._jobs.get((request.user, request.id)) is job:
-                del self._jobs[(request.user, request.id)]
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
             deliveries = list(job.deliveries)
-        self._acked(deliveries)
+        self._acks.done(deliveries)
 
-    def _reply_key(self, request: TextRequest | AudioRequest) -> str:
-        return self._keys.key("reply", scope_of(request.user), request.id)
+    def _reply_key(self, request: TextRequest | AudioRequest, key: _Key) -> str:
+        return self._keys.key("reply", scope_of(request.user), request.id, key[2])
 
-    def _record(self, request: TextRequest | AudioRequest, reply: Reply) -> None:
+    def _record(self, request: TextRequest | AudioRequest, key: _Key, reply: Reply) -> None:
         """Keep the reply, as the asker's own item, to answer a redelivery with it."""
         kind = "response" if isinstance(reply, Response) else "error"
         place = self._cache.policies.place(request.user, ttl=self.settings.replay_ttl,
                                            personal=True)
         try:
-            self._cache.set(self._reply_key(request), {"kind": kind, "reply": reply.to_json()},
+            self._cache.set(self._reply_key(request, key), {"kind": kind,
+                                                            "reply": reply.to_json()},
                             ttl=place.ttl, user=place.owner, redis=place.redis,
                             disk=place.disk, tags=("reply",))
         except CacheError as error:
@@ -405,15 +373,15 @@ class MqttService:
 
     def _recorded(self, job: _Job) -> Reply | None:
         """The reply already sent to this request: from this process's memory, or, for one
-        the broker delivers again (after a restart, say), from the cache."""
-        request = job.request
-        key = (request.user, request.id)
+        seen before or delivered again by the broker (after a restart, say), the cache's."""
         with self._recent_lock:
-            seen = key in self._recent
-            recent = self._recent.get(key)
-        if recent is not None or not (seen or job.redelivered):
+            until, recent = self._recent.get(job.key, (0.0, None))
+        seen = until > time.monotonic()
+        if recent is not None and seen:
             return recent
-        found = self._cache.get(self._reply_key(request), user=request.user)
+        if not (seen or job.redelivered):
+            return None
+        found = self._cache.get(self._reply_key(job.request, job.key), user=job.request.user)
         if not isinstance(found, dict):
             return None
         data = found.get("reply") or {}
@@ -423,39 +391,38 @@ class MqttService:
     def _claim_name(self, request: TextRequest | AudioRequest) -> str:
         return self._keys.name("claim", f"{scope_of(request.user)}:{request.id}")
 
-    def _claimed(self, request: TextRequest | AudioRequest) -> bool:
-        """Is this node the one to handle it? (Another node may have got it too.)"""
+    def _claim(self, job: _Job) -> bool:
+        """Is this node the one to answer? With a shared subscription it is the only one the
+        broker gave it to; without one, the first to claim it in Redis (this node again,
+        after a restart, by its client id)."""
         redis_tier = self._cache.redis
-        if redis_tier is None:
+        if self.settings.shared_subscription or redis_tier is None:
             return True
         try:
-            return redis_tier.claim(self._claim_name(request), self.settings.timeout * 2)
+            job.claimed = redis_tier.claim(self._claim_name(job.request),
+                                           max(self.settings.timeout * 2,
+                                               self.settings.replay_ttl),
+                                           owner=self._mqtt.client_id.encode())
         except TierUnavailable:
             return True
+        return job.claimed
 
     def _release(self, request: TextRequest | AudioRequest) -> None:
         if self._cache.redis is not None:
             with contextlib.suppress(TierUnavailable):
                 self._cache.redis.delete(self._claim_name(request))
 
-    # -- deadlines -------------------------------------------------------------------------
-
-    def _watch_deadlines(self) -> None:
-        while not self._stopping.is_set():
-            with self._deadline_cond:
-                now = time.monotonic()
-                due = []
-                while self._deadlines and self._deadlines[0][0] <= now:
-                    due.append(heapq.heappop(self._deadlines)[2])
-                if not due:
-                    wait = self._deadlines[0][0] - now if self._deadlines else 1.0
-                    self._deadline_cond.wait(min(wait, 1.0))
-                    continue
-            for job in due:
-                if not job.finished and self._finish(job, ErrorReply(
-                        job.request.id, "timeout",
-                        f"no answer within {self.settings.timeout:g} s")):
-                    self._complete(job)
+    def _expire(self, key: Hashable) -> None:
+        with self._lock:
+            job = self._jobs.get(key)  # type: ignore[call-overload]
+        if job is None:
+            return
+        with job.lock:
+            if job.finished or job.committed:
+                return
+        if self._finish(job, ErrorReply(job.request.id, "timeout",
+                                        f"no answer within {self.settings.timeout:g} s")):
+            self._complete(job)
 
     # -- the workers ---------------------------------------------------------------------
 
@@ -469,8 +436,9 @@ class MqttService:
                 self._handle(job)
             except Exception as error:
                 log.exception("request %s failed", job.request.id)
-                self._finish(job, ErrorReply(job.request.id, "internal",
-                                             f"the assistant failed: {type(error).__name__}"))
+                with contextlib.suppress(Exception):
+                    self._finish(job, ErrorReply(job.request.id, "internal",
+                                                 f"the assistant failed: {type(error).__name__}"))
             finally:
                 self._complete(job)
 
@@ -482,13 +450,13 @@ class MqttService:
             self._finish(job, ErrorReply(request.id, "timeout", "waited past its deadline"))
             return
         recorded = self._recorded(job)
-        if recorded is not None:  # delivered again after it was answered
+        if recorded is not None:  # sent again after it was answered
             self.metrics.answers.labels("replayed").inc()
             self._finish(job, recorded, record=False)
             if isinstance(recorded, Response) and request.speak and self._speech:
                 self._speak(job, recorded.text, personal=True)
             return
-        if not self._claimed(request):
+        if not self._claim(job):
             log.info("request %s is being answered by another node", request.id)
             with job.lock:
                 job.finished = True
@@ -499,21 +467,25 @@ class MqttService:
             return
         try:
             handled = self._pipeline.handle(request)
-        except (AssistantError, CacheError) as error:
-            code = getattr(error, "code", "bad_user" if isinstance(error, CacheError) else
-                           "internal")
-            self._finish(job, ErrorReply(request.id, code, str(error)))
+        except AssistantError as error:
+            self._finish(job, ErrorReply(request.id, error.code, str(error)))
+            return
+        except CacheError as error:
+            log.error("request %s: the cache failed: %s", request.id, error)
+            self._finish(job, ErrorReply(request.id, "internal", "the cache failed"))
             return
         if handled.audio_seconds and self.settings.audio_seconds_per_minute:
             self._limits.add(request.user, "audio", handled.audio_seconds)
         answer = handled.answer
         timings = dict(handled.timings)
+        with job.lock:
+            if job.finished:  # the deadline came first
+                return
+            job.committed = True
         published = time.perf_counter()
-        if answer.actions and not job.finished:
-            assert self._client is not None
-            for action in answer.actions:
-                publish(self._client, Packet(action.topic, action.payload.encode(),
-                                             retain=action.retain))
+        for action in answer.actions:
+            if self._publish(Packet(action.topic, action.payload.encode(),
+                                    retain=action.retain)):
                 self.metrics.actions.inc()
         timings["publish"] = (time.perf_counter() - published) * 1000
         timings["total"] = (time.perf_counter() - job.received) * 1000
@@ -525,7 +497,8 @@ class MqttService:
             fragments=[{"kind": f.kind, "text": f.text, "source": f.source,
                         "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
             timings={k: round(v, 3) for k, v in timings.items()})
-        if self._finish(job, response, personal=answer.personal or handled.transcript is not None):
+        if self._finish(job, response, personal=answer.personal or
+                        handled.transcript is not None):
             self.metrics.timings(timings)
             self.metrics.answers.labels(_source(answer.fragments)).inc()
             if request.speak and self._speech:
@@ -539,8 +512,7 @@ class MqttService:
         answer = Answer(text=text, fragments=(FragmentResult("text", text, "", 0.0, personal),))
         try:
             for chunk in self._pipeline.speech(job.request, answer):
-                if self._client is not None:
-                    publish(self._client, chunk.packet(self.topics, job.request))
+                self._publish(chunk.packet(self.topics, job.request))
         except AssistantError as error:
             log.warning("request %s: no speech: %s", job.request.id, error)
             self.metrics.errors.labels("speech_failed").inc()

@@ -102,6 +102,15 @@ return ARGV[2]
 """
 
 
+# KEYS: the claim. ARGV: owner, ttl ms.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 def _client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(
         url,
@@ -165,7 +174,8 @@ class RedisTier:
         if self._client is None:
             client = _client(self.url, self._timeout)
             self._scripts = {name: client.register_script(source) for name, source in
-                             (("set", _SET), ("purge", _PURGE), ("salt", _SALT))}
+                             (("set", _SET), ("purge", _PURGE), ("salt", _SALT),
+                              ("claim", _CLAIM))}
             self._client = client
         return self
 
@@ -320,11 +330,12 @@ class RedisTier:
         event_id = self._call(append)
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
-    def claim(self, name: str, ttl: float) -> bool:
+    def claim(self, name: str, ttl: float, *, owner: bytes = b"1") -> bool:
         """Take ``name`` (an opaque name from the namer) for ``ttl`` seconds unless someone
-        holds it: true when this caller now does."""
-        return bool(self._call(lambda: self.client.set(name, b"1", nx=True,
-                                                       px=max(1, int(ttl * 1000)))))
+        else holds it: true when ``owner`` now does (again, if it held it already)."""
+        script = self._scripts["claim"]
+        return bool(self._call(lambda: script(keys=[name],
+                                              args=[owner, max(1, int(ttl * 1000))])))
 
     def count(self, name: str, amount: float, ttl: float) -> float:
         """Add ``amount`` to the counter ``name`` (made with a life of ``ttl`` seconds when

@@ -98,7 +98,7 @@ class SqliteTier:
             self.file.close()
             raise
         self._load_pending()
-        self.remove_copies(older_than=self._quarantine_ttl)
+        self._remove_copies_logged(older_than=self._quarantine_ttl)
         self._last_check = self._last_gc = time.monotonic()
         self.writes.start()
         return self
@@ -196,8 +196,9 @@ class SqliteTier:
             return int(count)
 
         count = self.file.guard(rows)
-        # A file moved aside cannot be changed, only deleted: it goes whole.
-        self.remove_copies()
+        # A file moved aside cannot be changed, only deleted: it goes whole. One that cannot
+        # be deleted is unreadable all the same (the salt is gone), and is tried again later.
+        self._remove_copies_logged()
         # Old versions of the deleted pages still sit in the WAL: copy the zeroed pages
         # back and cut the WAL file to nothing.
         if not self.file.checkpoint():
@@ -235,6 +236,12 @@ class SqliteTier:
         """Files moved aside as corrupt (each with its WAL and shared-memory files)."""
         return sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*"))
 
+    def _remove_copies_logged(self, *, older_than: float | None = None) -> None:
+        try:
+            self.remove_copies(older_than=older_than)
+        except TierUnavailable as error:
+            log.error("%s", error)
+
     def remove_copies(self, *, older_than: float | None = None) -> int:
         """Delete files moved aside (those modified more than ``older_than`` seconds ago,
         or all); the number of database files deleted."""
@@ -255,17 +262,21 @@ class SqliteTier:
         return removed
 
     def _housekeeping(self) -> None:
-        """The writer thread's work after each flush: retried forgets, file check, GC."""
+        """The writer thread's work after each flush: retried forgets, file check, GC. Each
+        step is tried whatever became of the others."""
         for user in list(self.pending_forgets):
-            with self.file.write_lock:
-                self._forget(user)
+            try:
+                with self.file.write_lock:
+                    self._forget(user)
+            except TierUnavailable as error:
+                log.warning("a pending forget is retried later: %s", error)
         if time.monotonic() - self._last_check >= 1.0:
             self._last_check = time.monotonic()
             self.file.check()
         if time.monotonic() - self._last_gc >= self._gc_interval:
             self._last_gc = time.monotonic()
+            self._remove_copies_logged(older_than=self._quarantine_ttl)
             self.gc()
-            self.remove_copies(older_than=self._quarantine_ttl)
 
     def close(self) -> None:
         if not self.file.is_open:
