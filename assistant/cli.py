@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 from assistant.app import App, cache_of, key_source, open_keyring, version_record
 from assistant.errors import AssistantError, AudioError, TemplateError
+from assistant.protocol import Response
 from assistant.recognition.library import builtin_intents, load_intent_templates
 from assistant.settings import Settings, load_settings
 from assistant.speech.stt import Transcriber
@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.pipeline import Handled, response_of
+
     if args.mqtt or args.audio or args.play_to:
         return _ask_mqtt(args, settings)
     if not args.text:
@@ -105,28 +107,34 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
         assert app.engine is not None and app.generator is not None
         loaded = time.perf_counter() - started
         asked = time.perf_counter()
-        answer = app.engine.respond(args.text, user=args.user, site=args.site, area=args.area)
+        timings: dict[str, float] = {}
+        answer = app.engine.respond(args.text, user=check_user(args.user), site=args.site,
+                                    area=args.area, timings=timings)
         took = time.perf_counter() - asked
         backend = app.generator.backend
-    if args.json:
-        print(json.dumps({
-            "text": answer.text, "intent": answer.intent, "slots": answer.slots,
-            "targets": answer.targets, "actions": [dataclasses.asdict(a) for a in answer.actions],
-            "fragments": [{"kind": f.kind, "text": f.text, "source": f.source,
-                           "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
-            "ms": round(took * 1000, 3), "load_ms": round(loaded * 1000, 1),
-            "backend": backend.describe()}, default=str))
-        return 0
-    print(answer.text)
-    print(f"intent: {answer.intent or '(none)'}", file=sys.stderr)
-    for fragment in answer.fragments:
-        print(f"  {fragment.kind:8} {fragment.source:9} {fragment.seconds * 1000:9.3f} ms  "
-              f"{fragment.text}", file=sys.stderr)
-    for action in answer.actions:
-        print(f"  action   {action.topic} <- {action.payload}", file=sys.stderr)
-    print(f"answered in {took * 1000:.3f} ms (start-up {loaded:.2f} s, "
-          f"{backend.name} {backend.model_id})", file=sys.stderr)
+    reply = response_of("cli", Handled(answer, timings=timings))
+    extra = {"ms": round(took * 1000, 3), "load_ms": round(loaded * 1000, 1),
+             "backend": backend.describe()}
+    _print_reply(reply, args.json, extra, f"answered in {took * 1000:.3f} ms (start-up "
+                 f"{loaded:.2f} s, {backend.name} {backend.model_id})")
     return 0
+
+
+def _print_reply(reply: Response, as_json: bool, extra: dict[str, Any], last: str) -> None:
+    """An answer as the ask command shows it: the text, then how it was found (stderr)."""
+    if as_json:
+        print(json.dumps({**reply.to_json(), **extra}, default=str))
+        return
+    print(reply.text)
+    if reply.transcript is not None:
+        print(f"heard: {reply.transcript}", file=sys.stderr)
+    print(f"intent: {reply.intent or '(none)'}", file=sys.stderr)
+    for fragment in reply.fragments:
+        print(f"  {fragment.get('kind', ''):8} {fragment.get('source', ''):9} "
+              f"{fragment.get('ms', 0):9.3f} ms  {fragment.get('text', '')}", file=sys.stderr)
+    for action in reply.actions:
+        print(f"  action   {action.get('topic')} <- {action.get('payload')}", file=sys.stderr)
+    print(last, file=sys.stderr)
 
 
 def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,21 +164,9 @@ def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
         pcm = b"".join(c.wav[44:] for c in chunks)
         args.play_to.write_bytes(wav_bytes(pcm, rate=int.from_bytes(chunks[0].wav[24:28],
                                                                      "little")))
-    if args.json:
-        print(json.dumps({**reply.to_json(), "round_trip_ms": round(asked.seconds * 1000, 3)},
-                         default=str))
-        return 0
-    print(reply.text)
-    if reply.transcript is not None:
-        print(f"heard: {reply.transcript}", file=sys.stderr)
-    print(f"intent: {reply.intent or '(none)'}", file=sys.stderr)
-    for fragment in reply.fragments:
-        print(f"  {fragment.get('kind', ''):8} {fragment.get('source', ''):9} "
-              f"{fragment.get('ms', 0):9.3f} ms  {fragment.get('text', '')}", file=sys.stderr)
-    for action in reply.actions:
-        print(f"  action   {action.get('topic')} <- {action.get('payload')}", file=sys.stderr)
     stages = " ".join(f"{k}={v:.2f}ms" for k, v in reply.timings.items())
-    print(f"round trip {asked.seconds * 1000:.2f} ms ({stages})", file=sys.stderr)
+    _print_reply(reply, args.json, {"round_trip_ms": round(asked.seconds * 1000, 3)},
+                 f"round trip {asked.seconds * 1000:.2f} ms ({stages})")
     if args.play_to is not None:
         print(f"speech: {len(asked.speech)} chunk(s) written to {args.play_to}", file=sys.stderr)
     return 0

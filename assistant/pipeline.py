@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from assistant.answers import Answer
 from assistant.engine import IntentEngine
 from assistant.errors import ConfigError
-from assistant.protocol import AudioRequest, SpeechChunk, TextRequest
+from assistant.protocol import AudioRequest, Response, SpeechChunk, TextRequest
 from assistant.speech.sentences import split_sentences
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
@@ -31,6 +31,19 @@ class Handled:
     """Milliseconds per stage: ``stt``, ``recognise``, ``answer``."""
     audio_seconds: float = 0.0
     """The length of the audio heard."""
+
+
+def response_of(request_id: str, handled: Handled) -> Response:
+    """What the wire says of a handled request."""
+    answer = handled.answer
+    return Response(
+        id=request_id, text=answer.text, transcript=handled.transcript, intent=answer.intent,
+        slots=answer.slots,
+        actions=[{"entity_id": a.entity_id, "topic": a.topic, "payload": a.payload}
+                 for a in answer.actions],
+        fragments=[{"kind": f.kind, "text": f.text, "source": f.source,
+                    "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
+        timings={k: round(v, 3) for k, v in handled.timings.items()})
 
 
 class Pipeline:

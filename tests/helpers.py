@@ -62,8 +62,10 @@ class Peer:
                 stream.close()
 
 
-def write_config(folder: Path, redis_url: str, extra: str = "") -> Path:
-    """A settings file keeping its disk cache and key in ``folder``; ``extra`` is appended."""
+def write_config(folder: Path, redis_url: str, extra: str = "",
+                 key_file: Path | None = None) -> Path:
+    """A settings file keeping its disk cache and key in ``folder`` (``key_file``: a master
+    key shared with other nodes); ``extra`` is appended."""
     path = folder / "assistant.toml"
     path.write_text(f"""
 [redis]
@@ -71,7 +73,7 @@ url = "{redis_url}"
 [sqlite]
 path = "{folder / 'cache.db'}"
 [keys]
-file = "{folder / 'master.key'}"
+file = "{key_file or folder / 'master.key'}"
 {extra}
 """)
     return path

@@ -17,6 +17,7 @@ from assistant.protocol import Packet, Topics
 from assistant.settings import MqttSettings
 from assistant.transports.broker import EmbeddedBroker
 from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
+from tests.helpers import write_config
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,15 +59,8 @@ class Broker:
 def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Path | None = None,
                    extra: str = "", metrics_port: int = 0, key_file: Path | None = None) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
-    shared with other nodes)."""
-    path = folder / "assistant.toml"
-    path.write_text(f"""
-[redis]
-url = "{redis_url}"
-[sqlite]
-path = "{folder / 'cache.db'}"
-[keys]
-file = "{key_file or folder / 'master.key'}"
+    shared with other nodes; ``extra``: more of the ``[service]`` section, then sections)."""
+    return write_config(folder, redis_url, key_file=key_file, extra=f"""
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"
@@ -79,7 +73,6 @@ entities_file = "{ROOT / 'configs' / 'entities.yaml'}"
 metrics_port = {metrics_port}
 {extra}
 """)
-    return path
 
 
 class ServiceProcess:

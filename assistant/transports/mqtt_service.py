@@ -34,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from assistant.errors import AssistantError
 from assistant.ops.metrics import ServiceMetrics
-from assistant.pipeline import Pipeline
+from assistant.pipeline import Pipeline, response_of
 from assistant.protocol import (
     AudioRequest,
     ErrorReply,
@@ -477,7 +477,7 @@ class MqttService:
         if handled.audio_seconds and self.settings.audio_seconds_per_minute:
             self._limits.add(request.user, "audio", handled.audio_seconds)
         answer = handled.answer
-        timings = dict(handled.timings)
+        timings = handled.timings
         with job.lock:
             if job.finished:  # the deadline came first
                 return
@@ -489,14 +489,7 @@ class MqttService:
                 self.metrics.actions.inc()
         timings["publish"] = (time.perf_counter() - published) * 1000
         timings["total"] = (time.perf_counter() - job.received) * 1000
-        response = Response(
-            id=request.id, text=answer.text, transcript=handled.transcript,
-            intent=answer.intent, slots=answer.slots,
-            actions=[{"entity_id": a.entity_id, "topic": a.topic, "payload": a.payload}
-                     for a in answer.actions],
-            fragments=[{"kind": f.kind, "text": f.text, "source": f.source,
-                        "ms": round(f.seconds * 1000, 3)} for f in answer.fragments],
-            timings={k: round(v, 3) for k, v in timings.items()})
+        response = response_of(request.id, handled)
         if self._finish(job, response, personal=answer.personal or
                         handled.transcript is not None):
             self.metrics.timings(timings)
