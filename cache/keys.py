@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache.errors import CacheError, NonDeterministicError
-from cache.scope import is_scope
+from cache.scope import check_user, is_scope, tag_user, user_tag
 
 KEY_VERSION = "v1"
 _LENGTH = struct.Struct(">I")
@@ -164,3 +164,29 @@ class GenerationKey:
             self.seed,
             self.scope,
         )
+
+
+class UserRefs:
+    """User ids to the refs they go by below the cache's interface, remembered."""
+
+    def __init__(self, names: KeyBuilder, *, size: int = 4096) -> None:
+        self._names = names
+        self._size = size
+        self._refs: dict[str, str] = {}
+
+    def __call__(self, user: str | None) -> str | None:
+        """The ref of ``user`` (checked; :class:`CacheError` if malformed); ``None`` for none."""
+        if user is None:
+            return None
+        ref = self._refs.get(user)
+        if ref is None:
+            ref = self._names.user_ref(check_user(user) or "")
+            if len(self._refs) >= self._size:
+                self._refs.clear()
+            self._refs[user] = ref
+        return ref
+
+    def tag(self, tag: str) -> str:
+        """``tag`` as the tiers and events know it: a user's tag names their ref."""
+        user = tag_user(tag)
+        return tag if user is None else user_tag(self(user) or "")

@@ -33,11 +33,10 @@ from cache.codec import Codec, frozen, thawed
 from cache.crypto import Keyring
 from cache.errors import BlobError, CacheError, TierUnavailable
 from cache.events import EventBus
-from cache.keys import KeyBuilder
+from cache.keys import KeyBuilder, UserRefs
 from cache.metrics import CacheMetrics
 from cache.policy import PolicyBook
 from cache.salts import Salts
-from cache.scope import check_user, tag_user, user_tag
 from cache.tiers.base import Clock, Record, Tier, wall_clock
 from cache.tiers.memory import MemoryTier
 from cache.tiers.redis import RedisTier
@@ -120,7 +119,8 @@ class TieredCache:
         self.codec = Codec(keyring, self.salts, level=zstd_level,
                            compress_min_bytes=compress_min_bytes)
         self._names = KeyBuilder(keyring.naming_secret())
-        self._refs: dict[str, str] = {}
+        self.ref_of = UserRefs(self._names)
+        """The name a user goes by below this class (see :meth:`KeyBuilder.user_ref`)."""
         self.events = None if redis_tier is None else EventBus(
             redis_tier, node_id=self.node_id, store=sqlite_tier, metrics=self.metrics,
             apply=self._apply_remote,
@@ -163,18 +163,6 @@ class TieredCache:
         self.close()
 
     # -- reading -----------------------------------------------------------------------------
-
-    def ref_of(self, user: str | None) -> str | None:
-        """The name ``user`` goes by below this class (see :meth:`KeyBuilder.user_ref`)."""
-        if user is None:
-            return None
-        ref = self._refs.get(user)
-        if ref is None:
-            ref = self._names.user_ref(check_user(user) or "")
-            if len(self._refs) >= 4096:
-                self._refs.clear()
-            self._refs[user] = ref
-        return ref
 
     def lookup(self, key: str, *, user: str | None = None, redis: bool = True) -> Outcome | None:
         """The value at ``key`` and the tier it came from, or ``None`` on a miss everywhere.
@@ -276,7 +264,7 @@ class TieredCache:
         """Write to every allowed tier; with ``generation``/``epochs`` (read before a compute),
         only if no purge happened meanwhile. False when a purge intervened."""
         ref = self.ref_of(user)
-        tags = tuple(self._tag(tag) for tag in tags)
+        tags = tuple(self.ref_of.tag(tag) for tag in tags)
         policy = self.policies.for_user(user)
         ttl = min(ttl, policy.max_ttl)
         if ttl <= 0:
@@ -360,7 +348,7 @@ class TieredCache:
                 flight.value = thawed(again.payload)
                 return Outcome(flight.value, "l1", time.perf_counter() - started)
             tags = tuple(tags)
-            epochs = self._epochs(tuple(self._tag(t) for t in tags),
+            epochs = self._epochs(tuple(self.ref_of.tag(t) for t in tags),
                                   self.ref_of(user)) if redis else None
             self.metrics.computes.inc()
             try:
@@ -403,12 +391,7 @@ class TieredCache:
 
     def invalidate_tag(self, tag: str) -> dict[str, int]:
         """Remove every item tagged ``tag`` from every tier and every process; counts per tier."""
-        return self._apply_local("tag", self._tag(tag), origin="local")
-
-    def _tag(self, tag: str) -> str:
-        """``tag`` as the tiers and events know it: a user's tag names their ref."""
-        user = tag_user(tag)
-        return tag if user is None else user_tag(self.ref_of(user) or "")
+        return self._apply_local("tag", self.ref_of.tag(tag), origin="local")
 
     def forget_user(self, user: str) -> dict[str, int]:
         """Remove every item of ``user`` everywhere and destroy their data keys; counts per tier.

@@ -35,6 +35,12 @@ class ServiceMetrics:
         self.actions = Counter("assistant_actions", "Device commands published",
                                registry=registry)
 
+    def answered(self, fragments: Any) -> None:
+        """Count an answer by where it came from: its least cached piece's tier."""
+        order = ("computed", "waited", "uncached", "fallback", "l3", "l2", "l1")
+        sources = {f.source for f in fragments}
+        self.answers.labels(next((s for s in order if s in sources), "computed")).inc()
+
     def timings(self, timings: dict[str, float]) -> None:
         """Record a request's stage timings (milliseconds)."""
         for stage, ms in timings.items():

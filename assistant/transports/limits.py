@@ -20,7 +20,11 @@ class UserLimits:
     """
 
     def __init__(self, redis_tier: RedisTier | None, keys: KeyBuilder, *,
+                 requests_per_minute: int = 0, audio_seconds_per_minute: float = 0.0,
                  sync: float = 0.5) -> None:
+        """The limits per user (0: none); ``sync``: seconds between a counter's syncs."""
+        self.requests_per_minute = requests_per_minute
+        self.audio_seconds_per_minute = audio_seconds_per_minute
         self._redis = redis_tier
         self._keys = keys
         self._sync = sync
@@ -52,3 +56,17 @@ class UserLimits:
                 count[0] = max(count[0] + added, total)
         with self._lock:
             return count[0] + count[1]
+
+    def exceeded(self, user: str, *, audio: bool) -> str | None:
+        """Count a request of ``user``; why it is over a limit, or None."""
+        if self.requests_per_minute and self.add(user, "requests", 1) > self.requests_per_minute:
+            return f"more than {self.requests_per_minute} requests a minute"
+        if audio and self.audio_seconds_per_minute and self.add(
+                user, "audio", 0) >= self.audio_seconds_per_minute:
+            return f"more than {self.audio_seconds_per_minute:g} s of audio a minute"
+        return None
+
+    def heard(self, user: str, seconds: float) -> None:
+        """Count ``seconds`` of ``user``'s audio."""
+        if self.audio_seconds_per_minute:
+            self.add(user, "audio", seconds)

@@ -16,7 +16,6 @@ to one of them); without one, each request is claimed in Redis by the first to t
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import logging
@@ -51,16 +50,13 @@ from assistant.settings import MqttSettings, ServiceSettings
 from assistant.transports.deliveries import Acks, Deadlines, Delivery
 from assistant.transports.limits import UserLimits
 from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
-from cache import CacheError, KeyBuilder, TieredCache, TierUnavailable, scope_of
+from assistant.transports.replies import Claims, Replies
+from cache import CacheError, KeyBuilder, TieredCache
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = frozenset({"busy", "timeout", "rate_limited", "internal", "unavailable"})
 """Error codes not recorded as a request's answer: the same request sent again is tried anew."""
-_RECENT = 4096
-"""Requests answered lately, remembered in memory to answer one sent again."""
-_RECENT_SECONDS = 60.0
-
 _Key = tuple[str, str, str]
 """A request: its user, its id, and a digest of what it asks (an id used again for another
 question is another request)."""
@@ -111,7 +107,9 @@ class MqttService:
         self.metrics = metrics
         self._max_audio = max_audio_bytes
         self._speech = speech
-        self._limits = UserLimits(cache.redis, keys)
+        self._limits = UserLimits(cache.redis, keys,
+                                  requests_per_minute=settings.requests_per_minute,
+                                  audio_seconds_per_minute=settings.audio_seconds_per_minute)
         self._queue: queue.Queue[_Job | None] = queue.Queue(settings.queue_size)
         self._jobs: dict[_Key, _Job] = {}
         self._lock = threading.Lock()
@@ -121,11 +119,10 @@ class MqttService:
         self._workers: list[threading.Thread] = []
         self._client: Client | None = None
         self._subscribed = threading.Event()
-        # Requests answered lately -> (until, reply where nothing of the asker's is in it).
-        # A personal reply is kept only in the cache, as the asker's (forget reaches it).
-        self._recent: collections.OrderedDict[_Key, tuple[float, Reply | None]] = \
-            collections.OrderedDict()
-        self._recent_lock = threading.Lock()
+        self._replies = Replies(cache, keys, ttl=settings.replay_ttl)
+        self._claims = None if settings.shared_subscription else Claims(
+            cache, keys, owner=mqtt.client_id,
+            ttl=max(settings.timeout * 2, settings.replay_ttl))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -335,16 +332,10 @@ class MqttService:
         if isinstance(reply, ErrorReply):
             self.metrics.errors.labels(reply.code).inc()
             if reply.code in TRANSIENT:
-                if job.claimed:
-                    self._release(request)
+                if job.claimed and self._claims is not None:
+                    self._claims.release(request.user, request.id)
                 return True
-        kept = None if personal and isinstance(reply, Response) else reply
-        with self._recent_lock:
-            self._recent[job.key] = (time.monotonic() + _RECENT_SECONDS, kept)
-            if len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
-        if record:
-            self._record(request, job.key, reply)
+        self._replies.keep(job.key, reply, personal=personal, record=record)
         return True
 
     def _complete(self, job: _Job) -> None:
@@ -354,63 +345,6 @@ class MqttService:
                 del self._jobs[job.key]
             deliveries = list(job.deliveries)
         self._acks.done(deliveries)
-
-    def _reply_key(self, request: TextRequest | AudioRequest, key: _Key) -> str:
-        return self._keys.key("reply", scope_of(request.user), request.id, key[2])
-
-    def _record(self, request: TextRequest | AudioRequest, key: _Key, reply: Reply) -> None:
-        """Keep the reply, as the asker's own item, to answer a redelivery with it."""
-        kind = "response" if isinstance(reply, Response) else "error"
-        place = self._cache.policies.place(request.user, ttl=self.settings.replay_ttl,
-                                           personal=True)
-        try:
-            self._cache.set(self._reply_key(request, key), {"kind": kind,
-                                                            "reply": reply.to_json()},
-                            ttl=place.ttl, user=place.owner, redis=place.redis,
-                            disk=place.disk, tags=("reply",))
-        except CacheError as error:
-            log.warning("a reply was not recorded: %s", error)
-
-    def _recorded(self, job: _Job) -> Reply | None:
-        """The reply already sent to this request: from this process's memory, or, for one
-        seen before or delivered again by the broker (after a restart, say), the cache's."""
-        with self._recent_lock:
-            until, recent = self._recent.get(job.key, (0.0, None))
-        seen = until > time.monotonic()
-        if recent is not None and seen:
-            return recent
-        if not (seen or job.redelivered):
-            return None
-        found = self._cache.get(self._reply_key(job.request, job.key), user=job.request.user)
-        if not isinstance(found, dict):
-            return None
-        data = found.get("reply") or {}
-        return (Response.from_json(data) if found.get("kind") == "response"
-                else ErrorReply.from_json(data))
-
-    def _claim_name(self, request: TextRequest | AudioRequest) -> str:
-        return self._keys.name("claim", f"{scope_of(request.user)}:{request.id}")
-
-    def _claim(self, job: _Job) -> bool:
-        """Is this node the one to answer? With a shared subscription it is the only one the
-        broker gave it to; without one, the first to claim it in Redis (this node again,
-        after a restart, by its client id)."""
-        redis_tier = self._cache.redis
-        if self.settings.shared_subscription or redis_tier is None:
-            return True
-        try:
-            job.claimed = redis_tier.claim(self._claim_name(job.request),
-                                           max(self.settings.timeout * 2,
-                                               self.settings.replay_ttl),
-                                           owner=self._mqtt.client_id.encode())
-        except TierUnavailable:
-            return True
-        return job.claimed
-
-    def _release(self, request: TextRequest | AudioRequest) -> None:
-        if self._cache.redis is not None:
-            with contextlib.suppress(TierUnavailable):
-                self._cache.redis.delete(self._claim_name(request))
 
     def _expire(self, key: Hashable) -> None:
         with self._lock:
@@ -449,19 +383,22 @@ class MqttService:
         if time.monotonic() > job.deadline:
             self._finish(job, ErrorReply(request.id, "timeout", "waited past its deadline"))
             return
-        recorded = self._recorded(job)
+        recorded = self._replies.sent(job.key, redelivered=job.redelivered)
         if recorded is not None:  # sent again after it was answered
             self.metrics.answers.labels("replayed").inc()
             self._finish(job, recorded, record=False)
             if isinstance(recorded, Response) and request.speak and self._speech:
                 self._speak(job, recorded.text, personal=True)
             return
-        if not self._claim(job):
+        if self._claims is not None:
+            job.claimed = self._claims.claim(request.user, request.id)
+        if self._claims is not None and not job.claimed:
             log.info("request %s is being answered by another node", request.id)
             with job.lock:
                 job.finished = True
             return
-        limited = self._over_limit(request)
+        limited = self._limits.exceeded(request.user,
+                                        audio=isinstance(request, AudioRequest))
         if limited is not None:
             self._finish(job, ErrorReply(request.id, "rate_limited", limited))
             return
@@ -474,8 +411,8 @@ class MqttService:
             log.error("request %s: the cache failed: %s", request.id, error)
             self._finish(job, ErrorReply(request.id, "internal", "the cache failed"))
             return
-        if handled.audio_seconds and self.settings.audio_seconds_per_minute:
-            self._limits.add(request.user, "audio", handled.audio_seconds)
+        if handled.audio_seconds:
+            self._limits.heard(request.user, handled.audio_seconds)
         answer = handled.answer
         timings = handled.timings
         with job.lock:
@@ -493,7 +430,7 @@ class MqttService:
         if self._finish(job, response, personal=answer.personal or
                         handled.transcript is not None):
             self.metrics.timings(timings)
-            self.metrics.answers.labels(_source(answer.fragments)).inc()
+            self.metrics.answered(answer.fragments)
             if request.speak and self._speech:
                 self._speak(job, answer.text, personal=answer.personal)
 
@@ -510,22 +447,3 @@ class MqttService:
             log.warning("request %s: no speech: %s", job.request.id, error)
             self.metrics.errors.labels("speech_failed").inc()
         self.metrics.stage.labels("tts").observe(time.perf_counter() - started)
-
-    def _over_limit(self, request: TextRequest | AudioRequest) -> str | None:
-        """Why the user is over a limit, or None."""
-        settings = self.settings
-        if settings.requests_per_minute and self._limits.add(
-                request.user, "requests", 1) > settings.requests_per_minute:
-            return f"more than {settings.requests_per_minute} requests a minute"
-        if (isinstance(request, AudioRequest) and settings.audio_seconds_per_minute
-                and self._limits.add(request.user, "audio", 0)
-                >= settings.audio_seconds_per_minute):
-            return f"more than {settings.audio_seconds_per_minute:g} s of audio a minute"
-        return None
-
-
-def _source(fragments: Any) -> str:
-    """Where a whole answer came from: its least cached piece's tier."""
-    order = ("computed", "waited", "uncached", "fallback", "l3", "l2", "l1")
-    sources = {f.source for f in fragments}
-    return next((s for s in order if s in sources), "computed" if not sources else "l1")
