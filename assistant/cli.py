@@ -139,7 +139,7 @@ def _print_reply(reply: Response, as_json: bool, extra: dict[str, Any], last: st
 
 def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.protocol import ErrorReply, Topics
-    from assistant.speech.audio import wav_bytes
+    from assistant.speech.audio import AudioLimits, parse_wav, wav_bytes
     from assistant.transports.mqtt_client import Asker
 
     if (args.text is None) == (args.audio is None):
@@ -160,10 +160,10 @@ def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error[{reply.code}]: {reply.message}", file=sys.stderr)
         return 1
     if args.play_to is not None and asked.speech:
-        chunks = sorted(asked.speech, key=lambda c: c.seq)
-        pcm = b"".join(c.wav[44:] for c in chunks)
-        args.play_to.write_bytes(wav_bytes(pcm, rate=int.from_bytes(chunks[0].wav[24:28],
-                                                                     "little")))
+        clips = [parse_wav(c.wav, AudioLimits(max_bytes=len(c.wav)))
+                 for c in sorted(asked.speech, key=lambda c: c.seq)]
+        args.play_to.write_bytes(wav_bytes(b"".join(pcm for _, pcm in clips),
+                                           rate=clips[0][0].rate))
     stages = " ".join(f"{k}={v:.2f}ms" for k, v in reply.timings.items())
     _print_reply(reply, args.json, {"round_trip_ms": round(asked.seconds * 1000, 3)},
                  f"round trip {asked.seconds * 1000:.2f} ms ({stages})")

@@ -77,19 +77,20 @@ class Pipeline:
                                      area=request.area or request.site, timings=timings)
         return Handled(answer, transcript, timings, audio_seconds)
 
-    def speech(self, request: TextRequest | AudioRequest,
-               answer: Answer) -> Iterator[SpeechChunk]:
-        """The answer's speech: one WAV, or with ``stream`` one per sentence as soon as it is
-        ready. Spoken as the asker's own when the answer is."""
+    def speech(self, request: TextRequest | AudioRequest, text: str, *,
+               personal: bool) -> Iterator[SpeechChunk]:
+        """An answer's speech: one WAV, or with ``stream`` one per sentence as soon as it is
+        ready. ``personal``: the answer holds something of the asker's (see
+        :attr:`Answer.personal`), and so does its speech."""
         if self.speaker is None:
             raise ConfigError("speech synthesis is not running here")
         speaker = self.speaker
         if not request.stream:
-            speech = speaker.speak(answer.text, user=request.user, personal=answer.personal)
+            speech = speaker.speak(text, user=request.user, personal=personal)
             yield SpeechChunk(request.id, speech.wav)
             return
-        count = len(split_sentences(answer.text))
-        stream = speaker.stream(answer.text, user=request.user, personal=answer.personal)
+        count = len(split_sentences(text))
+        stream = speaker.stream(text, user=request.user, personal=personal)
         for seq, sentence in enumerate(stream):
             yield SpeechChunk(request.id, speaker.stitch([sentence.pcm]), seq,
                               last=seq == count - 1)

@@ -436,12 +436,9 @@ class MqttService:
 
     def _speak(self, job: _Job, text: str, *, personal: bool) -> None:
         """Publish the answer's speech (after the answer itself)."""
-        from assistant.answers import Answer, FragmentResult
-
         started = time.perf_counter()
-        answer = Answer(text=text, fragments=(FragmentResult("text", text, "", 0.0, personal),))
         try:
-            for chunk in self._pipeline.speech(job.request, answer):
+            for chunk in self._pipeline.speech(job.request, text, personal=personal):
                 self._publish(chunk.packet(self.topics, job.request))
         except AssistantError as error:
             log.warning("request %s: no speech: %s", job.request.id, error)
