@@ -206,7 +206,14 @@ def test_the_same_words_mean_the_lights_where_they_are_said(recognizer: Recogniz
 
 def test_unknown_sentence_gives_none(recognizer: Recognizer) -> None:
     assert recognizer.recognize("do the dishes and walk the dog") is None
-    assert recognizer.recognize("turn on the jacuzzi") is None
+    assert recognizer.recognize("what is the capital of France") is None
+
+
+def test_a_command_naming_what_the_home_lacks_is_an_unknown_name(recognizer: Recognizer) -> None:
+    jacuzzi = recognizer.recognize("turn on the jacuzzi")
+    assert jacuzzi is not None and jacuzzi.stage == "unknown_name"
+    assert (jacuzzi.intent, jacuzzi.error, jacuzzi.targets) == ("HassTurnOn", "no_entity", ())
+    assert jacuzzi.slot_values()["name"] == "jacuzzi"
 
 
 # ---------------------------------------------------------------- a changing home
@@ -220,11 +227,14 @@ def test_after_a_rename_the_new_name_is_recognised_and_not_the_old(recognizer: R
     assert match is not None
     assert match.slot_values() == {"name": "Telly"}
     assert ids(match.targets) == ["media_player.tv"]
-    assert renamed.recognize("pause the tv") is None
-    assert renamed.recognize("pause the television") is None
+    for old in ("pause the tv", "pause the television"):
+        gone = renamed.recognize(old)
+        assert gone is not None and gone.stage == "unknown_name" and not gone.targets
     # the recognizer it was made from still knows the old names
-    assert recognizer.recognize("pause the telly") is None
-    assert recognizer.recognize("pause the tv") is not None
+    telly = recognizer.recognize("pause the telly")
+    assert telly is not None and telly.stage == "unknown_name"
+    tv = recognizer.recognize("pause the tv")
+    assert tv is not None and tv.stage == "strict"
 
 
 def test_after_a_state_change_targets_carry_the_new_state(recognizer: Recognizer) -> None:

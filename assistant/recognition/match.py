@@ -11,6 +11,15 @@ from assistant.home import Entity
 CUSTOM = "custom"
 """Metadata key marking the users' own sentences (they win ties)."""
 
+STRICT = "strict"
+"""Matched a template word for word (skip words aside), naming what the home has."""
+FUZZY = "fuzzy"
+"""Matched once a near miss was corrected: a misheard word, or a name said almost right."""
+UNKNOWN_NAME = "unknown_name"
+"""Shaped like a home command or question, naming a device, area or floor the home does not
+have: answered with the library's error response, never a guess."""
+STAGES = (STRICT, FUZZY, UNKNOWN_NAME)
+
 
 @dataclass(frozen=True, slots=True)
 class Slot:
@@ -42,6 +51,10 @@ class Match:
     """The sentence as recognised."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     """hassil's metadata of the matched sentence block."""
+    stage: str = STRICT
+    """How it was matched: :data:`STRICT`, :data:`FUZZY` or :data:`UNKNOWN_NAME`."""
+    error: str | None = None
+    """For :data:`UNKNOWN_NAME`: the library's error key (``no_entity``, ``no_area``...)."""
 
     def slot_values(self) -> dict[str, Any]:
         """Slot name -> value, for templates."""

@@ -14,6 +14,14 @@ of the home reuses the parsed sentences. Matching a new sentence against the lib
 milliseconds; what hassil found for a sentence already heard is remembered (per version of
 the templates and of the home's names), and only the entities are resolved again against
 the current states.
+
+A sentence is matched in stages, as Home Assistant's default agent does, and the match says
+which (:attr:`Match.stage`): numbers and units are first written the way the library reads
+them (:mod:`~assistant.recognition.normalise`); then ``strict``, word for word; then
+``fuzzy``, a near miss corrected (:mod:`~assistant.recognition.tolerant`); then
+``unknown_name``, a home command or question naming what the home does not have
+(:mod:`~assistant.recognition.unknown`). Strict matching costs what it did before: the
+later stages run only for sentences it did not match.
 """
 
 from __future__ import annotations
@@ -21,21 +29,57 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachetools import LRUCache
-from hassil import Intents, SlotList, TextSlotList, filter_intents, recognize_best
+from hassil import (
+    Intents,
+    RecognizeResult,
+    SlotList,
+    TextSlotList,
+    filter_intents,
+    recognize_best,
+)
+from hassil.models import MatchEntity
 from hassil.util import merge_dict
 
 from assistant.home import Home
 from assistant.recognition.library import library
-from assistant.recognition.match import CUSTOM, Match, Slot
+from assistant.recognition.match import CUSTOM, FUZZY, STAGES, STRICT, UNKNOWN_NAME, Match, Slot
+from assistant.recognition.normalise import normalise
 from assistant.recognition.pruning import HOME_LISTS, home_words, prunable, words_of
 from assistant.recognition.targets import with_targets
+from assistant.recognition.tolerant import Tolerant
+from assistant.recognition.unknown import (
+    SENTINEL,
+    device_spans,
+    sentinel_lists,
+    trimmed,
+    unknown_name,
+    unmatched,
+)
+from assistant.recognition.vocabulary import template_words
 from assistant.templates.model import TemplateSet
 
 _UNSEEN: Any = object()
+_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 _SEEN_SIZE = 4096
+
+
+def _unknown(text: str, result: RecognizeResult, error: tuple[str, dict[str, str]],
+             matched: Mapping[str, MatchEntity]) -> Match:
+    """The match of a sentence naming what the home does not have."""
+    key, said = error
+    slots = {name: Slot(e.value, str(e.text if e.text else e.value))
+             for name, e in matched.items()}
+    slots.update((name, Slot(value, value)) for name, value in said.items()
+                 if name in ("name", "area", "floor"))
+    if "entity" in said:
+        slots["name"] = Slot(said["entity"], said["entity"])
+    return Match(intent=result.intent.name, slots=slots, response=key, text=text,
+                 metadata={"_context": {}, "error_args": dict(said)}, stage=UNKNOWN_NAME,
+                 error=key)
 
 
 def slot_lists(home: Home) -> dict[str, SlotList]:
@@ -78,11 +122,14 @@ class Recognizer:
         self._slot_lists: dict[str, SlotList]
         self._seen: LRUCache[tuple[str, str | None], Match | None]
         self._seen_lock: threading.Lock
+        self._vocabulary: frozenset[str]
         same = previous is not None and previous.templates is templates
         if previous is not None and same:
             self._all_intents = previous._all_intents
+            self._vocabulary = previous._vocabulary
         else:
             self._all_intents = self._parse(templates, language)
+            self._vocabulary = template_words(self._all_intents)
         domains = {e.domain for e in home.entities.values()}
         if previous is not None and same and domains == {
                 e.domain for e in previous.home.entities.values()}:
@@ -95,6 +142,9 @@ class Recognizer:
             self._prune = prunable(self._intents)
             self._variants = {}
         self._home_words = home_words(home)
+        self._tolerant = Tolerant(self._vocabulary, home)
+        self._sentinel_lists: dict[str, SlotList] | None = None
+        self._name_words = frozenset().union(*self._home_words.values())
         if previous is not None and same and home.version == previous.home.version:
             # Only states changed: same names, same matches.
             self._slot_lists, self._seen = previous._slot_lists, previous._seen
@@ -148,7 +198,7 @@ class Recognizer:
         with self._seen_lock:
             found = self._seen.get(key, _UNSEEN)
         if found is _UNSEEN:
-            found = self.match(text, area=area)
+            found = self.understand(text, area=area)
             # Free text someone said (a wildcard slot) is theirs: not kept in a memory that
             # outlives the request and that forgetting them could not reach.
             if remember and (found is None or
@@ -158,6 +208,108 @@ class Recognizer:
         if found is None:
             return None
         return with_targets(found, self._home, found.metadata.get("_context", {}), area)
+
+    def understand(self, text: str, *, area: str | None = None) -> Match | None:
+        """``text`` matched in stages (no memory, no entities resolved): strict, then a near
+        miss corrected, then a home sentence naming what the home does not have."""
+        said = normalise(text)
+        found = self.match(said, area=area)
+        if found is not None:
+            return dataclasses.replace(found, text=text) if said != text else found
+        candidates = unmatched(said, self._all_intents, self._slot_lists, self._context(area),
+                               self.language)
+        if candidates and candidates[0].said:
+            corrected = said
+            for slot, heard in candidates[0].said.items():
+                near = self._tolerant.near_name(heard, slot)
+                if near is None:
+                    break
+                corrected = corrected.replace(near[0], near[1], 1)
+            else:
+                found = self.match(corrected, area=area)
+                if found is not None:
+                    return dataclasses.replace(found, text=text, stage=FUZZY)
+        for corrected in self._tolerant.corrections(said):
+            found = self.match(corrected, area=area)
+            if found is not None:
+                return dataclasses.replace(found, text=text, stage=FUZZY)
+        # Only as good a reading as the best: a sentence whose best reading is not about the
+        # home is not made one by a worse reading.
+        for candidate in (c for c in candidates
+                          if c.result.text_chunks_matched == candidates[0].result.text_chunks_matched):
+            template = self.templates.intents.get(candidate.result.intent.name)
+            error = unknown_name(candidate, acts=template is not None and template.action
+                                 is not None, home_words=self._name_words)
+            if error is not None:
+                result = candidate.result
+                return _unknown(text, result, error, {
+                    e.name: e for e in result.entities_list
+                    if e.name not in result.unmatched_entities})
+        return self._device_named(said, text, area)
+
+    def _device_named(self, said: str, text: str, area: str | None) -> Match | None:
+        """A sentence of the templates once a span naming a kind of device ("the front door")
+        is taken for a name: that device is one the home does not have."""
+        spans = device_spans(said)
+        if not spans:
+            return None
+        if self._sentinel_lists is None:
+            self._sentinel_lists = sentinel_lists(self._all_intents, self._slot_lists)
+        parts = said.split()
+        best: tuple[tuple[int, int], RecognizeResult, str] | None = None
+        for start, end in spans:
+            candidate = " ".join([*parts[:start], SENTINEL, *parts[end:]])
+            result = recognize_best(candidate, self._all_intents,
+                                    slot_lists=self._sentinel_lists,
+                                    intent_context=self._context(area), language=self.language,
+                                    best_slot_name="name")
+            if result is None or result.entities.get("name") is None or \
+                    result.entities["name"].value != SENTINEL:
+                continue
+            # The fewest words taken by other slots ("open", not "door open"), then the
+            # shortest name.
+            other = sum(len(str(e.text or "").split()) for e in result.entities_list
+                        if e.name != "name")
+            rank = (other, end - start)
+            if best is None or rank < best[0]:
+                best = (rank, result, " ".join(parts[start:end]))
+        if best is None:
+            return None
+        _, result, span = best
+        name = " ".join(w.strip(".,!?;:") for w in trimmed(span, self._name_words).split())
+        matched = {k: e for k, e in result.entities.items() if k != "name"}
+        error: tuple[str, dict[str, str]]
+        if "area" in matched:
+            error = ("no_entity_in_area", {"entity": name, "area": str(matched["area"].value)})
+        elif "floor" in matched:
+            error = ("no_entity_in_floor", {"entity": name,
+                                            "floor": str(matched["floor"].value)})
+        else:
+            error = ("no_entity", {"entity": name})
+            return _unknown(text, result, error, matched)
+        return None
+
+    def _context(self, area: str | None) -> dict[str, Any] | None:
+        if area is not None and area in self._home.areas:
+            name = self._home.areas[area].name
+            return {"area": {"value": name, "text": name}}
+        return None
+
+    def recognize_any(self, texts: Sequence[str], *, area: str | None = None,
+                      remember: bool = True) -> Match | None:
+        """The best match among several hypotheses of what was said (best first): a strict
+        match of any beats a tolerant one, which beats an unknown name; among equals the
+        earlier hypothesis wins. ``None`` if none matched."""
+        best: Match | None = None
+        for text in dict.fromkeys(t for t in texts if t.strip()):
+            found = self.recognize(text, area=area, remember=remember)
+            if found is None:
+                continue
+            if found.stage == STRICT:
+                return found
+            if best is None or _RANK[found.stage] < _RANK[best.stage]:
+                best = found
+        return best
 
     def _candidates(self, text: str) -> Intents:
         """The sentence blocks that could match ``text``.
@@ -184,14 +336,10 @@ class Recognizer:
         return variant
 
     def match(self, text: str, *, area: str | None = None) -> Match | None:
-        """What hassil makes of ``text`` (no cache, no entities resolved)."""
-        home = self._home
-        context = None
-        if area is not None and area in home.areas:
-            name = home.areas[area].name
-            context = {"area": {"value": name, "text": name}}
+        """What hassil makes of ``text`` word for word (no memory, no entities resolved)."""
         result = recognize_best(
-            text, self._candidates(text), slot_lists=self._slot_lists, intent_context=context,
+            text, self._candidates(text), slot_lists=self._slot_lists,
+            intent_context=self._context(area),
             language=self.language, best_metadata_key=CUSTOM, best_slot_name="name",
         )
         if result is None:

@@ -3,6 +3,7 @@ Home Assistant's intent handlers do."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,8 +45,7 @@ def with_targets(match: Match, home: Home, context: Mapping[str, Any],
     else:
         candidates = []
     candidates.sort(key=lambda e: e.entity_id)
-    return Match(match.intent, match.slots, match.response, tuple(candidates), match.custom,
-                 match.text, match.metadata)
+    return dataclasses.replace(match, targets=tuple(candidates))
 
 
 _IMPLIED_DOMAINS: dict[str, set[str]] = {
@@ -55,6 +55,19 @@ _IMPLIED_DOMAINS: dict[str, set[str]] = {
     "HassMediaPause": {"media_player"},
     "HassMediaUnpause": {"media_player"},
     "HassSetVolume": {"media_player"},
+    "HassSetVolumeRelative": {"media_player"},
+    "HassMediaNext": {"media_player"},
+    "HassMediaPrevious": {"media_player"},
+    "HassMediaPlayerMute": {"media_player"},
+    "HassMediaPlayerUnmute": {"media_player"},
+    "HassMediaSearchAndPlay": {"media_player"},
+    "HassClimateSetFanMode": {"climate"},
+    "HassFanSetSpeed": {"fan"},
+    "HassVacuumStart": {"vacuum"},
+    "HassVacuumReturnToBase": {"vacuum"},
+    "HassVacuumCleanArea": {"vacuum"},
+    "HassLawnMowerStartMowing": {"lawn_mower"},
+    "HassLawnMowerDock": {"lawn_mower"},
 }
 
 
