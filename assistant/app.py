@@ -13,10 +13,13 @@ from typing import Any, Protocol, Self, TypeVar
 from prometheus_client import CollectorRegistry
 
 from assistant.answers import Responder
+from assistant.broadcast import BroadcastIntents, Satellites
 from assistant.engine import IntentEngine
 from assistant.generation import Generator, open_backend
+from assistant.handlers import Handlers
 from assistant.home import Registry, load_home
 from assistant.home.listener import DiscoveryListener
+from assistant.lists import ListIntents, ListStore
 from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics
 from assistant.pipeline import Pipeline
 from assistant.settings import (
@@ -30,6 +33,7 @@ from assistant.settings import (
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
 from assistant.templates.versioning import VersionRecord
+from assistant.timers import TimerIntents, TimerManager
 from assistant.transports.broker import EmbeddedBroker
 from assistant.transports.mqtt_service import MqttService
 from cache import (
@@ -184,6 +188,8 @@ class App:
         self.discovery: DiscoveryListener | None = None
         self.generator: Generator | None = None
         self.engine: IntentEngine | None = None
+        self.timers: TimerManager | None = None
+        self.satellites = Satellites(settings.service.sites)
         self.transcriber: Transcriber | None = None
         self.speaker: Speaker | None = None
         self.service: MqttService | None = None
@@ -210,8 +216,13 @@ class App:
                 say(f"language model ({s.generator.backend})")
                 self.generator = self._started(Generator(open_backend(s.generator), s.generator,
                                                          cache=cache, keys=keys))
+                self.timers = self._started(TimerManager())
+                handlers = Handlers([TimerIntents(self.timers),
+                                     ListIntents(ListStore(cache, keys)),
+                                     BroadcastIntents(self.satellites)],
+                                    language=s.intents.language)
                 responder = Responder(cache, keys, generator=self.generator,
-                                      static_ttl=s.cache.default_ttl)
+                                      static_ttl=s.cache.default_ttl, handlers=handlers)
                 say("intent templates and sentences")
                 self.engine = self._started(IntentEngine(
                     s.intents, self.registry, cache=cache, keys=keys, responder=responder,
@@ -235,7 +246,8 @@ class App:
                     mqtt=s.mqtt, settings=s.service, metrics=metrics, cache=cache, keys=keys,
                     pipeline=Pipeline(self.engine, transcriber=self.transcriber,
                                       speaker=self.speaker),
-                    max_audio_bytes=s.stt.max_bytes, speech=self._speech))
+                    max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
+                    satellites=self.satellites))
         except BaseException:
             self.close()
             raise

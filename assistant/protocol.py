@@ -15,6 +15,12 @@ Topics, under a prefix (``assistant``)::
     <prefix>/<site>/speech/<user>/<id>      out  WAV; with "stream", one per sentence, user
                                                  properties "seq" and "last"
     <prefix>/<site>/error/<user>            out  JSON {"id", "code", "message"}
+    <prefix>/<site>/timer/<user>            out  JSON {"event", "id", "name", "seconds",
+                                                 "seconds_left", ...}: the user's timers set
+                                                 at the site (its speech, when one finishes,
+                                                 on speech/<user>/timer-<id>)
+    <prefix>/<site>/broadcast               out  JSON {"id", "text", "from"}: a broadcast for
+                                                 the site; its speech on broadcast/<id>
     <prefix>/status                         out  "online" / "offline", retained
 
 The user is the topic's last segment, which the broker's ACL ties to the MQTT username; a
@@ -91,6 +97,14 @@ class Topics:
 
     def error(self, site: str, user: str) -> str:
         return f"{self.prefix}/{site}/error/{user}"
+
+    def timer(self, site: str, user: str) -> str:
+        return f"{self.prefix}/{site}/timer/{user}"
+
+    def broadcast(self, site: str, message_id: str | None = None) -> str:
+        """A site's broadcasts (JSON), or with ``message_id`` the speech of one."""
+        topic = f"{self.prefix}/{site}/broadcast"
+        return topic if message_id is None else f"{topic}/{message_id}"
 
     @property
     def status(self) -> str:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.answers.actions import PlannedAction, planned_actions, refusal
 from assistant.answers.context import render, template_context
@@ -40,6 +40,9 @@ from assistant.templates.model import (
     template_reads,
 )
 from cache import KeyBuilder, TieredCache, check_user
+
+if TYPE_CHECKING:
+    from assistant.handlers import Handlers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class Answer:
     """Per fragment: its text, where it came from, how long it took."""
     actions: tuple[PlannedAction, ...] = ()
     """MQTT publishes to make."""
+    effects: tuple[object, ...] = ()
+    """What the transport sends for the assistant's own state (a broadcast), like actions."""
 
     @property
     def personal(self) -> bool:
@@ -81,7 +86,8 @@ class Responder:
 
     def __init__(self, cache: TieredCache | None, keys: KeyBuilder | None, *,
                  clock: Callable[[], float] = time.time, tz: tzinfo | None = None,
-                 generator: Generator | None = None, static_ttl: float = STATIC_TTL) -> None:
+                 generator: Generator | None = None, static_ttl: float = STATIC_TTL,
+                 handlers: Handlers | None = None) -> None:
         """
         Args:
             cache: where rendered fragments are kept (``None``: render every time).
@@ -90,10 +96,13 @@ class Responder:
             tz: their time zone (the system's when ``None``).
             generator: writes generated fragments (``None``: their fallbacks are said).
             static_ttl: seconds a rendered static fragment is kept (``[cache] default_ttl``).
+            handlers: answer the intents that need the assistant's state (timers, lists,
+                broadcasts); without them those intents' templates are rendered as they are.
         """
         self.cache = cache
         self.keys = keys
         self.generator = generator
+        self.handlers = handlers
         self.texts = StaticFragments(cache, keys, ttl=static_ttl)
         # Prepared generation requests of shared parts, and the keys of whole shared answers,
         # by everything that decides them: an answer from the cache then costs a lookup per
@@ -125,6 +134,9 @@ class Responder:
             return Answer(text=refused, intent=match.intent, slots=match.slot_values(),
                           targets=tuple(e.entity_id for e in match.targets))
         context = self.context(match, template, home, user=user, site=site)
+        if self.handlers is not None and self.handlers.handles(match.intent):
+            return self.handlers.answer(match, template, home, user=user, site=site,
+                                        context=context)
         system = template.system_prompt or default_system_prompt
         fragments = template.fragments(match.response)
         plan = self._plan_key(template, match, fragments, context, system, user)
