@@ -27,8 +27,8 @@ from assistant.home.model import Entity
 log = logging.getLogger(__name__)
 
 COMPONENTS = frozenset({
-    "binary_sensor", "button", "climate", "cover", "fan", "light", "lock", "number", "select",
-    "sensor", "switch",
+    "binary_sensor", "button", "climate", "cover", "fan", "lawn_mower", "light", "lock", "number",
+    "select", "sensor", "switch", "vacuum",
 })
 """The discovery components that become entities; configs of others (device triggers, tags,
 alarm panels...) are ignored."""
@@ -221,6 +221,12 @@ def parse(topic: str, payload: bytes, prefix: str = "homeassistant") -> Discover
         # command_topic takes OPEN/CLOSE/STOP; a cover that only has a position takes numbers.
         command_topic = command_topic or _text(config, "set_position_topic", topic)
         state_topic = state_topic or _text(config, "position_topic", topic)
+    elif component == "lawn_mower":
+        # A mower has a topic per command (each optional) and reports its activity.
+        command_topic = command_topic or next(
+            (t for k in ("start_mowing_command_topic", "dock_command_topic",
+                         "pause_command_topic") if (t := _text(config, k, topic))), None)
+        state_topic = state_topic or _text(config, "activity_state_topic", topic)
 
     attributes = {k: _freeze(v) for k, v in config.items() if k not in _NOT_ATTRIBUTES}
     if suggested_area:
