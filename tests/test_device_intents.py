@@ -200,7 +200,7 @@ CANNOT = make_home(
     discovered("climate", "thermostat", "living_room", name="Thermostat",
                temp_cmd_t="heat/temp/set", fan_mode_cmd_t="heat/fan/set"),
     replace(TV, entity_id="media_player.speaker", name="Speaker", aliases=(),
-            command_topic="speaker/set"),
+            command_topic="speaker/set", state="idle"),
     TV,
     Entity("media_player.radio", "Radio", area="bedroom", state_topic="radio/state"),
 )
@@ -233,6 +233,19 @@ def test_what_a_device_cannot_do_is_said_not_done(limited: IntentEngine, sentenc
     answer = limited.respond(sentence, area=area)
     assert answer.text == text
     assert answer.actions == ()
+
+
+@pytest.mark.parametrize(("sentence", "text", "payload"), [
+    ("next track", "Skipping to the next track on the TV.", "NEXT"),
+    ("go back", "Going back to the previous track on the TV.", "PREVIOUS"),
+    ("turn up the volume", "Turned up the volume on the TV.", "VOLUME_UP"),
+])
+def test_of_several_players_there_the_one_playing_is_meant(
+        limited: IntentEngine, sentence: str, text: str, payload: str) -> None:
+    answer = limited.respond(sentence, area="living_room")
+    assert answer.targets == ("media_player.speaker", "media_player.tv")
+    assert answer.text == text
+    assert answer.actions == (PlannedAction("media_player.tv", "tv/set", payload),)
 
 
 def test_a_thermostat_without_a_fan_mode_topic_says_so() -> None:
