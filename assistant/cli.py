@@ -128,7 +128,7 @@ def _print_reply(reply: Response, as_json: bool, extra: dict[str, Any], last: st
     print(reply.text)
     if reply.transcript is not None:
         print(f"heard: {reply.transcript}", file=sys.stderr)
-    print(f"intent: {reply.intent or '(none)'}", file=sys.stderr)
+    print(f"intent: {reply.intent or '(none)'}  match: {reply.match}", file=sys.stderr)
     for fragment in reply.fragments:
         print(f"  {fragment.get('kind', ''):8} {fragment.get('source', ''):9} "
               f"{fragment.get('ms', 0):9.3f} ms  {fragment.get('text', '')}", file=sys.stderr)

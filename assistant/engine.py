@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
@@ -116,13 +116,22 @@ class IntentEngine:
         return self.recognizer.recognize(text, area=area)
 
     def respond(self, text: str, *, user: str | None = None, site: str | None = None,
-                area: str | None = None, timings: dict[str, float] | None = None) -> Answer:
+                area: str | None = None, timings: dict[str, float] | None = None,
+                alternatives: Sequence[str] = ()) -> Answer:
         """Recognise ``text`` and answer it; ``timings`` gets the milliseconds of each step
-        (``recognise``, ``answer``)."""
+        (``recognise``, ``answer``).
+
+        ``alternatives``: other hypotheses of what was said (speech recognition's, best
+        first, ``text`` first among them); the one that matches best is answered (see
+        :meth:`Recognizer.recognize_any`), ``text`` when none does."""
         started = time.perf_counter()
         recognizer = self.recognizer  # one snapshot for the whole request
         private = user is not None and self._policies.for_user(check_user(user) or "").private
-        match = recognizer.recognize(text, area=area, remember=not private)
+        if any(a != text for a in alternatives):
+            match = recognizer.recognize_any([text, *alternatives], area=area,
+                                             remember=not private)
+        else:
+            match = recognizer.recognize(text, area=area, remember=not private)
         template = recognizer.templates.intents.get(match.intent) if match else None
         recognised = time.perf_counter()
         answer = self.responder.answer(

@@ -356,10 +356,12 @@ class Response:
     """Per piece of the answer: text, source (l1, l2, l3, computed...), ms."""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Milliseconds per stage (stt, recognise, answer, publish, total)."""
+    match: str = "none"
+    """How it was understood: strict, fuzzy, unknown_name, generated, none."""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "text": self.text, "transcript": self.transcript,
-                "intent": self.intent, "slots": dict(self.slots),
+                "intent": self.intent, "match": self.match, "slots": dict(self.slots),
                 "actions": [dict(a) for a in self.actions],
                 "fragments": [dict(f) for f in self.fragments], "timings": dict(self.timings)}
 
@@ -369,7 +371,8 @@ class Response:
                         transcript=data.get("transcript"), intent=data.get("intent"),
                         slots=data.get("slots") or {}, actions=data.get("actions") or (),
                         fragments=data.get("fragments") or (),
-                        timings=data.get("timings") or {})
+                        timings=data.get("timings") or {},
+                        match=str(data.get("match") or "none"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ home is :mod:`assistant.answers.actions`'.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +28,13 @@ from assistant.answers.fragments import (
     remember,
     said_freely,
 )
+from assistant.answers.unmatched import DONT_KNOW, about_the_home, holds_to, relevant, seen_states
 from assistant.errors import GenerationError
 from assistant.generation import Generator
 from assistant.generation.generator import Prepared
 from assistant.home import Home, entity_tag
-from assistant.recognition.match import Match
+from assistant.recognition.library import error_response, library_release
+from assistant.recognition.match import UNKNOWN_NAME, Match
 from assistant.speech.sentences import join_sentences
 from assistant.templates.model import (
     Fragment,
@@ -39,7 +43,7 @@ from assistant.templates.model import (
     template_head,
     template_reads,
 )
-from cache import KeyBuilder, TieredCache, check_user
+from cache import KeyBuilder, TieredCache, check_user, scope_of
 
 if TYPE_CHECKING:
     from assistant.handlers import Handlers
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 NOT_UNDERSTOOD = "Sorry, I didn't understand that."
 UNMATCHED_TAG = "unmatched"
 """Carried by cached answers to sentences no intent matched."""
+UNKNOWN_NAME_TAG = "unknown_name"
+"""Carried by cached error responses to sentences naming what the home lacks."""
 
 STATIC_TTL = 24 * 3600.0
 """How long a rendered static fragment is kept by default (less when it varies by time)."""
@@ -72,6 +78,10 @@ class Answer:
     """Per fragment: its text, where it came from, how long it took."""
     actions: tuple[PlannedAction, ...] = ()
     """MQTT publishes to make."""
+    stage: str = "none"
+    """How the sentence was understood: ``strict``, ``fuzzy``, ``unknown_name`` (a home
+    sentence naming what the home lacks, answered with the library's error response),
+    ``generated`` (no template: the generator answered) or ``none`` (not understood)."""
     effects: tuple[object, ...] = ()
     """What the transport sends for the assistant's own state (a broadcast), like actions."""
 
@@ -127,16 +137,19 @@ class Responder:
         ``default_system_prompt``: for that, and for intents that name no system prompt.
         """
         check_user(user)
+        if match is not None and match.stage == UNKNOWN_NAME:
+            return self._unknown_name(match, user)
         if match is None or template is None:
             return self._unmatched(text, user, site, home, default_system_prompt)
         refused = refusal(template, match)
         if refused is not None:
             return Answer(text=refused, intent=match.intent, slots=match.slot_values(),
-                          targets=tuple(e.entity_id for e in match.targets))
+                          targets=tuple(e.entity_id for e in match.targets), stage=match.stage)
         context = self.context(match, template, home, user=user, site=site)
         if self.handlers is not None and self.handlers.handles(match.intent):
-            return self.handlers.answer(match, template, home, user=user, site=site,
-                                        context=context)
+            return dataclasses.replace(self.handlers.answer(
+                match, template, home, user=user, site=site, context=context),
+                stage=match.stage)
         system = template.system_prompt or default_system_prompt
         fragments = template.fragments(match.response)
         plan = self._plan_key(template, match, fragments, context, system, user)
@@ -155,6 +168,7 @@ class Responder:
             targets=tuple(e.entity_id for e in match.targets),
             fragments=tuple(results),
             actions=tuple(planned_actions(template, match, home, context)),
+            stage=match.stage,
         )
 
     def _plan_key(self, template: IntentTemplate, match: Match, fragments: Sequence[Fragment],
@@ -193,15 +207,59 @@ class Responder:
                                           time.perf_counter() - started))
         return results
 
+    def _unknown_name(self, match: Match, user: str | None) -> Answer:
+        """The library's error response to a home sentence naming what the home lacks.
+
+        Cached under the error's key and the words it repeats (and the library's release):
+        the same words always give the same answer, and a name the home gains is matched
+        before it ever comes here again. What was said is the asker's when their policy is
+        private."""
+        started = time.perf_counter()
+        error = match.error or "no_intent"
+        said = {k: str(v) for k, v in dict(match.metadata.get("error_args", {})).items()}
+
+        def rendered() -> str:
+            return error_response(error, said)
+
+        source = "computed"
+        if self.cache is not None and self.keys is not None:
+            place = self.texts.policies.place(user, ttl=self.texts.ttl)
+            key = self.keys.key("error", library_release(), error,
+                                json.dumps(said, sort_keys=True, ensure_ascii=False),
+                                scope_of(place.owner))
+            outcome = self.cache.fetch(key, rendered, ttl=place.ttl, tags=(UNKNOWN_NAME_TAG,),
+                                       user=place.owner, redis=place.redis, disk=place.disk)
+            text, source = str(outcome.value), outcome.source
+            personal = place.owner is not None
+        else:
+            text, personal = rendered(), False
+        return Answer(text=text, intent=match.intent, slots=match.slot_values(),
+                      fragments=(FragmentResult("text", text, source,
+                                                time.perf_counter() - started, personal),),
+                      stage=UNKNOWN_NAME)
+
     def _unmatched(self, text: str | None, user: str | None, site: str | None, home: Home,
                    system: Template | None) -> Answer:
+        """A sentence no template matched: the generator answers, shown the states of what
+        of the home it is about (see :mod:`assistant.answers.unmatched`), and its answer is
+        kept only if it gives no device a state the registry does not hold."""
         started = time.perf_counter()
-        if self.generator is None or not text or not text.strip():
+        if not text or not text.strip():
+            return Answer(text=NOT_UNDERSTOOD)
+        seen = relevant(text, home)
+        if not seen and about_the_home(text, home):
+            return Answer(text=DONT_KNOW, fragments=(FragmentResult(
+                "text", DONT_KNOW, "computed", time.perf_counter() - started),))
+        if self.generator is None:
             return Answer(text=NOT_UNDERSTOOD)
         settings = self.generator.settings
         context = template_context(None, None, home, user=user, site=site, clock=self.clock,
                                    tz=self.tz)
         prompt = render(system, context, where="default_system_prompt") if system else ""
+        if seen:
+            prompt = (f"{prompt}\n\nWhat you can see of the home now:\n"
+                      f"{seen_states(seen, home)}\nSpeak only of these devices and these "
+                      "states. Of anything else in the home, say you don't know.").strip()
         personal = settings.unmatched_scope == "user" or "user" in template_reads(system)
         owned = self.generator.placement(user, ttl=settings.unmatched_ttl,
                                          personal=personal).owner is not None
@@ -209,14 +267,22 @@ class Responder:
             out = self.generator.generate(
                 system_prompt=prompt, prompt=" ".join(text.split()),
                 max_tokens=settings.unmatched_max_tokens, user=user, personal=personal,
-                ttl=settings.unmatched_ttl, tags=(UNMATCHED_TAG,), template_id="unmatched")
+                ttl=settings.unmatched_ttl,
+                tags=(UNMATCHED_TAG, *(entity_tag(e.entity_id) for e in seen)),
+                template_id="unmatched")
         except GenerationError as error:
             log.warning("no generated answer to an unmatched sentence: %s", error,
                         exc_info=error if error.__cause__ else None)
             return Answer(text=NOT_UNDERSTOOD, fragments=(FragmentResult(
                 "generate", NOT_UNDERSTOOD, "fallback", time.perf_counter() - started),))
-        return Answer(text=out.text, fragments=(FragmentResult(
-            "generate", out.text, out.source, time.perf_counter() - started, owned),))
+        said = out.text
+        if not holds_to(said, seen, home):
+            log.info("a generated answer gave the home a state it does not have; "
+                     "said instead: %s", DONT_KNOW)
+            said = DONT_KNOW
+        return Answer(text=said, fragments=(FragmentResult(
+            "generate", said, out.source, time.perf_counter() - started, owned),),
+            stage="generated")
 
     def _generated(self, template: IntentTemplate, match: Match, fragment: Fragment,
                    context: Mapping[str, Any], user: str | None,

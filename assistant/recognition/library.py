@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from home_assistant_intents import get_intents
 from assistant.errors import ConfigError
 from assistant.templates.loader import load_templates
 from assistant.templates.model import TemplateSet
+from assistant.templates.sandbox import make_environment
 
 _LIBRARY: dict[str, dict[str, Any]] = {}
 _LIBRARY_LOCK = threading.Lock()
@@ -40,3 +43,24 @@ def load_intent_templates(folder: Path, language: str = "en") -> TemplateSet:
     return load_templates(folder, builtin=builtin_intents(language), language=language,
                           known_lists=data.get("lists", {}),
                           known_rules=data.get("expansion_rules", {}))
+
+
+def library_release() -> str:
+    """The release of the sentence library installed (its error responses are part of the
+    keys of the answers made from them)."""
+    try:
+        return metadata.version("home-assistant-intents")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_ERRORS = make_environment()
+
+
+def error_response(key: str, args: Mapping[str, str], language: str = "en") -> str:
+    """The library's error response ``key`` (``no_entity``, ``no_area``...) said with
+    ``args``; its generic "couldn't understand" when it has no such response."""
+    errors = library(language).get("responses", {}).get("errors", {})
+    source = errors.get(key) or errors.get("no_intent") or "Sorry, I couldn't understand that"
+    text = " ".join(_ERRORS.from_string(source).render(dict(args)).split())
+    return text if text.endswith((".", "!", "?")) else f"{text}."

@@ -205,8 +205,8 @@ class Recognizer:
                              not any(slot.wildcard for slot in found.slots.values())):
                 with self._seen_lock:
                     self._seen[key] = found
-        if found is None:
-            return None
+        if found is None or found.stage == UNKNOWN_NAME:
+            return found  # names nothing the home has: no targets, whatever else it says
         return with_targets(found, self._home, found.metadata.get("_context", {}), area)
 
     def understand(self, text: str, *, area: str | None = None) -> Match | None:
