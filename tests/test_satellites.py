@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from assistant.answers import Responder
+from assistant.broadcast import Broadcast, BroadcastIntents, Satellites
+from assistant.engine import IntentEngine
+from assistant.handlers import Handlers
+from assistant.home import Registry, load_home
 from assistant.protocol import Response, Topics
+from assistant.settings import IntentsSettings
 from assistant.transports.mqtt_client import Asker
 from tests.helpers import until
 from tests.servers import RedisServer, free_port
@@ -137,3 +143,23 @@ def test_a_broadcast_reaches_the_other_satellites_but_not_the_askers(
         assert not hears.on("assistant/kitchen/")
     finally:
         hears.close()
+
+
+def test_a_broadcast_with_nobody_else_to_hear_it_says_so() -> None:
+    satellites = Satellites(["kitchen"])
+    responder = Responder(None, None, handlers=Handlers([BroadcastIntents(satellites)]))
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"),
+                          Registry(load_home(ROOT / "configs" / "entities.yaml")),
+                          responder=responder).start()
+    try:
+        alone = engine.respond("announce the car is here", user="ann", site="kitchen")
+        assert alone.text == "There is no other satellite to tell." and alone.effects == ()
+        satellites.heard("garage")
+        sent = engine.respond("announce the car is here", user="ann", site="kitchen")
+        assert sent.text == "Done." and sent.personal and sent.fragments[0].source == "computed"
+        assert [(b.text, b.sites, b.origin) for b in sent.effects
+                if isinstance(b, Broadcast)] == [("the car is here", ("garage",), "kitchen")]
+        assert engine.respond("announce the car is here", user="ann", site=None).text == \
+            "Sorry, I can't broadcast from here."
+    finally:
+        engine.close()
