@@ -45,6 +45,7 @@ def manager(clock: FakeClock) -> TimerManager:
 def engine() -> Iterator[tuple[IntentEngine, TimerManager]]:
     """The real templates and library over the example home, with the timer handlers."""
     timers = TimerManager().start()
+    timers.listen(lambda event: None)  # as the service does: someone to tell
     responder = Responder(None, None, handlers=Handlers([TimerIntents(timers)]))
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"),
                           Registry(load_home(ROOT / "configs" / "entities.yaml")),
@@ -223,3 +224,18 @@ def test_several_timers_and_no_satellite_get_the_librarys_errors(
     assert ask(eng, "set a timer for 5 minutes", site=None) == \
         "Sorry, timers are not supported on this device."
     assert len(timers.timers()) == 2
+
+
+def test_without_anyone_to_tell_no_timer_is_started() -> None:
+    timers = TimerManager().start()
+    responder = Responder(None, None, handlers=Handlers([TimerIntents(timers)]))
+    engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"),
+                          Registry(load_home(ROOT / "configs" / "entities.yaml")),
+                          responder=responder).start()
+    try:
+        assert ask(engine, "set a timer for 5 minutes") == \
+            "Sorry, timers are not supported on this device."
+        assert timers.timers() == []
+    finally:
+        engine.close()
+        timers.close()

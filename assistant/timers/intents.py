@@ -57,8 +57,9 @@ class TimerIntents:
 
     def handle(self, asked: Asked) -> Handled:
         where = self._where(asked)
-        if where.site is None:
-            # Nowhere to ring: a timer set from a command line would finish unheard.
+        if where.site is None or not self.manager.heard:
+            # Nowhere to ring, or nobody to tell (a command line that asks once and exits):
+            # the timer would finish unheard.
             return Handled(error="no_timer_support")
         intent = asked.match.intent
         try:

@@ -224,6 +224,12 @@ class TimerManager:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    @property
+    def heard(self) -> bool:
+        """Does anyone listen, to tell a satellite its timer is done (Home Assistant's
+        ``is_timer_device``)?"""
+        return bool(self._listeners)
+
     # -- changes ---------------------------------------------------------------------------
 
     def start_timer(self, where: Where, *, hours: int | None = None, minutes: int | None = None,
