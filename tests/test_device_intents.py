@@ -98,6 +98,21 @@ def test_vacuums_and_lawn_mowers_are_discovered() -> None:
     assert "start_mowing_command_topic" not in docking.attributes
 
 
+def test_abbreviated_vacuum_and_mower_configs_keep_their_commands() -> None:
+    vacuum = discovered("vacuum", "v", "hallway", name="V", cmd_t="v/cmd", pl_strt="GO",
+                        pl_ret="HOME", sup_feat=["start", "return_home"], set_fan_spd_t="v/fan",
+                        fanspd_lst=["low", "high"])
+    assert (vacuum.command_topic, vacuum.attributes["payload_start"],
+            vacuum.attributes["payload_return_to_base"]) == ("v/cmd", "GO", "HOME")
+    assert list(vacuum.attributes["supported_features"]) == ["start", "return_home"]
+    assert list(vacuum.attributes["fan_speed_list"]) == ["low", "high"]
+    mower = discovered("lawn_mower", "m", "garden", name="M", strt_mw_cmd_t="m/start",
+                       dock_cmd_t="m/dock", dock_cmd_tpl="PARK", act_stat_t="m/activity")
+    assert (mower.command_topic, mower.state_topic) == ("m/start", "m/activity")
+    assert (mower.attributes["dock_command_topic"],
+            mower.attributes["dock_command_template"]) == ("m/dock", "PARK")
+
+
 @pytest.mark.parametrize(("sentence", "area", "intent", "text", "actions"), [
     # media players
     ("next track", "living_room", "HassMediaNext",
@@ -136,6 +151,12 @@ def test_vacuums_and_lawn_mowers_are_discovered() -> None:
     ("vacuum the hallway", None, "HassVacuumCleanArea",
      "Sending the Robot Vacuum to clean the Hallway.",
      [("vacuum.robot_vacuum", "robot/clean_segments", '["2"]')]),
+    ("clean the kitchen", None, "HassVacuumCleanArea",
+     "Sending the Robot Vacuum to clean the Kitchen.",
+     [("vacuum.robot_vacuum", "robot/clean_segments", '["1"]')]),
+    ("clean the living room", "bedroom", "HassVacuumCleanArea",
+     "Sending the Robot Vacuum to clean the Living Room.",
+     [("vacuum.robot_vacuum", "robot/clean_segments", '["3"]')]),
     ("clean in here", "hallway", "HassVacuumCleanArea",
      "Sending the Robot Vacuum to clean the Hallway.",
      [("vacuum.robot_vacuum", "robot/clean_segments", '["2"]')]),
@@ -216,8 +237,9 @@ def limited() -> Iterator[IntentEngine]:
     ("start the old vacuum", None, "Sorry, the Old Vacuum can't be started."),
     ("return the old vacuum to base", None,
      "Sorry, the Old Vacuum can't be sent back to base."),
-    ("clean the kitchen", None, "Sorry, the Old Vacuum can't clean a single area."),
-    ("clean the living room", None, "Sorry, the Mapper has no Living Room on its map."),
+    ("clean the living room", "kitchen", "Sorry, the Old Vacuum can't clean a single area."),
+    ("clean the living room", None, "Sorry, the Mapper has no Living Room on its map. "
+     "The Old Vacuum can't clean a single area."),
     ("start the watcher", None, "Sorry, I can't control the Watcher."),
     ("dock the lawn mower", None, "Sorry, the Lawn Mower can't be docked from here."),
     ("set the ceiling fan to 50%", None, "Sorry, the Ceiling Fan has no speeds to set."),
@@ -246,6 +268,14 @@ def test_of_several_players_there_the_one_playing_is_meant(
     assert answer.targets == ("media_player.speaker", "media_player.tv")
     assert answer.text == text
     assert answer.actions == (PlannedAction("media_player.tv", "tv/set", payload),)
+
+
+def test_of_several_vacuums_the_one_with_the_area_on_its_map_cleans_it(
+        limited: IntentEngine) -> None:
+    answer = limited.respond("clean the kitchen")
+    assert answer.text == "Sending the Mapper to clean the Kitchen."
+    assert [(a.entity_id, a.topic, a.payload) for a in answer.actions] == [
+        ("vacuum.mapper", "mapper/segments", '["1"]')]
 
 
 def test_a_thermostat_without_a_fan_mode_topic_says_so() -> None:

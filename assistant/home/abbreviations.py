@@ -192,6 +192,25 @@ ABBREVIATIONS: Mapping[str, str] = MappingProxyType({
     "pl_unlk": "payload_unlock",
     "stat_locked": "state_locked",
     "stat_unlocked": "state_unlocked",
+    # vacuum
+    "pl_strt": "payload_start",
+    "pl_ret": "payload_return_to_base",
+    "pl_paus": "payload_pause",
+    "pl_cln_sp": "payload_clean_spot",
+    "pl_loc": "payload_locate",
+    "sup_feat": "supported_features",
+    "send_cmd_t": "send_command_topic",
+    "set_fan_spd_t": "set_fan_speed_topic",
+    "fanspd_lst": "fan_speed_list",
+    # lawn mower
+    "act_stat_t": "activity_state_topic",
+    "act_val_tpl": "activity_value_template",
+    "dock_cmd_t": "dock_command_topic",
+    "dock_cmd_tpl": "dock_command_template",
+    "pause_cmd_t": "pause_command_topic",
+    "pause_mw_cmd_tpl": "pause_command_template",
+    "strt_mw_cmd_t": "start_mowing_command_topic",
+    "strt_mw_cmd_tpl": "start_mowing_command_template",
 })
 """Abbreviated key -> full key, for the config itself and its availability entries."""
 

@@ -25,7 +25,15 @@ def with_targets(match: Match, home: Home, context: Mapping[str, Any],
         return ((not domains or entity.domain in domains)
                 and (not device_class or entity.device_class in device_class))
 
-    if "name" in slots:
+    if match.intent in _AREA_IS_THE_JOB:
+        # "clean the kitchen": the area is what to clean, not where the vacuum is. The vacuum
+        # named, else those where it was said, else every one.
+        if "name" in slots:
+            candidates = [e for e in home.named(str(slots["name"].value)) if fits(e)]
+        else:
+            every = [e for e in home.entities.values() if fits(e)]
+            candidates = [e for e in every if e.area == said_in] or every
+    elif "name" in slots:
         candidates = [e for e in home.named(str(slots["name"].value)) if fits(e)]
         if area is not None:  # "the lamp in the bedroom": only that one, or none
             candidates = [e for e in candidates if e.area == area.id]
@@ -47,6 +55,9 @@ def with_targets(match: Match, home: Home, context: Mapping[str, Any],
     candidates.sort(key=lambda e: e.entity_id)
     return dataclasses.replace(match, targets=tuple(candidates))
 
+
+_AREA_IS_THE_JOB = frozenset({"HassVacuumCleanArea"})
+"""Intents whose area says what to do, not which devices: every device fits wherever it is."""
 
 _IMPLIED_DOMAINS: dict[str, set[str]] = {
     "HassGetWeather": {"weather"},
