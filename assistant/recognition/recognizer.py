@@ -205,9 +205,10 @@ class Recognizer:
                              not any(slot.wildcard for slot in found.slots.values())):
                 with self._seen_lock:
                     self._seen[key] = found
-        if found is None or found.stage == UNKNOWN_NAME:
-            return found  # names nothing the home has: no targets, whatever else it says
-        return with_targets(found, self._home, found.metadata.get("_context", {}), area)
+        match: Match | None = found
+        if match is None or match.stage == UNKNOWN_NAME:
+            return match  # names nothing the home has: no targets, whatever else it says
+        return with_targets(match, self._home, match.metadata.get("_context", {}), area)
 
     def understand(self, text: str, *, area: str | None = None) -> Match | None:
         """``text`` matched in stages (no memory, no entities resolved): strict, then a near
