@@ -147,6 +147,7 @@ def test_a_broadcast_reaches_the_other_satellites_but_not_the_askers(
 
 def test_a_broadcast_with_nobody_else_to_hear_it_says_so() -> None:
     satellites = Satellites(["kitchen"])
+    satellites.sent = True  # as the service says while it runs
     responder = Responder(None, None, handlers=Handlers([BroadcastIntents(satellites)]))
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"),
                           Registry(load_home(ROOT / "configs" / "entities.yaml")),
@@ -161,5 +162,8 @@ def test_a_broadcast_with_nobody_else_to_hear_it_says_so() -> None:
                 if isinstance(b, Broadcast)] == [("the car is here", ("garage",), "kitchen")]
         assert engine.respond("announce the car is here", user="ann", site=None).text == \
             "Sorry, I can't broadcast from here."
+        satellites.sent = False
+        refused = engine.respond("announce the car is here", user="ann", site="kitchen")
+        assert refused.text == "Sorry, I can't broadcast from here." and not refused.effects
     finally:
         engine.close()

@@ -21,9 +21,9 @@ class BroadcastIntents:
         sites = self.satellites.others(asked.site)
         if not message:
             return Handled(error="no_message", otherwise="Sorry, what should I broadcast?")
-        if asked.site is None:
-            # Said where no satellite listens (a command line): nobody to leave out, nobody
-            # it comes from; still, never a broadcast the transport cannot make.
+        if asked.site is None or not self.satellites.sent:
+            # Said where no satellite listens, or with nothing to send it (a command line
+            # that asks once): never answered as done.
             return Handled(error="no_broadcast_support",
                            otherwise="Sorry, I can't broadcast from here.")
         effects = (Broadcast(message, sites, asked.site, asked.user),) if sites else ()

@@ -16,6 +16,9 @@ class Satellites:
     def __init__(self, sites: Iterable[str] = ()) -> None:
         self._sites = set(sites)
         self._lock = threading.Lock()
+        self.sent = False
+        """Does a transport send broadcasts now (the service, while it runs)? Without one,
+        a broadcast is refused, never answered as done."""
 
     def heard(self, site: str) -> None:
         """A request came from ``site``."""

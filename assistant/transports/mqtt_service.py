@@ -149,6 +149,8 @@ class MqttService:
         self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce")
         if self._timers is not None:
             self._timers.listen(self._timer_event)
+        if self._satellites is not None:
+            self._satellites.sent = True
         client = make_client(self._mqtt, manual_ack=True)
         client.will_set(self.topics.status, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -185,6 +187,8 @@ class MqttService:
         self._deadlines.close()
         if self._timers is not None:
             self._timers.unlisten(self._timer_event)
+        if self._satellites is not None:
+            self._satellites.sent = False
         if self._announcer is not None:
             self._announcer.shutdown(wait=True)
             self._announcer = None
