@@ -216,7 +216,8 @@ class App:
                 say(f"language model ({s.generator.backend})")
                 self.generator = self._started(Generator(open_backend(s.generator), s.generator,
                                                          cache=cache, keys=keys))
-                self.timers = self._started(TimerManager())
+                timers = self.timers = self._started(TimerManager())
+                cache.on_forget(lambda ref: timers.forgotten(ref, cache.ref_of))
                 handlers = Handlers([TimerIntents(self.timers),
                                      ListIntents(ListStore(cache, keys)),
                                      BroadcastIntents(self.satellites)],

@@ -128,6 +128,7 @@ class TieredCache:
         self._flights: dict[str, _Flight] = {}
         self._flight_lock = threading.Lock()
         self._started = False
+        self._forget_listeners: list[Callable[[str], None]] = []
         self.metrics.track_evictions(self._evictions)
 
     def start(self) -> Self:
@@ -422,6 +423,11 @@ class TieredCache:
             counts["l1"] = self.memory.forget_user(arg)
             self.salts.forget(arg)
             self.keyring.forget(arg)
+            for listener in list(self._forget_listeners):
+                try:
+                    listener(arg)
+                except Exception:
+                    log.exception("a forget listener failed")
         self.metrics.invalidations.labels(op, origin).inc()
         return counts
 
@@ -451,6 +457,12 @@ class TieredCache:
         """Call ``listener(name, arg)`` for every announcement made by another process."""
         if self.events is not None:
             self.events.on_announcement(listener)
+
+    def on_forget(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(ref)`` after every forget applied here, made in this process or
+        another: ``ref`` is the forgotten user's ref (:attr:`ref_of`), for what a caller
+        keeps of users outside the cache."""
+        self._forget_listeners.append(listener)
 
     def _evictions(self) -> dict[str, int]:
         counts = {"l1": self.memory.evictions}

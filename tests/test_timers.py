@@ -25,7 +25,8 @@ from assistant.timers.manager import (
     Where,
     round_time,
 )
-from tests.conftest import FakeClock
+from cache import KeyBuilder, Keyring, TieredCache
+from tests.conftest import FakeClock, make_cache
 from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +240,21 @@ def test_without_anyone_to_tell_no_timer_is_started() -> None:
     finally:
         engine.close()
         timers.close()
+
+
+def test_forgetting_someone_drops_their_timers_names_even_from_another_process(
+        cache: TieredCache, keyring: Keyring, names: KeyBuilder, redis_url: str,
+        tmp_path: Path, manager: TimerManager) -> None:
+    node = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                      db=tmp_path / "node.db", listen=True)
+    try:
+        node.on_forget(lambda ref: manager.forgotten(ref, node.ref_of))
+        manager.start_timer(KITCHEN, minutes=5, name="pregnancy test")
+        manager.start_timer(BEDROOM, minutes=5, name="nap")
+        cache.forget_user("ann")  # another process's cache, the same Redis
+        until(lambda: not any(t.name == "pregnancy test" for t in manager.timers()),
+              "the forget reached the timers", 10)
+        assert sorted((t.user, t.name) for t in manager.timers()) == [("ann", None),
+                                                                     ("cal", "nap")]
+    finally:
+        node.close()

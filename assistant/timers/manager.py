@@ -300,6 +300,15 @@ class TimerManager:
         self._tell(event)
         return event.timer
 
+    def forgotten(self, ref: str, ref_of: Callable[[str], str | None]) -> None:
+        """A user was forgotten (``ref``: their name in the cache, which ``ref_of`` gives for
+        a user id): the names of the timers they set, their words, are dropped; the timers
+        still ring."""
+        with self._cond:
+            for timer in self._timers.values():
+                if timer.name and timer.user is not None and ref_of(timer.user) == ref:
+                    timer.name = None
+
     def _get(self, timer_id: str) -> Timer:
         timer = self._timers.get(timer_id)
         if timer is None:
