@@ -194,21 +194,23 @@ def unknown_name(found: Unmatched, *, acts: bool, home_words: frozenset[str]
             any(DEVICE_NOUNS.intersection(words(v)) for k, v in matched.items()
                 if k not in (*HOME_SLOTS, "domain", "device_class")):
         return None
-    if "area" in said:
-        if len(said["area"].split()) > MAX_PLACE_WORDS:
+    if any(len(said[k].split()) > MAX_PLACE_WORDS for k in ("area", "floor") if k in said):
+        return None
+    filled = {k for k, v in matched.items() if v}
+    if "name" in said:
+        # Every name it leaves unfilled must look like a device's, whatever else it lacks.
+        named = words(said["name"])
+        if not named or len(said["name"].split()) > MAX_NAME_WORDS:
             return None
+        if not (acts or DEVICE_NOUNS.intersection(named) or filled - {"domain"}):
+            return None
+    elif not (acts or filled):
+        return None  # "the temperature in London": a question about the world
+    if "area" in said:
         return "no_area", {"area": said["area"]}
     if "floor" in said:
-        if len(said["floor"].split()) > MAX_PLACE_WORDS:
-            return None
         return "no_floor", {"floor": said["floor"]}
-    name = said.get("name", "")
-    named = words(name)
-    if not named or len(name.split()) > MAX_NAME_WORDS:
-        return None
-    other_slots = {k for k, v in matched.items() if v and k not in ("domain",)}
-    if not (acts or DEVICE_NOUNS.intersection(named) or other_slots):
-        return None
+    name = said["name"]
     if matched.get("area"):
         return "no_entity_in_area", {"entity": name, "area": matched["area"]}
     if matched.get("floor"):
