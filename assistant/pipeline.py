@@ -15,6 +15,7 @@ from assistant.answers import Answer
 from assistant.engine import IntentEngine
 from assistant.errors import ConfigError
 from assistant.protocol import AudioRequest, Response, SpeechChunk, TextRequest
+from assistant.speech.hints import hints_for
 from assistant.speech.sentences import split_sentences
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
@@ -68,13 +69,17 @@ class Pipeline:
             if self.transcriber is None:
                 raise ConfigError("speech recognition is not running here")
             started = time.perf_counter()
-            heard = self.transcriber.transcribe(request.audio, user=request.user)
+            # Hints of the home and templates answering now (made once per recognizer).
+            heard = self.transcriber.transcribe(request.audio, user=request.user,
+                                                hints=hints_for(self.engine.recognizer))
             timings["stt"] = (time.perf_counter() - started) * 1000
             transcript, text, audio_seconds = heard.text, heard.text, heard.audio_seconds
+            alternatives: tuple[str, ...] = heard.alternatives
         else:
-            text = request.text
+            text, alternatives = request.text, ()
         answer = self.engine.respond(text, user=request.user, site=request.site,
-                                     area=request.area or request.site, timings=timings)
+                                     area=request.area or request.site, timings=timings,
+                                     alternatives=alternatives)
         return Handled(answer, transcript, timings, audio_seconds)
 
     def speech(self, request: TextRequest | AudioRequest, text: str, *,

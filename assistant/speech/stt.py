@@ -11,6 +11,12 @@ The model is loaded once, by :meth:`Transcriber.start`. A transcript is cached (
 model's version and every setting that changes the words, so a redelivered MQTT message is
 answered without decoding it again. A transcript is the speaker's own words: it is cached
 for that user (their privacy policy applies and ``forget`` removes it).
+
+Recognition that knows the home: a request may come with :class:`SpeechHints` (the home's
+names, :func:`assistant.speech.hints.hints_for`), of which the decoder is given those it has
+rarely seen as the text said before the audio; and the transcriber keeps several hypotheses
+of beam search (``hypotheses``), best first, for recognition to choose among. Both are in
+the cache key (the hints by their version).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from assistant.errors import AudioError, ConfigError
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
+from assistant.speech.hints import SpeechHints
 from assistant.speech.whisper_window import FittedWindow
 from cache import KeyBuilder, TieredCache, check_user, scope_of
 
@@ -40,6 +47,11 @@ _LEAD_IN = np.zeros(TARGET_RATE // 4, dtype=np.float32)
 """A quarter second of silence put before the audio: Whisper misses a first word that starts
 at the very first sample ("turn on the kitchen light" heard as "on the kitchen light")."""
 
+
+DEFAULT_HYPOTHESES = 5
+"""Transcripts kept of a short request, best first (see :attr:`Transcript.alternatives`):
+recognition choosing among five understood 0.57 of the bench's spoken requests against 0.41 with
+the first alone, for about 30 ms more at the median."""
 
 STT_TAG = "stt"
 """Every cached transcript carries this tag: ``assistant cache purge --tag stt`` drops them."""
@@ -64,22 +76,30 @@ class Transcript:
     """``l1``, ``l2``, ``l3`` (cached), ``computed`` or ``waited``."""
     seconds: float
     """Time taken, cache lookup included."""
+    alternatives: tuple[str, ...] = ()
+    """What else it may have been, best first: the first is :attr:`text`. Only one for
+    audio transcribed the usual way (longer than :data:`SHORT_AUDIO_SECONDS`)."""
 
 
 class Transcriber:
     """Turns a request's audio into text; safe to call from several threads."""
 
     def __init__(self, settings: SttSettings, *, cache: TieredCache | None = None,
-                 keys: KeyBuilder | None = None) -> None:
+                 keys: KeyBuilder | None = None, hypotheses: int = DEFAULT_HYPOTHESES) -> None:
         """
         Args:
             settings: the ``[stt]`` section.
             cache: where transcripts are kept; ``None`` transcribes every time.
             keys: the key builder of ``cache``.
+            hypotheses: how many different transcripts of a short request to keep (beam
+                search keeps at least as many); 1 keeps only the best.
         """
         if (cache is None) != (keys is None):
             raise ValueError("cache and keys go together")
+        if hypotheses < 1:
+            raise ValueError("hypotheses must be at least 1")
         self.settings = settings
+        self.hypotheses = hypotheses
         self.path = settings.model
         self.version = ""
         """The model's version (a hash of its files), in every cache key; set by :meth:`start`."""
@@ -92,6 +112,7 @@ class Transcriber:
         self.decoded = 0
         """Audio clips actually run through the model (cache hits do not count)."""
         self._count_lock = threading.Lock()
+        self._prompts: dict[str, str | None] = {}
 
     def start(self) -> Self:
         """Load the model (once; it stays loaded); :class:`ConfigError` if it cannot be."""
@@ -136,19 +157,23 @@ class Transcriber:
         """Are short requests encoded in a fitted window?"""
         return self._window is not None
 
-    def key(self, data: bytes | memoryview, fmt: PcmFormat | None, user: str | None) -> str:
-        """The cache key of a transcript of ``data``."""
+    def key(self, data: bytes | memoryview, fmt: PcmFormat | None, user: str | None,
+            hints: SpeechHints | None = None) -> str:
+        """The cache key of a transcript of ``data`` (heard with ``hints``)."""
         assert self._keys is not None
         s = self.settings
         declared = None if fmt is None else (f"{fmt.rate}:{fmt.bits}:{fmt.channels}:"
                                              f"{'f' if fmt.float else 'i'}")
         return self._keys.key(
             "stt", hashlib.sha256(data).digest(), declared, self.version, s.compute_type,
-            s.beam_size, s.language, s.vad_filter, s.short_window, scope_of(user))
+            s.beam_size, s.language, s.vad_filter, s.short_window, self.hypotheses,
+            None if hints is None else hints.version, scope_of(user))
 
     def transcribe(self, data: bytes | memoryview, *, fmt: PcmFormat | None = None,
-                   user: str | None = None) -> Transcript:
-        """The words in ``data``: a WAV file, or raw PCM laid out as ``fmt``.
+                   user: str | None = None, hints: SpeechHints | None = None) -> Transcript:
+        """The words in ``data``: a WAV file, or raw PCM laid out as ``fmt``; ``hints``: what
+        the home and its templates lead to expect (made once per recognizer, see
+        :func:`assistant.speech.hints.hints_for`).
 
         Raises :class:`AudioError` (with its code) for audio that cannot be used; such
         audio is never cached.
@@ -159,22 +184,26 @@ class Transcriber:
         audio_seconds = len(pcm) / source_fmt.frame_bytes / source_fmt.rate
 
         def compute() -> dict[str, Any]:
-            return self._run(pcm, source_fmt)
+            return self._run(pcm, source_fmt, hints)
 
         if self._cache is None:
             value, source = compute(), "computed"
         else:
             # A transcript is the speaker's own words.
             place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
-            found = self._cache.fetch(self.key(data, fmt, place.owner), compute, ttl=place.ttl,
+            found = self._cache.fetch(self.key(data, fmt, place.owner, hints), compute,
+                                      ttl=place.ttl,
                                       tags=(STT_TAG,), user=place.owner, redis=place.redis,
                                       disk=place.disk)
             value, source = found.value, found.source
-        return Transcript(text=value["text"], language=value["language"],
+        text = value["text"]
+        alternatives = tuple(value.get("alternatives") or (text,))
+        return Transcript(text=text, language=value["language"],
                           audio_seconds=audio_seconds, source=source,
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started, alternatives=alternatives)
 
-    def _run(self, pcm: memoryview, fmt: PcmFormat) -> dict[str, Any]:
+    def _run(self, pcm: memoryview, fmt: PcmFormat,
+             hints: SpeechHints | None) -> dict[str, Any]:
         if self._model is None:
             raise RuntimeError("the transcriber is not started")
         samples = decode(pcm, fmt, self.limits).samples
@@ -183,18 +212,38 @@ class Transcriber:
         samples = np.concatenate([_LEAD_IN, samples])
         with self._count_lock:
             self.decoded += 1
-        text = None
+        prompt = self._prompt(hints)
+        texts = None
         if self._window is not None and len(samples) <= SHORT_AUDIO_SECONDS * TARGET_RATE:
-            text = self._window.transcribe(samples)
-            if text is None:
+            texts = self._window.transcribe(samples, prompt=prompt, hypotheses=self.hypotheses)
+            if texts is None:
                 log.info("fitted-window transcript looks unreliable; transcribing the usual way")
-        if text is None:
-            text, language = self._usual(samples)
+        if texts is None:
+            text, language = self._usual(samples, prompt)
+            texts = [text]
         else:
             language = self.settings.language or "en"
-        if not text:
+        if not texts or not texts[0]:
             raise AudioError("no_speech", "no speech was recognised in the audio")
-        return {"text": text, "language": language}
+        return {"text": texts[0], "language": language, "alternatives": texts}
+
+    def _prompt(self, hints: SpeechHints | None) -> str | None:
+        """What the decoder is told came before the audio: the hints' names this model has
+        rarely seen (see :meth:`SpeechHints.rare_names`), or nothing."""
+        if hints is None:
+            return None
+        with self._count_lock:
+            if hints.version in self._prompts:
+                return self._prompts[hints.version]
+        tokenizer = self._model.hf_tokenizer
+        base = len(tokenizer.encode("").ids)  # the special tokens it adds
+        names = hints.rare_names(lambda word: len(tokenizer.encode(" " + word).ids) - base)
+        prompt = f"{', '.join(names)}." if names else None
+        with self._count_lock:
+            if len(self._prompts) >= 8:
+                self._prompts.clear()
+            self._prompts[hints.version] = prompt
+        return prompt
 
     def _voiced(self, samples: np.ndarray[Any, np.dtype[np.float32]]
                 ) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -206,9 +255,10 @@ class Transcriber:
             raise AudioError("no_speech", "no speech was found in the audio")
         return samples[spans[0]["start"] : spans[-1]["end"]]
 
-    def _usual(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> tuple[str, str]:
+    def _usual(self, samples: np.ndarray[Any, np.dtype[np.float32]],
+               prompt: str | None) -> tuple[str, str]:
         s = self.settings
         segments, info = self._model.transcribe(
             samples, beam_size=s.beam_size, language=s.language, vad_filter=False,
-            condition_on_previous_text=False)
+            condition_on_previous_text=False, initial_prompt=prompt)
         return " ".join(segment.text.strip() for segment in segments).strip(), info.language

@@ -34,6 +34,11 @@ _TAIL_FRAMES = 200
 MAX_COMPRESSION = 2.4
 """Above this gzip ratio a transcript is repetition, not speech (Whisper's own threshold)."""
 _MIN_REPEAT_WORDS = 3
+MAX_PROMPT_TOKENS = 223
+"""Longest prompt Whisper is given (half its 448-token context, less one), as faster-whisper
+keeps it: the prompt's end."""
+_PROMPTS_KEPT = 16
+_CONTEXT_TOKENS = 448
 
 
 def installed_version() -> str:
@@ -54,7 +59,8 @@ def check_internals(model: Any) -> list[str]:
     except ImportError:
         missing.append("faster_whisper.tokenizer.Tokenizer")
     else:
-        missing += [f"Tokenizer.{name}" for name in ("sot_sequence", "no_timestamps", "decode")
+        missing += [f"Tokenizer.{name}" for name in ("sot_sequence", "sot_prev", "no_timestamps",
+                                                     "encode", "decode")
                     if not hasattr(Tokenizer, name)]
     return missing
 
@@ -81,6 +87,7 @@ class FittedWindow:
 
         self._model = model
         self._beam_size = beam_size
+        self._prompts: dict[str, list[int]] = {}
         multilingual = bool(model.model.is_multilingual)
         self._tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
                                     language=language if multilingual else None)
@@ -95,9 +102,13 @@ class FittedWindow:
             return ["the language has to be detected"]
         return []
 
-    def transcribe(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> str | None:
-        """The words in 16 kHz ``samples``; None when the result looks unreliable (nothing,
-        repetition, or the token limit reached): the usual way decides then."""
+    def transcribe(self, samples: np.ndarray[Any, np.dtype[np.float32]], *,
+                   prompt: str | None = None, hypotheses: int = 1) -> list[str] | None:
+        """The words in 16 kHz ``samples``, best first: up to ``hypotheses`` different
+        transcripts (beam search keeps at least that many). None when the best looks
+        unreliable (nothing, repetition, or the token limit reached): the usual way decides
+        then. ``prompt``: text the decoder takes as said before the audio (the home's names).
+        """
         import ctranslate2
 
         features = self._model.feature_extractor(samples)
@@ -107,17 +118,48 @@ class FittedWindow:
         padded = np.zeros((1, features.shape[0], window), dtype=np.float32)
         padded[0, :, : min(frames, window)] = features[:, :window]
         tokenizer = self._tokenizer
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        start = [*self._context(prompt), *tokenizer.sot_sequence, tokenizer.no_timestamps]
         # A generous bound on tokens: about 8 per second of audio is fast speech.
-        limit = min(224, len(prompt) + 20 + frames * 8 // 100)
-        result = self._model.model.generate(
-            ctranslate2.StorageView.from_array(padded), [prompt],
-            beam_size=self._beam_size, max_length=limit, suppress_blank=True,
-            suppress_tokens=[-1])[0]
-        tokens = result.sequences_ids[0]
-        text = str(tokenizer.decode(tokens)).strip()
-        encoded = text.encode()
-        if not encoded or len(tokens) + len(prompt) >= limit or repeats_itself(text) or (
-                len(encoded) / len(zlib.compress(encoded)) > MAX_COMPRESSION):
-            return None
-        return text
+        # max_length counts the prompt too; Whisper's context is 448 tokens.
+        limit = min(_CONTEXT_TOKENS, len(start) + min(224, 20 + frames * 8 // 100))
+        results = self._model.model.generate(
+            ctranslate2.StorageView.from_array(padded), [start],
+            beam_size=max(self._beam_size, hypotheses), num_hypotheses=hypotheses,
+            max_length=limit, suppress_blank=True, suppress_tokens=[-1])[0]
+        texts: list[str] = []
+        for number, tokens in enumerate(results.sequences_ids):
+            text = str(tokenizer.decode(tokens)).strip()
+            if not _reliable(text, len(tokens) + len(start), limit):
+                if number == 0:
+                    return None
+                continue
+            if all(_plain(text) != _plain(seen) for seen in texts):
+                texts.append(text)
+        return texts
+
+    def _context(self, prompt: str | None) -> list[int]:
+        """The tokens of "what came before": ``<|startofprev|>`` and the prompt's last
+        :data:`MAX_PROMPT_TOKENS` tokens (as faster-whisper does); none without a prompt."""
+        if not prompt:
+            return []
+        found = self._prompts.get(prompt)
+        if found is None:
+            tokens = self._tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+            found = [self._tokenizer.sot_prev, *tokens]
+            if len(self._prompts) >= _PROMPTS_KEPT:
+                self._prompts.clear()
+            self._prompts[prompt] = found
+        return list(found)
+
+
+def _reliable(text: str, tokens: int, limit: int) -> bool:
+    """Is a decoded ``text`` speech (not nothing, not cut off where its sequence of
+    ``tokens`` tokens, prompt included, reached ``limit``, not a loop)?"""
+    encoded = text.encode()
+    return bool(encoded) and tokens < limit and not repeats_itself(text) and (
+        len(encoded) / len(zlib.compress(encoded)) <= MAX_COMPRESSION)
+
+
+def _plain(text: str) -> str:
+    """``text`` as recognition reads it: lower case, words only."""
+    return " ".join("".join(c for c in word if c.isalnum()) for word in text.casefold().split())
