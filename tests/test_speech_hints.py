@@ -107,6 +107,17 @@ def test_only_names_the_model_rarely_saw_are_prompted(
     assert transcriber._prompt(SpeechHints.build(everyday, templates)) is None
 
 
+def test_the_templates_rarely_seen_words_can_be_prompted_too(
+        home: Home, templates: TemplateSet, transcriber: Transcriber,
+        cache: tuple[TieredCache, KeyBuilder]) -> None:
+    hints = SpeechHints.build(home, templates)
+    wordy = Transcriber(SttSettings(), cache=cache[0], keys=cache[1], prompt_words=True).start()
+    prompt = wordy._prompt(hints)
+    assert prompt is not None and "unpause" in prompt and prompt.endswith("Lutron Dimmer.")
+    assert "timer" not in prompt.split(", ")  # an everyday word
+    assert wordy.key(b"RIFF", None, None, hints) != transcriber.key(b"RIFF", None, None, hints)
+
+
 def test_a_big_home_keeps_its_prompt_short_and_its_names_last(templates: TemplateSet) -> None:
     entities = {f"light.l{i}": Entity(f"light.l{i}", f"Lamp Number {i}") for i in range(200)}
     hints = SpeechHints.build(Home(entities=entities), templates, words=12)

@@ -69,6 +69,15 @@ class SpeechHints:
         return tuple(n for n in self.names
                      if any(pieces(w) > 1 for w in _WORD.findall(n.casefold())))
 
+    def rare_words(self, pieces: Callable[[str], int], *, limit: int = 20) -> tuple[str, ...]:
+        """The templates' words the decoder writes in more than one piece ("unpause",
+        "unmute", "mower"), most used first, at most ``limit``; spellings without their
+        apostrophe ("todays" beside "today's") are left out."""
+        vocabulary = set(self.words)
+        found = [w for w in self.words if "'" not in w and f"{w[:-1]}'s" not in vocabulary
+                 and pieces(w) > 1]
+        return tuple(found[:limit])
+
     @classmethod
     def build(cls, home: Home, templates: TemplateSet, *, words: int = 0,
               max_chars: int = MAX_PROMPT_CHARS) -> SpeechHints:
