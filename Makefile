@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server mosquitto
 SERVER_BINARIES := redis-server mosquitto
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e clean
+.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e bench-understanding clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,22 @@ bench-generate: $(STAMP) servers
 
 bench-e2e: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_e2e.py
+
+# Requests spoken by voices the assistant never answers with: espeak-ng and flite (Debian
+# packages, installed when missing and running as root).
+BENCH_VOICES := espeak-ng flite
+bench-understanding: $(STAMP)
+	@missing=""; for b in $(BENCH_VOICES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "installing$$missing (Debian packages: $(BENCH_VOICES))"; \
+	        apt-get update -qq && apt-get install -y -qq --no-install-recommends $(BENCH_VOICES) >/dev/null; \
+	    else \
+	        echo "error: missing$$missing. Install the Debian packages: sudo apt-get install $(BENCH_VOICES)" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+	$(BIN)/python bench/bench_understanding.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
