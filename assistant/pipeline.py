@@ -39,7 +39,7 @@ def response_of(request_id: str, handled: Handled) -> Response:
     answer = handled.answer
     return Response(
         id=request_id, text=answer.text, transcript=handled.transcript, intent=answer.intent,
-        slots=answer.slots,
+        match=answer.stage, slots=answer.slots,
         actions=[{"entity_id": a.entity_id, "topic": a.topic, "payload": a.payload}
                  for a in answer.actions],
         fragments=[{"kind": f.kind, "text": f.text, "source": f.source,
