@@ -64,6 +64,9 @@ from assistant.templates.model import TemplateSet
 
 _UNSEEN: Any = object()
 _RANK = {stage: rank for rank, stage in enumerate(STAGES)}
+_NEAR_TRIES = 8
+"""Readings of a sentence (as good as the best) whose unknown names are compared with the
+home's."""
 _SEEN_SIZE = 4096
 
 
@@ -219,14 +222,21 @@ class Recognizer:
             return dataclasses.replace(found, text=text) if said != text else found
         candidates = unmatched(said, self._all_intents, self._slot_lists, self._context(area),
                                self.language)
-        if candidates and candidates[0].said:
+        best = candidates[0].result.text_chunks_matched if candidates else 0
+        tried = {said}
+        for candidate in candidates[:_NEAR_TRIES]:
+            if not candidate.said or candidate.result.text_chunks_matched < best:
+                continue
             corrected = said
-            for slot, heard in candidates[0].said.items():
+            for slot, heard in candidate.said.items():
                 near = self._tolerant.near_name(heard, slot)
                 if near is None:
                     break
                 corrected = corrected.replace(near[0], near[1], 1)
             else:
+                if corrected in tried:
+                    continue
+                tried.add(corrected)
                 found = self.match(corrected, area=area)
                 if found is not None:
                     return dataclasses.replace(found, text=text, stage=FUZZY)

@@ -6,9 +6,9 @@ Two kinds of near miss are corrected, and the corrected sentence must then match
   matched no name is compared with the home's names (and "area name" pairs), and taken for
   the closest only when it is close and no other name is as close;
 - a misheard word ("start at 5 minute timer", "which madroom curtains are closed"): a word
-  the templates and the home never use is replaced by the known words nearest to it in
-  spelling, a few at a time, and a few confusions that cannot change what is done ("at" for
-  "a") are undone.
+  the templates and the home never use is replaced by the words of the templates nearest to
+  it in spelling (never by a word of the home's names), a few at a time, and a few
+  confusions that cannot change what is done ("at" for "a") are undone.
 
 Words the templates know are never replaced by other words they know (beyond those few): "on"
 is never heard as "off", nor "bedroom" as "bedside". Names are never dropped or invented: a
@@ -45,8 +45,12 @@ class Tolerant:
     """Corrections of near misses over one snapshot of the home and one set of templates."""
 
     def __init__(self, vocabulary: frozenset[str], home: Home) -> None:
-        self._known = vocabulary | frozenset(w for n in home_names(home) for w in words(n))
-        self._choices = sorted(w for w in self._known if len(w) > 1)
+        named = frozenset(w for n in home_names(home) for w in words(n))
+        self._known = vocabulary | named
+        # A misheard word becomes a word of the templates, never of the home's names: "dining
+        # room" must not become the living room. Names are corrected whole (near_name), where
+        # a near miss is told from another name.
+        self._choices = sorted(w for w in vocabulary if len(w) > 1)
         names: dict[str, list[str]] = {"name": [], "area": [], "floor": []}
         for entity in home.entities.values():
             own = (entity.name, *entity.aliases)
