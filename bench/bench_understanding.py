@@ -17,7 +17,8 @@ Measures, in one run on this machine, over the home of ``bench/understanding_hom
   action) on an entity that is not among the sentence's own targets;
 - ``unknown_name_correct``: sentences of the same templates naming devices and areas the
   home does not have, answered by ``IntentEngine.respond``: right when the answer is the
-  library's error response (the match's stage is ``unknown_name``);
+  library's error response (the match's stage is ``unknown_name``; for a timer named after
+  an area the home lacks, "Sorry, I couldn't find that timer", as Home Assistant answers);
   ``unknown_name_action_rate``: the share of them that acted on the home anyway;
 - ``recognise_p50_ms``: the median time of recognising a typed sentence (warm);
 - ``stt_p50_ms`` and ``stt_before_p50_ms``: the median time of transcribing one clip.
@@ -75,15 +76,19 @@ from hassil.intents import (  # noqa: E402
 )
 from hassil.util import check_excluded_context, check_required_context  # noqa: E402
 
+from assistant.answers import Responder  # noqa: E402
 from assistant.engine import IntentEngine  # noqa: E402
 from assistant.errors import AudioError  # noqa: E402
+from assistant.handlers import Handlers  # noqa: E402
 from assistant.home import Home, Registry, load_home  # noqa: E402
+from assistant.recognition.library import error_response  # noqa: E402
 from assistant.recognition.match import Match  # noqa: E402
 from assistant.recognition.recognizer import Recognizer  # noqa: E402
 from assistant.settings import IntentsSettings, SttSettings  # noqa: E402
 from assistant.speech.audio import TARGET_RATE, resample, wav_bytes  # noqa: E402
 from assistant.speech.hints import SpeechHints, hints_for  # noqa: E402
 from assistant.speech.stt import Transcriber  # noqa: E402
+from assistant.timers import TimerIntents, TimerManager  # noqa: E402
 from bench.report import finish  # noqa: E402
 
 HOME_FILE = ROOT / "bench" / "understanding_home.yaml"
@@ -92,6 +97,9 @@ PER_INTENT = 12
 """Sentences sampled per intent (fewer where an intent has fewer)."""
 MAX_SENTENCES = 180
 UNKNOWN_SENTENCES = 40
+SITE = "bench"
+"""The satellite the requests come from (timers are kept per satellite)."""
+TIMER_NOT_FOUND = error_response("timer_not_found", {})
 NOISE_SNR_DB = 15.0
 
 ABSENT_NAMES = [
@@ -434,8 +442,15 @@ def main() -> int:
     variants = ["before", AFTER] + [v for v in args.variants.split(",")
                                     if v and v not in ("before", AFTER)]
 
+    # Timers answered as the service answers them: a timer manager whose events someone
+    # hears, requests from a satellite. A timer that is not there gets the library's
+    # "couldn't find that timer", as a device that is not there gets its "not aware of".
+    timers = TimerManager().start()
+    timers.listen(lambda event: None)
     engine = IntentEngine(IntentsSettings(folder=ROOT / "intents"),
-                          Registry(load_home(HOME_FILE))).start()
+                          Registry(load_home(HOME_FILE)),
+                          responder=Responder(None, None, handlers=Handlers(
+                              [TimerIntents(timers)]))).start()
     recognizer = engine.recognizer
     intents = recognizer._intents
     samples = sample_sentences(intents, recognizer_lists(recognizer), recognizer.home,
@@ -466,10 +481,10 @@ def main() -> int:
     unknown = absent_sentences(recognizer, intents, seed=SEED, count=UNKNOWN_SENTENCES)
     unknown_right = unknown_acted = 0
     for sample in unknown:
-        answer = engine.respond(sample.text, area=sample.area)
+        answer = engine.respond(sample.text, area=sample.area, site=SITE)
         stage = getattr(answer, "stage", None) or stage_of(getattr(answer, "match", None))
         unknown_acted += bool(answer.actions)
-        if stage == "unknown_name":
+        if stage == "unknown_name" or (answer.text == TIMER_NOT_FOUND and not answer.actions):
             unknown_right += 1
         elif args.misses:
             print(f"  unknown name answered as {stage}: {sample.text!r} -> {answer.text!r}")

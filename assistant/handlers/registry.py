@@ -18,7 +18,7 @@ from assistant.answers.context import render
 from assistant.answers.fragments import FragmentResult, said_freely
 from assistant.answers.responder import Answer
 from assistant.home import Area, Home
-from assistant.recognition.library import library
+from assistant.recognition.library import error_response
 from assistant.recognition.match import Match
 from assistant.speech.sentences import join_sentences
 from assistant.templates.model import IntentTemplate
@@ -115,9 +115,7 @@ class Handlers:
         slots; a generated part says its fallback (state is reported, never invented)."""
         key = handled.error or handled.response or match.response
         if handled.error is not None and handled.error not in template.responses:
-            said = str(library(self.language)["responses"]["errors"].get(
-                handled.error, handled.otherwise)).strip()
-            return said if said.endswith((".", "!", "?")) else said + "."
+            return error_response(handled.error, {}, self.language, otherwise=handled.otherwise)
         scope = {**context, "slots": {**context.get("slots", {}), **handled.slots}}
         parts = []
         for fragment in template.fragments(key):

@@ -57,10 +57,13 @@ def library_release() -> str:
 _ERRORS = make_environment()
 
 
-def error_response(key: str, args: Mapping[str, str], language: str = "en") -> str:
-    """The library's error response ``key`` (``no_entity``, ``no_area``...) said with
-    ``args``; its generic "couldn't understand" when it has no such response."""
+def error_response(key: str, args: Mapping[str, str], language: str = "en", *,
+                   otherwise: str | None = None) -> str:
+    """The library's error response ``key`` (``no_entity``, ``no_area``, ``timer_not_found``...)
+    said with ``args``; ``otherwise`` (by default its generic "couldn't understand") when it
+    has no such response."""
     errors = library(language).get("responses", {}).get("errors", {})
-    source = errors.get(key) or errors.get("no_intent") or "Sorry, I couldn't understand that"
+    source = errors.get(key) or otherwise or errors.get("no_intent") or \
+        "Sorry, I couldn't understand that"
     text = " ".join(_ERRORS.from_string(source).render(dict(args)).split())
     return text if text.endswith((".", "!", "?")) else f"{text}."

@@ -52,6 +52,7 @@ from assistant.recognition.pruning import HOME_LISTS, home_words, prunable, word
 from assistant.recognition.targets import with_targets
 from assistant.recognition.tolerant import Tolerant
 from assistant.recognition.unknown import (
+    OWN_STATE_INTENTS,
     SENTINEL,
     device_spans,
     sentinel_lists,
@@ -248,9 +249,11 @@ class Recognizer:
         # home is not made one by a worse reading.
         for candidate in (c for c in candidates
                           if c.result.text_chunks_matched == candidates[0].result.text_chunks_matched):
-            template = self.templates.intents.get(candidate.result.intent.name)
-            error = unknown_name(candidate, acts=template is not None and template.action
-                                 is not None, home_words=self._name_words)
+            intent = candidate.result.intent.name
+            template = self.templates.intents.get(intent)
+            acts = template is not None and template.action is not None
+            error = unknown_name(candidate, acts=acts or intent in OWN_STATE_INTENTS,
+                                 home_words=self._name_words)
             if error is not None:
                 result = candidate.result
                 return _unknown(text, result, error, {

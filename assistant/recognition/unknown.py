@@ -32,6 +32,15 @@ from assistant.recognition.vocabulary import DEVICE_NOUNS, words
 HOME_SLOTS = ("name", "area", "floor")
 MAX_NAME_WORDS = 4
 MAX_PLACE_WORDS = 3
+OWN_STATE_INTENTS = frozenset({
+    "HassStartTimer", "HassCancelTimer", "HassCancelAllTimers", "HassIncreaseTimer",
+    "HassDecreaseTimer", "HassPauseTimer", "HassUnpauseTimer", "HassTimerStatus",
+    "HassShoppingListAddItem", "HassShoppingListCompleteItem", "HassListAddItem",
+    "HassListCompleteItem", "HassListRemoveItem",
+})
+"""Intents about the assistant's own state in the home (timers where they were set, lists):
+an area they name is one of the home's, as for a command."""
+
 _DETERMINERS = frozenset({"the", "a", "an", "my", "our", "your", "all", "any", "this", "that",
                           "these", "those", "every"})
 
