@@ -97,6 +97,20 @@ PER_INTENT = 12
 """Sentences sampled per intent (fewer where an intent has fewer)."""
 MAX_SENTENCES = 180
 UNKNOWN_SENTENCES = 40
+WORLD_QUESTIONS = [
+    "what is the capital of France", "who wrote pride and prejudice", "tell me a joke",
+    "how far away is the moon", "what is the weather in Paris", "is it going to rain",
+    "what's the temperature in London", "how tall is mount everest",
+    "describe the sea at night in three sentences", "who invented the light bulb",
+    "what is a good name for a dog", "how do I make pancakes", "what time is it in Tokyo",
+    "is a tomato a fruit", "what is the speed of light", "translate hello into French",
+    "why is the sky blue", "who won the world cup in 2018", "how many legs does a spider have",
+    "what should I cook tonight", "recommend a good book", "what does a door handle do",
+    "how does a light switch work", "what is the best way to clean a window",
+    "can you open a bank account online",
+]
+"""Questions about the world: ``world_taken_for_home`` is the share taken for a sentence
+about the home (an unknown name, or an action)."""
 SITE = "bench"
 """The satellite the requests come from (timers are kept per satellite)."""
 TIMER_NOT_FOUND = error_response("timer_not_found", {})
@@ -489,6 +503,15 @@ def main() -> int:
         elif args.misses:
             print(f"  unknown name answered as {stage}: {sample.text!r} -> {answer.text!r}")
 
+    # Questions about the world: for the generator, never taken for a name the home lacks.
+    world_taken = 0
+    for question in WORLD_QUESTIONS:
+        answer = engine.respond(question, site=SITE)
+        if answer.stage == "unknown_name" or answer.actions:
+            world_taken += 1
+            if args.misses:
+                print(f"  world question taken for the home: {question!r} -> {answer.text!r}")
+
     # Spoken.
     folder = Path(tempfile.mkdtemp(prefix="bench-understanding-"))
     started = time.perf_counter()
@@ -578,6 +601,7 @@ def main() -> int:
         "false_action_rate_before": round(total("before", "false_actions"), 4),
         "unknown_name_correct": round(unknown_right / len(unknown), 4) if unknown else 0.0,
         "unknown_name_action_rate": round(unknown_acted / len(unknown), 4) if unknown else 0.0,
+        "world_taken_for_home": round(world_taken / len(WORLD_QUESTIONS), 4),
         "recognise_p50_ms": round(statistics.median(recognise_ms), 3),
         "stt_p50_ms": round(stt_p50(AFTER), 1),
         "stt_before_p50_ms": round(stt_p50("before"), 1),

@@ -143,6 +143,8 @@ def test_home_sentences_naming_what_the_home_lacks(recognizer: Recognizer, said:
 @pytest.mark.parametrize("said", [
     "what is the capital of France", "is it going to rain", "tell me a joke",
     "who invented the light bulb", "what is the weather in paris", "how tall is mount everest",
+    "what is the speed of light", "can you open a bank account online",
+    "describe the sea at night in three sentences", "what's the temperature in London",
 ])
 def test_questions_about_the_world_are_not_taken_for_unknown_names(recognizer: Recognizer,
                                                                    said: str) -> None:

@@ -140,15 +140,24 @@ def _values(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def head_noun(said: list[str]) -> str:
+    """What a name is of: its last word, or the one before "of" ("the speed of light" is a
+    speed, "the light of the porch" a light)."""
+    if "of" in said[1:]:
+        return said[said.index("of", 1) - 1]
+    return said[-1] if said else ""
+
+
 def device_spans(text: str, *, longest: int = MAX_NAME_WORDS) -> list[tuple[int, int]]:
-    """(start, end) word spans of ``text`` that hold a device noun and may be a name: not
-    the first word (the command), at most ``longest`` words; shortest first."""
+    """(start, end) word spans of ``text`` that may be the name of a device: what they name
+    is a kind of device, they are not the first word (the command), at most ``longest``
+    words; shortest first."""
     parts = text.split()
     spans = []
     for start in range(1, len(parts)):
         for end in range(start + 1, min(len(parts), start + longest) + 1):
             said = words(" ".join(parts[start:end]))
-            if said and said[0] not in _DETERMINERS and DEVICE_NOUNS.intersection(said):
+            if said and said[0] not in _DETERMINERS and head_noun(said) in DEVICE_NOUNS:
                 spans.append((start, end))
     spans.sort(key=lambda span: (span[1] - span[0], span[0]))
     return spans
@@ -211,7 +220,9 @@ def unknown_name(found: Unmatched, *, acts: bool, home_words: frozenset[str]
         named = words(said["name"])
         if not named or len(said["name"].split()) > MAX_NAME_WORDS:
             return None
-        if not (acts or DEVICE_NOUNS.intersection(named) or filled - {"domain"}):
+        # A device's name ends with a kind of device, or is short and acted on.
+        device = head_noun(named) in DEVICE_NOUNS
+        if not (device or (acts and len(named) <= 2) or filled - {"domain"}):
             return None
     elif not (acts or filled):
         return None  # "the temperature in London": a question about the world
