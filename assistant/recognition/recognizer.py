@@ -60,7 +60,7 @@ from assistant.recognition.unknown import (
     unknown_name,
     unmatched,
 )
-from assistant.recognition.vocabulary import template_words
+from assistant.recognition.vocabulary import home_names, template_words, words
 from assistant.templates.model import TemplateSet
 
 _UNSEEN: Any = object()
@@ -149,6 +149,7 @@ class Recognizer:
         self._tolerant = Tolerant(self._vocabulary, home)
         self._sentinel_lists: dict[str, SlotList] | None = None
         self._name_words = frozenset().union(*self._home_words.values())
+        self._names = frozenset(" ".join(words(n)) for n in home_names(home))
         if previous is not None and same and home.version == previous.home.version:
             # Only states changed: same names, same matches.
             self._slot_lists, self._seen = previous._slot_lists, previous._seen
@@ -253,7 +254,7 @@ class Recognizer:
             template = self.templates.intents.get(intent)
             acts = template is not None and template.action is not None
             error = unknown_name(candidate, acts=acts or intent in OWN_STATE_INTENTS,
-                                 home_words=self._name_words)
+                                 home_words=self._name_words, home_names=self._names)
             if error is not None:
                 result = candidate.result
                 return _unknown(text, result, error, {
@@ -291,6 +292,8 @@ class Recognizer:
             return None
         _, result, span = best
         name = " ".join(w.strip(".,!?;:") for w in trimmed(span, self._name_words).split())
+        if " ".join(words(name)) in self._names:
+            return None  # a name the home has, in a sentence that did not fit
         matched = {k: e for k, e in result.entities.items() if k != "name"}
         error: tuple[str, dict[str, str]]
         if "area" in matched:

@@ -30,8 +30,17 @@ NAME_SCORE = 85.0
 """How close (0-100, rapidfuzz's ratio) a span must be to a name to be taken for it."""
 NAME_MARGIN = 6.0
 """And by how much closer than the next name."""
-MAX_ATTEMPTS = 12
+MAX_ATTEMPTS = 24
 """Corrected sentences tried at most, cheapest first."""
+MAX_UNKNOWN_ATTEMPTS = 12
+"""Of which, combinations of replacements of unknown words."""
+SMALL_WORDS = frozenset({"a", "an", "the", "in", "on", "of", "to", "at", "for", "by", "my",
+                         "our", "your", "and", "is", "are"})
+"""Words too small to name anything, which speech recognition often gets wrong."""
+SMALL_TARGETS = ("the", "in", "of", "to", "a", "my", "at", "for", "by")
+"""What such a word may have been ("on" and "off" are never made: they decide the command)."""
+INSERTED = ("the", "in", "of", "to")
+"""Small words that may have been lost."""
 MAX_CANDIDATES = 3
 """Known words tried in place of one unknown word."""
 
@@ -122,26 +131,41 @@ class Tolerant:
                 return  # a word nothing is near: a name the home does not have, not a slip
             unknown.append(index)
             options.append(replacements)
-        made = 0
+        base = [options[i][0] for i in range(len(tokens))]
         seen = {text}
+        made = 0
+        for sentence in self._edits(tokens, options, unknown, confusions, base):
+            if sentence in seen:
+                continue
+            seen.add(sentence)
+            yield sentence
+            made += 1
+            if made >= MAX_ATTEMPTS:
+                return
+
+    @staticmethod
+    def _edits(tokens: list[str], options: list[list[str]], unknown: list[int],
+               confusions: list[int], base: list[str]) -> Iterator[str]:
+        """Every correction, cheapest first; :meth:`corrections` keeps the first few."""
         if unknown:
-            for choice in itertools.product(*options):
-                sentence = " ".join(choice)
-                if sentence in seen:
-                    continue
-                seen.add(sentence)
-                yield sentence
-                made += 1
-                if made >= MAX_ATTEMPTS:
-                    return
+            for made, choice in enumerate(itertools.product(*options)):
+                if made >= MAX_UNKNOWN_ATTEMPTS:
+                    break
+                yield " ".join(choice)
         for index in confusions:
             for replacement in HARMLESS[words(tokens[index])[0]]:
-                fixed = [options[i][0] for i in range(len(tokens))]
+                fixed = list(base)
                 fixed[index] = WORD.sub(replacement, tokens[index], count=1)
-                sentence = " ".join(fixed)
-                if sentence not in seen:
-                    seen.add(sentence)
-                    yield sentence
-                    made += 1
-                    if made >= MAX_ATTEMPTS:
-                        return
+                yield " ".join(fixed)
+        # A small word misheard, dropped or heard where there was none ("set the temperature
+        # kitchen", "make temp on my thermostat"): never "on", "off" or "not" made or undone.
+        small = [i for i, token in enumerate(base) if " ".join(words(token)) in SMALL_WORDS]
+        for index in small:
+            for other in SMALL_TARGETS:
+                if other != " ".join(words(base[index])):
+                    yield " ".join([*base[:index], other, *base[index + 1:]])
+        for index in small:
+            yield " ".join([*base[:index], *base[index + 1:]])
+        for index in range(1, len(base)):
+            for other in INSERTED:
+                yield " ".join([*base[:index], other, *base[index:]])

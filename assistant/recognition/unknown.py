@@ -187,13 +187,15 @@ _COMMAND_WORDS = frozenset({
 })
 
 
-def unknown_name(found: Unmatched, *, acts: bool, home_words: frozenset[str]
-                 ) -> tuple[str, dict[str, str]] | None:
+def unknown_name(found: Unmatched, *, acts: bool, home_words: frozenset[str],
+                 home_names: frozenset[str] = frozenset()) -> tuple[str, dict[str, str]] | None:
     """The library's error key and its arguments for ``found``, or ``None`` when it does not
     look like a sentence about the home (see the module's doc).
 
     ``acts``: the intent matched acts on the home (turn on, set, open...).
     ``home_words``: the words of the home's names, which a trimmed name may start with.
+    ``home_names``: the home's names, case-folded: one of them said is no unknown name (the
+    sentence did not fit, "turn the kitchen light").
     """
     result = found.result
     for name, entity in result.unmatched_entities.items():
@@ -203,6 +205,8 @@ def unknown_name(found: Unmatched, *, acts: bool, home_words: frozenset[str]
             return None  # a brightness, a colour, a state... that is not one: not ours
     said = {k: trimmed(v, home_words) for k, v in found.said.items()}
     if not said or not all(said.values()):
+        return None
+    if any(" ".join(words(v)) in home_names for v in said.values()):
         return None
     matched = {e.name: str(e.text or e.value).strip() for e in result.entities_list
                if e.name not in result.unmatched_entities}
