@@ -17,19 +17,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# redis-server and mosquitto are real servers in the tests: install them when missing.
-servers:
-	@missing=""; for b in $(SERVER_BINARIES); do \
+# $(call debian,BINARIES,PACKAGES): install the Debian PACKAGES when one of BINARIES is
+# missing (as root, with apt-get), else say which to install and fail.
+define debian
+	@missing=""; for b in $(1); do \
 	    command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	        echo "installing$$missing (Debian packages: $(APT_PACKAGES))"; \
-	        apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	        echo "installing$$missing (Debian packages: $(2))"; \
+	        apt-get update -qq && apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	    else \
-	        echo "error: missing$$missing. Install the Debian packages: sudo apt-get install $(APT_PACKAGES)" >&2; \
+	        echo "error: missing$$missing. Install the Debian packages: sudo apt-get install $(2)" >&2; \
 	        exit 1; \
 	    fi; \
 	fi
+endef
+
+# redis-server and mosquitto are real servers in the tests: install them when missing.
+servers:
+	$(call debian,$(SERVER_BINARIES),$(APT_PACKAGES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -66,16 +72,7 @@ bench-e2e: $(STAMP) servers
 # packages, installed when missing and running as root).
 BENCH_VOICES := espeak-ng flite
 bench-understanding: $(STAMP)
-	@missing=""; for b in $(BENCH_VOICES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
-	if [ -n "$$missing" ]; then \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	        echo "installing$$missing (Debian packages: $(BENCH_VOICES))"; \
-	        apt-get update -qq && apt-get install -y -qq --no-install-recommends $(BENCH_VOICES) >/dev/null; \
-	    else \
-	        echo "error: missing$$missing. Install the Debian packages: sudo apt-get install $(BENCH_VOICES)" >&2; \
-	        exit 1; \
-	    fi; \
-	fi
+	$(call debian,$(BENCH_VOICES),$(BENCH_VOICES))
 	$(BIN)/python bench/bench_understanding.py
 
 clean:

@@ -16,11 +16,13 @@ from cache import (
     Keyring,
     MemoryTier,
     PolicyBook,
+    PrivacyPolicy,
     RedisTier,
     SqliteTier,
     TieredCache,
 )
 from tests.servers import RedisServer
+from tests.service import Broker
 
 
 class FakeClock:
@@ -136,3 +138,26 @@ def llama() -> Iterator[Any]:
     backend = LlamaCppBackend(threads=2).start()
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="module")
+def speech_cache(redis_server: RedisServer, keyring: Keyring,
+                 tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[TieredCache, KeyBuilder]]:
+    """The speech tests' cache, over real tiers, where the user "guest" is private and keeps
+    nothing on disk."""
+    names = KeyBuilder(keyring.naming_secret())
+    policies = PolicyBook(users={"guest": PrivacyPolicy(max_ttl=60, persist=False, private=True)})
+    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_server.url,
+                        db=tmp_path_factory.mktemp("speech") / "cache.db", policies=policies,
+                        memory_bytes=64 * 1024 * 1024)
+    yield tiered, names
+    tiered.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A mosquitto of the service tests' own, with their accounts, on a free loopback port."""
+    server = Broker(tmp_path_factory.mktemp("broker")).start()
+    yield server
+    server.stop()

@@ -31,13 +31,6 @@ SITES = ("kitchen", "bedroom", "office")
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    server = Broker(tmp_path_factory.mktemp("broker")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def metrics_port() -> int:
     return free_port()
 

@@ -45,13 +45,6 @@ intents:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    server = Broker(tmp_path_factory.mktemp("broker")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def intents(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("intents")
     shutil.copytree(ROOT / "intents", folder, dirs_exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +20,15 @@ from assistant.speech.audio import PcmFormat, resample, wav_bytes
 from assistant.speech.sentences import split_sentences
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker, SpeechError
-from cache import KeyBuilder, Keyring, PolicyBook, PrivacyPolicy, TieredCache
-from tests.conftest import make_cache
-from tests.servers import RedisServer
+from cache import KeyBuilder, TieredCache
 from tests.speech_data import HOME_SENTENCES, STEADY_VOICE, wer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cache(redis_server: RedisServer, keyring: Keyring,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TieredCache, KeyBuilder]]:
-    names = KeyBuilder(keyring.naming_secret())
-    policies = PolicyBook(users={"guest": PrivacyPolicy(max_ttl=60, persist=False, private=True)})
-    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_server.url,
-                        db=tmp_path_factory.mktemp("speech") / "cache.db", policies=policies,
-                        memory_bytes=64 * 1024 * 1024)
-    yield tiered, names
-    tiered.close()
+def cache(speech_cache: tuple[TieredCache, KeyBuilder]) -> tuple[TieredCache, KeyBuilder]:
+    return speech_cache
 
 
 @pytest.fixture(scope="module")

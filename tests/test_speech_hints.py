@@ -7,7 +7,6 @@ like the one the service reads, with devices named the way their makers sell the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,7 @@ from assistant.speech.hints import SpeechHints, hints_for
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
 from assistant.templates.model import TemplateSet
-from cache import KeyBuilder, Keyring, PolicyBook, PrivacyPolicy, TieredCache
-from tests.conftest import make_cache
-from tests.servers import RedisServer
+from cache import KeyBuilder, TieredCache
 from tests.speech_data import STEADY_VOICE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,15 +54,8 @@ def templates() -> TemplateSet:
 
 
 @pytest.fixture(scope="module")
-def cache(redis_server: RedisServer, keyring: Keyring,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TieredCache, KeyBuilder]]:
-    names = KeyBuilder(keyring.naming_secret())
-    policies = PolicyBook(users={"guest": PrivacyPolicy(max_ttl=60, persist=False, private=True)})
-    tiered = make_cache(keyring=keyring, names=names, redis_url=redis_server.url,
-                        db=tmp_path_factory.mktemp("hints") / "cache.db", policies=policies,
-                        memory_bytes=16 * 1024 * 1024)
-    yield tiered, names
-    tiered.close()
+def cache(speech_cache: tuple[TieredCache, KeyBuilder]) -> tuple[TieredCache, KeyBuilder]:
+    return speech_cache
 
 
 @pytest.fixture(scope="module")
