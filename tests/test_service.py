@@ -92,6 +92,19 @@ def test_a_text_request_acts_on_the_home_and_is_answered_from_cache_next(
         assert isinstance(again.reply, Response)
         assert [f["source"] for f in again.reply.fragments] == ["l1"]
         assert set(again.reply.timings) >= {"recognise", "answer", "publish", "total"}
+        assert (first.reply.match, again.reply.match) == ("strict", "strict")
+        # Said almost right, it is understood and says so; a name the home lacks gets the
+        # library's error and touches nothing.
+        near = ann.ask(text="turn off the kitchen lite")
+        assert isinstance(near.reply, Response)
+        assert (near.reply.match, near.reply.text) == ("fuzzy", "Turned off the Kitchen Light.")
+        lacking = ann.ask(text="turn on the garage heater")
+        assert isinstance(lacking.reply, Response)
+        assert lacking.reply.match == "unknown_name" and not lacking.reply.actions
+        assert lacking.reply.text == "Sorry, I am not aware of any device called garage heater."
+        until(lambda: [p.payload for p in devices.on("home/kitchen/light/set")][-1] == b"OFF",
+              "the light turned off")
+        assert [p.payload for p in devices.on("home/kitchen/light/set")] == [b"ON", b"ON", b"OFF"]
     devices.close()
 
 

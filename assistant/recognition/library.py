@@ -3,6 +3,7 @@ the templates checked against it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ def load_intent_templates(folder: Path, language: str = "en") -> TemplateSet:
                           known_rules=data.get("expansion_rules", {}))
 
 
+@functools.cache
 def library_release() -> str:
     """The release of the sentence library installed (its error responses are part of the
     keys of the answers made from them)."""
