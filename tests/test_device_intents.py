@@ -270,6 +270,40 @@ def test_of_several_players_there_the_one_playing_is_meant(
     assert answer.actions == (PlannedAction("media_player.tv", "tv/set", payload),)
 
 
+@pytest.mark.parametrize(("sentence", "intent", "actions"), [
+    ("turn on the robot vacuum", "HassVacuumStart",
+     [("vacuum.robot_vacuum", "robot/command", "start")]),
+    ("switch the robot vacuum off", "HassVacuumReturnToBase",
+     [("vacuum.robot_vacuum", "robot/command", "return_to_base")]),
+    ("turn on the lawn mower", "HassLawnMowerStartMowing",
+     [("lawn_mower.lawn_mower", "mower/command", "start_mowing")]),
+    ("turn off the lawn mower", "HassLawnMowerDock",
+     [("lawn_mower.lawn_mower", "mower/command", "PARK")]),
+])
+def test_turning_a_vacuum_or_mower_on_and_off_starts_and_docks_it(
+        engine: IntentEngine, sentence: str, intent: str,
+        actions: list[tuple[str, str, str]]) -> None:
+    """The library leaves vacuums and mowers out of "turn on": said of one, it means start."""
+    answer = engine.respond(sentence)
+    assert answer.intent == intent
+    assert [(a.entity_id, a.topic, a.payload) for a in answer.actions] == actions
+
+
+def test_a_thermostat_is_turned_on_and_off_through_its_mode_never_its_temperature() -> None:
+    office = discovered("climate", "office", "bedroom", name="Office Heat",
+                        temp_cmd_t="office/temp", mode_cmd_t="office/mode")
+    home = make_home(THERMOSTAT, office)
+    with IntentEngine(IntentsSettings(folder=ROOT / "intents"), Registry(home)) as engine:
+        on = engine.respond("turn on the office heat")
+        assert [(a.topic, a.payload) for a in on.actions] == [("office/mode", "heat")]
+        off = engine.respond("turn off the office heat")
+        assert [(a.topic, a.payload) for a in off.actions] == [("office/mode", "off")]
+        # no mode topic announced: nothing is sent to the target temperature's, and it says so
+        refused = engine.respond("turn off the thermostat")
+        assert refused.actions == ()
+        assert refused.text == "Sorry, the Thermostat can't be turned off from here."
+
+
 def test_of_several_vacuums_the_one_with_the_area_on_its_map_cleans_it(
         limited: IntentEngine) -> None:
     answer = limited.respond("clean the kitchen")

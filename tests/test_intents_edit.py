@@ -76,8 +76,8 @@ def test_an_edit_rerenders_only_the_edited_intent(engine: IntentEngine, folder: 
     for sentence in ("turn on the kitchen light", "turn off the kitchen light", "never mind"):
         assert sources(engine, sentence)[1] == ["l1"]
 
-    _edit(folder / "lights.yaml", '"Turned on {{ targets | names }}."',
-          '"Switched on {{ targets | names }} for you."')
+    _edit(folder / "lights.yaml", "Turned on {{ ns.done | names }}.",
+          "Switched on {{ ns.done | names }} for you.")
     result = engine.reload()
     assert result.error is None
     assert result.changed == ("HassTurnOn",)

@@ -27,6 +27,7 @@ from hassil.intents import TextSlotValue
 from hassil.models import UnmatchedRangeEntity, UnmatchedTextEntity
 from hassil.recognize import MISSING_ENTITY
 
+from assistant.recognition.match import CUSTOM
 from assistant.recognition.vocabulary import DEVICE_NOUNS, words
 
 HOME_SLOTS = ("name", "area", "floor")
@@ -86,7 +87,14 @@ def _better(result: RecognizeResult, best: RecognizeResult) -> bool:
     if named != best_named:
         return named
     # an area before a floor: there are more of them
-    return "area" in result.unmatched_entities and "floor" in best.unmatched_entities
+    if "area" in result.unmatched_entities and "floor" in best.unmatched_entities:
+        return True
+    # the library's sentences before the templates' own (which say the same of fewer things)
+    return not _own(result) and _own(best)
+
+
+def _own(result: RecognizeResult) -> bool:
+    return bool((result.intent_metadata or {}).get(CUSTOM))
 
 
 def unmatched(text: str, intents: Intents, slot_lists: Mapping[str, SlotList],
