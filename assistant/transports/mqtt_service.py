@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -33,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from assistant.broadcast import Broadcast, Satellites
+from assistant.broadcast import Satellites
 from assistant.errors import AssistantError
 from assistant.ops.metrics import ServiceMetrics
 from assistant.pipeline import Pipeline, response_of
@@ -50,7 +48,8 @@ from assistant.protocol import (
     reply_packet,
 )
 from assistant.settings import MqttSettings, ServiceSettings
-from assistant.timers import FINISHED, TimerEvent, TimerManager, finished_text
+from assistant.timers import TimerManager
+from assistant.transports.announcements import Announcer
 from assistant.transports.deliveries import Acks, Deadlines, Delivery
 from assistant.transports.limits import UserLimits
 from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
@@ -117,7 +116,7 @@ class MqttService:
         self._speech = speech
         self._timers = timers
         self._satellites = satellites
-        self._announcer: ThreadPoolExecutor | None = None
+        self._announcer: Announcer | None = None
         self._limits = UserLimits(cache.redis, keys,
                                   requests_per_minute=settings.requests_per_minute,
                                   audio_seconds_per_minute=settings.audio_seconds_per_minute)
@@ -146,9 +145,11 @@ class MqttService:
             worker.start()
             self._workers.append(worker)
         self._deadlines.start()
-        self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce")
+        announcer = self._announcer = Announcer(
+            self.topics, self._publish, metrics=self.metrics,
+            speaker=self._pipeline.speaker if self._speech else None)
         if self._timers is not None:
-            self._timers.listen(self._timer_event)
+            self._timers.listen(announcer.timer_event)
         if self._satellites is not None:
             self._satellites.sent = True
         client = make_client(self._mqtt, manual_ack=True)
@@ -185,12 +186,12 @@ class MqttService:
             worker.join(timeout=max(0.1, deadline - time.monotonic()))
         self._workers.clear()
         self._deadlines.close()
-        if self._timers is not None:
-            self._timers.unlisten(self._timer_event)
         if self._satellites is not None:
             self._satellites.sent = False
         if self._announcer is not None:
-            self._announcer.shutdown(wait=True)
+            if self._timers is not None:
+                self._timers.unlisten(self._announcer.timer_event)
+            self._announcer.close()
             self._announcer = None
         client, self._client = self._client, None
         if client is None:
@@ -449,8 +450,9 @@ class MqttService:
             if self._publish(Packet(action.topic, action.payload.encode(),
                                     retain=action.retain)):
                 self.metrics.actions.inc()
-        for effect in answer.effects:
-            self._effect(effect)
+        if self._announcer is not None:
+            for effect in answer.effects:
+                self._announcer.effect(effect)
         timings["publish"] = (time.perf_counter() - published) * 1000
         timings["total"] = (time.perf_counter() - job.received) * 1000
         response = response_of(request.id, handled)
@@ -471,51 +473,3 @@ class MqttService:
             log.warning("request %s: no speech: %s", job.request.id, error)
             self.metrics.errors.labels("speech_failed").inc()
         self.metrics.stage.labels("tts").observe(time.perf_counter() - started)
-
-    # -- what the assistant's own state sends ----------------------------------------------
-
-    def _effect(self, effect: object) -> None:
-        """Send what an answer's handler asked for (a broadcast: text now, speech after)."""
-        if not isinstance(effect, Broadcast):
-            log.warning("unknown effect %r not sent", type(effect).__name__)
-            return
-        payload = json.dumps(effect.to_json(), ensure_ascii=False).encode()
-        for site in effect.sites:
-            self._publish(Packet(self.topics.broadcast(site), payload,
-                                 content_type="application/json"))
-        self._announce(effect.text, [self.topics.broadcast(site, effect.id)
-                                     for site in effect.sites], user=effect.user)
-
-    def _timer_event(self, event: TimerEvent) -> None:
-        """Tell a timer's satellite and user what happened to it; say it when it is done."""
-        timer = event.timer
-        if timer.site is None or timer.user is None:
-            return
-        self._publish(Packet(self.topics.timer(timer.site, timer.user),
-                             json.dumps(event.to_json(), ensure_ascii=False).encode(),
-                             content_type="application/json"))
-        if event.event == FINISHED:
-            self._announce(finished_text(timer),
-                           [self.topics.speech(timer.site, timer.user, f"timer-{timer.id}")],
-                           user=timer.user)
-
-    def _announce(self, text: str, topics: list[str], *, user: str | None) -> None:
-        """Speak ``text`` once (cached as ``user``'s: their words) and publish it on each of
-        ``topics``, off the caller's thread; nothing when this service does not speak."""
-        announcer = self._announcer
-        speaker = self._pipeline.speaker
-        if not self._speech or speaker is None or announcer is None or not topics:
-            return
-
-        def speak() -> None:
-            try:
-                wav = speaker.speak(text, user=user, personal=user is not None).wav
-            except AssistantError as error:
-                log.warning("no speech for an announcement: %s", error)
-                self.metrics.errors.labels("speech_failed").inc()
-                return
-            for topic in topics:
-                self._publish(Packet(topic, wav, content_type="audio/wav"))
-
-        with contextlib.suppress(RuntimeError):  # closing: nothing more is said
-            announcer.submit(speak)
