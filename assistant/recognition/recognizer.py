@@ -127,6 +127,10 @@ class Recognizer:
         self._seen: LRUCache[tuple[str, str | None], Match | None]
         self._seen_lock: threading.Lock
         self._vocabulary: frozenset[str]
+        self._home_words: dict[str, frozenset[str]]
+        self._tolerant: Tolerant
+        self._name_words: frozenset[str]
+        self._names: frozenset[str]
         same = previous is not None and previous.templates is templates
         if previous is not None and same:
             self._all_intents = previous._all_intents
@@ -145,16 +149,19 @@ class Recognizer:
             self._intents = filter_intents(self._all_intents, domains=domains)
             self._prune = prunable(self._intents)
             self._variants = {}
-        self._home_words = home_words(home)
-        self._tolerant = Tolerant(self._vocabulary, home)
         self._sentinel_lists: dict[str, SlotList] | None = None
-        self._name_words = frozenset().union(*self._home_words.values())
-        self._names = frozenset(" ".join(words(n)) for n in home_names(home))
         if previous is not None and same and home.version == previous.home.version:
-            # Only states changed: same names, same matches.
+            # Only states changed: same names, same matches, same corrections.
             self._slot_lists, self._seen = previous._slot_lists, previous._seen
             self._seen_lock = previous._seen_lock
+            self._home_words, self._tolerant = previous._home_words, previous._tolerant
+            self._name_words, self._names = previous._name_words, previous._names
+            self._sentinel_lists = previous._sentinel_lists
         else:
+            self._home_words = home_words(home)
+            self._tolerant = Tolerant(self._vocabulary, home)
+            self._name_words = frozenset().union(*self._home_words.values())
+            self._names = frozenset(" ".join(words(n)) for n in home_names(home))
             self._slot_lists = slot_lists(home)
             self._seen = LRUCache(_SEEN_SIZE)
             self._seen_lock = threading.Lock()
