@@ -40,6 +40,9 @@ def _fraction_of(match: re.Match[str]) -> str:
 _RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # 1,000 -> 1000 (a thousands separator, not a list: three digits follow)
     (re.compile(r"(?<=\d),(?=\d{3}\b)"), ""),
+    # "80 7" -> 87: "eighty seven" written as its two words' numbers
+    (re.compile(r"(?<![\d.,])\b(?P<tens>[2-9]0) (?P<unit>[1-9])\b(?![.,]?\d)"),
+     lambda m: str(int(m.group("tens")) + int(m.group("unit")))),
     # 21°C, 21 ° F, 21º -> 21 degrees
     (re.compile(r"\s*[°º]\s*(?:[CF]\b)?", re.IGNORECASE), " degrees "),
     (re.compile(r"(?<=\d)\s*(?:deg|degs)\b\.?", re.IGNORECASE), " degrees"),
