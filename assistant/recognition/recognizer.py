@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cachetools import LRUCache
@@ -47,6 +47,7 @@ from hassil.util import merge_dict
 from assistant.home import Home
 from assistant.recognition.library import library
 from assistant.recognition.match import CUSTOM, FUZZY, STAGES, STRICT, UNKNOWN_NAME, Match, Slot
+from assistant.recognition.nearest import Nearest
 from assistant.recognition.normalise import normalise
 from assistant.recognition.pruning import HOME_LISTS, home_words, prunable, words_of
 from assistant.recognition.targets import with_targets
@@ -105,6 +106,20 @@ def slot_lists(home: Home) -> dict[str, SlotList]:
     }
 
 
+class _Lazy:
+    """A :class:`Nearest` made once, on first use, by whichever thread needs it first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: Nearest | None = None
+
+    def get(self, make: Callable[[], Nearest]) -> Nearest:
+        with self._lock:
+            if self._value is None:
+                self._value = make()
+            return self._value
+
+
 class Recognizer:
     """Matches sentences against the templates' intents over one snapshot of the home."""
 
@@ -131,6 +146,7 @@ class Recognizer:
         self._tolerant: Tolerant
         self._name_words: frozenset[str]
         self._names: frozenset[str]
+        self._nearest: _Lazy
         same = previous is not None and previous.templates is templates
         if previous is not None and same:
             self._all_intents = previous._all_intents
@@ -157,7 +173,9 @@ class Recognizer:
             self._home_words, self._tolerant = previous._home_words, previous._tolerant
             self._name_words, self._names = previous._name_words, previous._names
             self._sentinel_lists = previous._sentinel_lists
+            self._nearest = previous._nearest
         else:
+            self._nearest = _Lazy()
             self._home_words = home_words(home)
             self._tolerant = Tolerant(self._vocabulary, home)
             self._name_words = frozenset().union(*self._home_words.values())
@@ -196,6 +214,12 @@ class Recognizer:
     def home(self) -> Home:
         """The snapshot of the home the slot lists were made from."""
         return self._home
+
+    @property
+    def nearest(self) -> Nearest:
+        """The sentences of these templates nearest to a transcript, over this home's names
+        (built on first use: about a tenth of a second)."""
+        return self._nearest.get(lambda: Nearest(self._intents, self._slot_lists))
 
     def with_home(self, home: Home) -> Recognizer:
         """This recognizer over another snapshot of the home (same parsed sentences)."""
@@ -320,10 +344,15 @@ class Recognizer:
         return None
 
     def recognize_any(self, texts: Sequence[str], *, area: str | None = None,
-                      remember: bool = True) -> Match | None:
+                      remember: bool = True, chosen: str | None = None) -> Match | None:
         """The best match among several hypotheses of what was said (best first): a strict
         match of any beats a tolerant one, which beats an unknown name; among equals the
-        earlier hypothesis wins. ``None`` if none matched."""
+        earlier hypothesis wins. ``None`` if none matched.
+
+        ``chosen``: the sentence of the templates that the speech model judged was said when
+        none of its hypotheses is one (see :mod:`assistant.speech.grammar`). Its strict match
+        comes after a hypothesis's strict match and before any correction of one, and it is
+        reported as ``fuzzy``: a near miss corrected."""
         best: Match | None = None
         for text in dict.fromkeys(t for t in texts if t.strip()):
             found = self.recognize(text, area=area, remember=remember)
@@ -333,6 +362,10 @@ class Recognizer:
                 return found
             if best is None or _RANK[found.stage] < _RANK[best.stage]:
                 best = found
+        if chosen:
+            found = self.recognize(chosen, area=area, remember=remember)
+            if found is not None and found.stage == STRICT:
+                return dataclasses.replace(found, stage=FUZZY)
         return best
 
     def _candidates(self, text: str) -> Intents:
