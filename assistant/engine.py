@@ -117,19 +117,21 @@ class IntentEngine:
 
     def respond(self, text: str, *, user: str | None = None, site: str | None = None,
                 area: str | None = None, timings: dict[str, float] | None = None,
-                alternatives: Sequence[str] = ()) -> Answer:
+                alternatives: Sequence[str] = (), chosen: str | None = None) -> Answer:
         """Recognise ``text`` and answer it; ``timings`` gets the milliseconds of each step
         (``recognise``, ``answer``).
 
         ``alternatives``: other hypotheses of what was said (speech recognition's, best
         first, ``text`` first among them); the one that matches best is answered (see
-        :meth:`Recognizer.recognize_any`), ``text`` when none does."""
+        :meth:`Recognizer.recognize_any`), ``text`` when none does; ``chosen``: the
+        sentence of the templates the speech model judged was said (:attr:`Transcript.chosen
+        <assistant.speech.stt.Transcript.chosen>`), when none of them is one."""
         started = time.perf_counter()
         recognizer = self.recognizer  # one snapshot for the whole request
         private = user is not None and self._policies.for_user(check_user(user) or "").private
-        if any(a != text for a in alternatives):
+        if chosen or any(a != text for a in alternatives):
             match = recognizer.recognize_any([text, *alternatives], area=area,
-                                             remember=not private)
+                                             remember=not private, chosen=chosen)
         else:
             match = recognizer.recognize(text, area=area, remember=not private)
         template = recognizer.templates.intents.get(match.intent) if match else None

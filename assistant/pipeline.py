@@ -15,6 +15,7 @@ from assistant.answers import Answer
 from assistant.engine import IntentEngine
 from assistant.errors import ConfigError
 from assistant.protocol import AudioRequest, Response, SpeechChunk, TextRequest
+from assistant.speech.grammar import grammar_for
 from assistant.speech.hints import hints_for
 from assistant.speech.sentences import split_sentences
 from assistant.speech.stt import Transcriber
@@ -70,16 +71,19 @@ class Pipeline:
                 raise ConfigError("speech recognition is not running here")
             started = time.perf_counter()
             # Hints of the home and templates answering now (made once per recognizer).
+            recognizer = self.engine.recognizer
             heard = self.transcriber.transcribe(request.audio, user=request.user,
-                                                hints=hints_for(self.engine.recognizer))
+                                                hints=hints_for(recognizer),
+                                                grammar=grammar_for(recognizer))
             timings["stt"] = (time.perf_counter() - started) * 1000
             transcript, text, audio_seconds = heard.text, heard.text, heard.audio_seconds
             alternatives: tuple[str, ...] = heard.alternatives
+            chosen = heard.chosen
         else:
-            text, alternatives = request.text, ()
+            text, alternatives, chosen = request.text, (), None
         answer = self.engine.respond(text, user=request.user, site=request.site,
                                      area=request.area or request.site, timings=timings,
-                                     alternatives=alternatives)
+                                     alternatives=alternatives, chosen=chosen)
         return Handled(answer, transcript, timings, audio_seconds)
 
     def speech(self, request: TextRequest | AudioRequest, text: str, *,

@@ -196,6 +196,9 @@ class SttSettings(_Section):
     short_window: bool = Field(
         True, description="encode short requests in a window fitted to them rather than "
                           "Whisper's 30 s (about 3x faster on a spoken command)")
+    grammar: bool = Field(
+        True, description="when no transcript of a short request is a sentence of the "
+                          "templates, let the model judge the nearest sentences they allow")
     threads: int = Field(0, ge=0, description="CPU threads; 0 uses every core available")
     max_seconds: float = Field(30.0, gt=0, description="longest accepted audio")
     max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest accepted audio input")

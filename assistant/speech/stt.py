@@ -25,6 +25,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -35,8 +36,9 @@ from assistant.errors import AudioError, ConfigError
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
+from assistant.speech.grammar import Grammar
 from assistant.speech.hints import SpeechHints
-from assistant.speech.whisper_window import FittedWindow
+from assistant.speech.whisper_window import FittedWindow, Score
 from cache import KeyBuilder, TieredCache, check_user, scope_of
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class Transcript:
     alternatives: tuple[str, ...] = ()
     """What else it may have been, best first: the first is :attr:`text`. Only one for
     audio transcribed the usual way (longer than :data:`SHORT_AUDIO_SECONDS`)."""
+    chosen: str | None = None
+    """The sentence of the templates the model judged was said, when none of
+    :attr:`alternatives` is one (see :mod:`assistant.speech.grammar`); None otherwise."""
 
 
 class Transcriber:
@@ -166,7 +171,7 @@ class Transcriber:
         return self._window is not None
 
     def key(self, data: bytes | memoryview, fmt: PcmFormat | None, user: str | None,
-            hints: SpeechHints | None = None) -> str:
+            hints: SpeechHints | None = None, grammar: Grammar | None = None) -> str:
         """The cache key of a transcript of ``data`` (heard with ``hints``)."""
         assert self._keys is not None
         s = self.settings
@@ -175,13 +180,17 @@ class Transcriber:
         return self._keys.key(
             "stt", hashlib.sha256(data).digest(), declared, self.version, s.compute_type,
             s.beam_size, s.language, s.vad_filter, s.short_window, self.hypotheses,
-            None if hints is None else hints.version, self.prompt_words, scope_of(user))
+            None if hints is None else hints.version, self.prompt_words,
+            None if grammar is None else grammar.version, scope_of(user))
 
     def transcribe(self, data: bytes | memoryview, *, fmt: PcmFormat | None = None,
-                   user: str | None = None, hints: SpeechHints | None = None) -> Transcript:
+                   user: str | None = None, hints: SpeechHints | None = None,
+                   grammar: Grammar | None = None) -> Transcript:
         """The words in ``data``: a WAV file, or raw PCM laid out as ``fmt``; ``hints``: what
         the home and its templates lead to expect (made once per recognizer, see
-        :func:`assistant.speech.hints.hints_for`).
+        :func:`assistant.speech.hints.hints_for`); ``grammar``: the sentences the templates
+        allow, to choose from when no hypothesis is one (short requests, with
+        ``[stt] grammar`` on; see :func:`assistant.speech.grammar.grammar_for`).
 
         Raises :class:`AudioError` (with its code) for audio that cannot be used; such
         audio is never cached.
@@ -191,15 +200,18 @@ class Transcriber:
         source_fmt, pcm = probe(data, self.limits, fmt)  # limits first, before any work
         audio_seconds = len(pcm) / source_fmt.frame_bytes / source_fmt.rate
 
+        if not self.settings.grammar:
+            grammar = None
+
         def compute() -> dict[str, Any]:
-            return self._run(pcm, source_fmt, hints)
+            return self._run(pcm, source_fmt, hints, grammar)
 
         if self._cache is None:
             value, source = compute(), "computed"
         else:
             # A transcript is the speaker's own words.
             place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
-            found = self._cache.fetch(self.key(data, fmt, place.owner, hints), compute,
+            found = self._cache.fetch(self.key(data, fmt, place.owner, hints, grammar), compute,
                                       ttl=place.ttl,
                                       tags=(STT_TAG,), user=place.owner, redis=place.redis,
                                       disk=place.disk)
@@ -208,22 +220,44 @@ class Transcriber:
         alternatives = tuple(value.get("alternatives") or (text,))
         return Transcript(text=text, language=value["language"],
                           audio_seconds=audio_seconds, source=source,
-                          seconds=time.perf_counter() - started, alternatives=alternatives)
+                          seconds=time.perf_counter() - started, alternatives=alternatives,
+                          chosen=value.get("chosen"))
 
-    def _run(self, pcm: memoryview, fmt: PcmFormat,
-             hints: SpeechHints | None) -> dict[str, Any]:
-        if self._model is None:
-            raise RuntimeError("the transcriber is not started")
+    def score(self, data: bytes | memoryview, texts: Sequence[str], *,
+              fmt: PcmFormat | None = None) -> list[Score]:
+        """How likely the model finds that the audio ``data`` (short: a request) says each of
+        ``texts``: what :class:`~assistant.speech.grammar.Grammar` judges sentences by.
+        Nothing is cached. :class:`ConfigError` without the fitted window (see
+        :attr:`fitted_window`)."""
+        if self._window is None:
+            raise ConfigError("scoring needs the fitted window ([stt] short_window)")
+        source_fmt, pcm = probe(data, self.limits, fmt)
+        window = self._window
+        return window.score(window.encode(self._prepared(pcm, source_fmt)), texts)
+
+    def _prepared(self, pcm: memoryview, fmt: PcmFormat) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The samples the model hears: decoded, trimmed to the speech, after a lead-in."""
         samples = decode(pcm, fmt, self.limits).samples
         if self.settings.vad_filter:
             samples = self._voiced(samples)
-        samples = np.concatenate([_LEAD_IN, samples])
+        return np.concatenate([_LEAD_IN, samples])
+
+    def _run(self, pcm: memoryview, fmt: PcmFormat, hints: SpeechHints | None,
+             grammar: Grammar | None) -> dict[str, Any]:
+        if self._model is None:
+            raise RuntimeError("the transcriber is not started")
+        samples = self._prepared(pcm, fmt)
         with self._count_lock:
             self.decoded += 1
         prompt = self._prompt(hints)
-        texts = None
-        if self._window is not None and len(samples) <= SHORT_AUDIO_SECONDS * TARGET_RATE:
-            texts = self._window.transcribe(samples, prompt=prompt, hypotheses=self.hypotheses)
+        texts, chosen = None, None
+        window = self._window
+        if window is not None and len(samples) <= SHORT_AUDIO_SECONDS * TARGET_RATE:
+            encoded = window.encode(samples)
+            texts = window.decode(encoded, prompt=prompt, hypotheses=self.hypotheses)
+            if texts and grammar is not None:
+                choice = grammar.choose(texts, lambda some: window.score(encoded, some))
+                chosen = None if choice is None else choice.text
             if texts is None:
                 log.info("fitted-window transcript looks unreliable; transcribing the usual way")
         if texts is None:
@@ -233,7 +267,8 @@ class Transcriber:
             language = self.settings.language or "en"
         if not texts or not texts[0]:
             raise AudioError("no_speech", "no speech was recognised in the audio")
-        return {"text": texts[0], "language": language, "alternatives": texts}
+        return {"text": texts[0], "language": language, "alternatives": texts,
+                "chosen": chosen}
 
     def _prompt(self, hints: SpeechHints | None) -> str | None:
         """What the decoder is told came before the audio: the hints' names this model has

@@ -17,7 +17,10 @@ tests fail loudly when it does. Where they are missing the transcriber takes the
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -77,6 +80,26 @@ def repeats_itself(text: str) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Audio as Whisper's encoder read it."""
+
+    states: Any
+    """The encoder's output (a CTranslate2 ``StorageView``, batch of one)."""
+    frames: int
+    """Feature frames (10 ms) of audio in it, padding excluded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """How likely a text is to be what some audio says."""
+
+    total: float
+    """The sum of the log probabilities of its tokens and of the end of text."""
+    tokens: int
+    """How many tokens that is (the end of text included)."""
+
+
 class FittedWindow:
     """Transcribes short audio in a window fitted to it, with a loaded ``WhisperModel``."""
 
@@ -109,6 +132,10 @@ class FittedWindow:
         unreliable (nothing, repetition, or the token limit reached): the usual way decides
         then. ``prompt``: text the decoder takes as said before the audio (the home's names).
         """
+        return self.decode(self.encode(samples), prompt=prompt, hypotheses=hypotheses)
+
+    def encode(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> Encoded:
+        """The encoder's reading of 16 kHz ``samples`` in a window fitted to them."""
         import ctranslate2
 
         features = self._model.feature_extractor(samples)
@@ -117,13 +144,20 @@ class FittedWindow:
                      max(MIN_WINDOW_FRAMES, -(-(frames + _TAIL_FRAMES) // 100) * 100))
         padded = np.zeros((1, features.shape[0], window), dtype=np.float32)
         padded[0, :, : min(frames, window)] = features[:, :window]
+        states = self._model.model.encode(ctranslate2.StorageView.from_array(padded))
+        return Encoded(states, min(frames, window))
+
+    def decode(self, encoded: Encoded, *, prompt: str | None = None,
+               hypotheses: int = 1) -> list[str] | None:
+        """:meth:`transcribe` of audio already :meth:`encode`-d."""
+        frames = encoded.frames
         tokenizer = self._tokenizer
         start = [*self._context(prompt), *tokenizer.sot_sequence, tokenizer.no_timestamps]
         # A generous bound on tokens: about 8 per second of audio is fast speech.
         # max_length counts the prompt too; Whisper's context is 448 tokens.
         limit = min(_CONTEXT_TOKENS, len(start) + min(224, 20 + frames * 8 // 100))
         results = self._model.model.generate(
-            ctranslate2.StorageView.from_array(padded), [start],
+            encoded.states, [start],
             beam_size=max(self._beam_size, hypotheses), num_hypotheses=hypotheses,
             max_length=limit, suppress_blank=True, suppress_tokens=[-1])[0]
         texts: list[str] = []
@@ -136,6 +170,26 @@ class FittedWindow:
             if all(_plain(text) != _plain(seen) for seen in texts):
                 texts.append(text)
         return texts
+
+    def score(self, encoded: Encoded, texts: Sequence[str]) -> list[Score]:
+        """How likely the model finds that the audio of ``encoded`` says each of ``texts``
+        (and nothing after it), with no prompt: comparable between texts of the same audio
+        only."""
+        if not texts:
+            return []
+        import ctranslate2
+
+        tokenizer = self._tokenizer
+        tokens = [[*tokenizer.encode(" " + text.strip()), tokenizer.eot] for text in texts]
+        states = np.asarray(encoded.states)
+        batch = ctranslate2.StorageView.from_array(
+            np.ascontiguousarray(np.repeat(states, len(texts), axis=0)))
+        start = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        results = self._model.model.align(batch, start, tokens,
+                                          [encoded.frames // 2] * len(texts))
+        return [Score(float(sum(math.log(max(p, 1e-12)) for p in result.text_token_probs)),
+                      len(tokens[number]))
+                for number, result in enumerate(results)]
 
     def _context(self, prompt: str | None) -> list[int]:
         """The tokens of "what came before": ``<|startofprev|>`` and the prompt's last
