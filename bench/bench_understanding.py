@@ -10,7 +10,9 @@ Measures, in one run on this machine, over the home of ``bench/understanding_hom
 - ``spoken_accuracy``: the same sentences spoken by voices other than the answering piper
   voice (espeak-ng and flite, different speakers and speeds, one with white noise added
   at a fixed SNR), resampled to 16 kHz, transcribed by the default model (tiny.en) with the
-  home's hints and several hypotheses, and recognised choosing among them;
+  home's hints and several hypotheses, and recognised choosing among them and, when none
+  is a sentence of the templates, the sentence the model judged was said among the nearest
+  ones the templates allow (``[stt] grammar``, :mod:`assistant.speech.grammar`);
 - ``spoken_accuracy_before``: the same audio the way the pipeline did it before (no hints,
   greedy, the one transcript, strict matching only), in the same run;
 - ``false_action_rate``: spoken sentences whose match would act (its template has an
@@ -20,6 +22,8 @@ Measures, in one run on this machine, over the home of ``bench/understanding_hom
   library's error response (the match's stage is ``unknown_name``; for a timer named after
   an area the home lacks, "Sorry, I couldn't find that timer", as Home Assistant answers);
   ``unknown_name_action_rate``: the share of them that acted on the home anyway;
+- ``world_taken_for_home`` and ``spoken_world_taken_for_home``: questions about the world,
+  typed and spoken by the same voices, taken for a sentence about the home (any match);
 - ``recognise_p50_ms``: the median time of recognising a typed sentence (warm);
 - ``stt_p50_ms`` and ``stt_before_p50_ms``: the median time of transcribing one clip.
 
@@ -86,6 +90,7 @@ from assistant.recognition.match import Match  # noqa: E402
 from assistant.recognition.recognizer import Recognizer  # noqa: E402
 from assistant.settings import IntentsSettings, SttSettings  # noqa: E402
 from assistant.speech.audio import TARGET_RATE, resample, wav_bytes  # noqa: E402
+from assistant.speech.grammar import grammar_for  # noqa: E402
 from assistant.speech.hints import SpeechHints, hints_for  # noqa: E402
 from assistant.speech.stt import Transcriber  # noqa: E402
 from assistant.timers import TimerIntents, TimerManager  # noqa: E402
@@ -166,6 +171,9 @@ class Variant:
     choose: bool = True
     """Recognition chooses among the hypotheses with every stage; False: the first
     transcript, strict matching only (the pipeline before)."""
+    grammar: bool = False
+    """When no hypothesis is a sentence of the templates, the model judges the nearest
+    sentences they allow (``[stt] grammar``)."""
 
 
 VARIANTS = {v.name: v for v in [
@@ -181,8 +189,9 @@ VARIANTS = {v.name: v for v in [
     Variant("nbest8-names", beam=8, hypotheses=8, hints="names"),
     Variant("words", hints="words"),
     Variant("nbest5-words", beam=5, hypotheses=5, hints="words"),
+    Variant("nbest5-names-grammar", beam=5, hypotheses=5, hints="names", grammar=True),
 ]}
-AFTER = "nbest5-names"
+AFTER = "nbest5-names-grammar"
 """The pipeline's way now: what ``spoken_accuracy`` measures."""
 
 
@@ -352,20 +361,21 @@ def stage_of(match: Match | None) -> str:
     return str(getattr(match, "stage", "strict")) if match is not None else "none"
 
 
-def recognise_strict(recognizer: Recognizer, texts: Sequence[str],
-                     area: str | None) -> Match | None:
+def recognise_strict(recognizer: Recognizer, texts: Sequence[str], area: str | None,
+                     chosen: str | None = None) -> Match | None:
     """The pipeline before: the first transcript, strict matching only."""
     match = recognizer.recognize(texts[0], area=area)
     return match if stage_of(match) == "strict" else None
 
 
-def recognise_choosing(recognizer: Recognizer, texts: Sequence[str],
-                       area: str | None) -> Match | None:
+def recognise_choosing(recognizer: Recognizer, texts: Sequence[str], area: str | None,
+                       chosen: str | None = None) -> Match | None:
     """Recognition choosing among the hypotheses: every stage, strict ones first, earlier
-    hypotheses winning ties (``Recognizer.recognize_any`` where it exists)."""
+    hypotheses winning ties, and the sentence the model chose among the templates'
+    (``Recognizer.recognize_any`` where it exists)."""
     any_of: Callable[..., Match | None] | None = getattr(recognizer, "recognize_any", None)
     if any_of is not None:
-        return any_of(list(texts), area=area)
+        return any_of(list(texts), area=area, chosen=chosen)
     found = [recognizer.recognize(text, area=area) for text in texts]
     strict = [m for m in found if m is not None and stage_of(m) == "strict"]
     if strict:
@@ -516,22 +526,27 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench-understanding-"))
     started = time.perf_counter()
     jobs = [(v, i) for v in voices for i in range(len(samples))]
+    # Questions about the world, spoken too: numbered after the samples.
+    world = [(v, len(samples) + k) for v in voices for k in range(len(WORLD_QUESTIONS))]
+    said = [s.text for s in samples] + WORLD_QUESTIONS
     with ThreadPoolExecutor(max_workers=2) as pool:
-        clips = dict(zip(jobs, pool.map(
-            lambda job: synthesise(job[0], samples[job[1]].text,
+        clips = dict(zip(jobs + world, pool.map(
+            lambda job: synthesise(job[0], said[job[1]],
                                    folder / f"{job[0].name}-{job[1]}.wav", SEED + job[1]),
-            jobs), strict=True))
+            jobs + world), strict=True))
     synth_s = time.perf_counter() - started
     print(f"synthesised {len(clips)} clips in {synth_s:.1f} s into {folder}", flush=True)
 
     heard: dict[tuple[str, str], Heard] = defaultdict(Heard)
+    world_heard: dict[str, int] = Counter()
     templates = recognizer.templates
     for name in variants:
         variant = VARIANTS[name]
-        transcriber = Transcriber(SttSettings(beam_size=variant.beam),
+        transcriber = Transcriber(SttSettings(beam_size=variant.beam, grammar=variant.grammar),
                                   hypotheses=variant.hypotheses,
                                   prompt_words=variant.hints == "words").start()
         hints = make_hints(variant.hints, recognizer)
+        grammar = grammar_for(recognizer) if variant.grammar else None
         recognise = recognise_choosing if variant.choose else recognise_strict
         # Warm the model (and the prompt's tokens) on one clip.
         transcriber.transcribe(clips[jobs[0]], hints=hints)
@@ -539,11 +554,14 @@ def main() -> int:
         for voice, i in jobs:
             sample, cell = samples[i], heard[(name, voice.name)]
             try:
-                transcript = transcriber.transcribe(clips[(voice, i)], hints=hints)
+                transcript = transcriber.transcribe(clips[(voice, i)], hints=hints,
+                                                    grammar=grammar)
                 texts: Sequence[str] = transcript.alternatives or (transcript.text,)
                 cell.stt_ms.append(transcript.seconds * 1000)
                 cell.alternatives += len(texts)
-                match = recognise(recognizer, texts, sample.area)
+                match = recognise(recognizer, texts, sample.area, transcript.chosen)
+                if transcript.chosen:
+                    texts = [*texts, f"chosen: {transcript.chosen}"]
             except AudioError:
                 texts, match = ("",), None
             cell.total += 1
@@ -562,6 +580,20 @@ def main() -> int:
                               f"{' | '.join(texts)!r} -> {match.intent} {sorted(acted)}")
                 if not right(match, sample):
                     cell.wrong_actions += 1
+        for voice, k in world:
+            try:
+                transcript = transcriber.transcribe(clips[(voice, k)], hints=hints,
+                                                    grammar=grammar)
+            except AudioError:
+                continue
+            match = recognise(recognizer, transcript.alternatives or (transcript.text,), None,
+                              transcript.chosen)
+            if match is not None:
+                world_heard[name] += 1
+                if args.misses:
+                    print(f"  spoken world question taken for the home [{name} {voice.name}] "
+                          f"{said[k]!r} heard {transcript.text!r} -> {match.intent} "
+                          f"{match.stage}")
         print(f"  {name}: {time.perf_counter() - started:.1f} s", flush=True)
         transcriber.close()
     shutil.rmtree(folder, ignore_errors=True)
@@ -602,6 +634,8 @@ def main() -> int:
         "unknown_name_correct": round(unknown_right / len(unknown), 4) if unknown else 0.0,
         "unknown_name_action_rate": round(unknown_acted / len(unknown), 4) if unknown else 0.0,
         "world_taken_for_home": round(world_taken / len(WORLD_QUESTIONS), 4),
+        "spoken_world_taken_for_home": round(world_heard[AFTER] / len(world), 4),
+        "spoken_world_taken_for_home_before": round(world_heard["before"] / len(world), 4),
         "recognise_p50_ms": round(statistics.median(recognise_ms), 3),
         "stt_p50_ms": round(stt_p50(AFTER), 1),
         "stt_before_p50_ms": round(stt_p50("before"), 1),
@@ -613,7 +647,9 @@ def main() -> int:
             for v in voices},
         "variants": {name: {"accuracy": round(total(name, "right"), 4),
                             "false_action_rate": round(total(name, "false_actions"), 4),
-                            "stt_p50_ms": round(stt_p50(name), 1)} for name in variants},
+                            "stt_p50_ms": round(stt_p50(name), 1),
+                            "spoken_world_taken_for_home": round(world_heard[name] / len(world), 4)}
+                     for name in variants},
     }
     engine.close()
     finish(results, [
