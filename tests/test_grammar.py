@@ -1,7 +1,8 @@
 """Speech recognition choosing among the sentences the templates allow.
 
 The nearest sentences are found over the real templates (Home Assistant's library and
-``intents/``) and the example home; the judge is the packaged Whisper model (tiny.en)
+``intents/``) and the example home with a ceiling fan (the fixtures of the understanding
+tests); the judge is the packaged Whisper model (tiny.en)
 scoring audio spoken by the packaged piper voice. The transcripts a mishearing would give
 are written out where the test needs one: which ones the model makes of a clear voice is
 not the point, what is chosen from them is.
@@ -28,8 +29,8 @@ from assistant.templates.loader import load_templates
 from assistant.templates.model import TemplateSet
 from cache import KeyBuilder, TieredCache
 from tests.speech_data import STEADY_VOICE
-from tests.test_recognize import make_entities, make_home
 from tests.test_speech_hints import BRANDED_HOME
+from tests.test_understanding import home_with_fan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +42,7 @@ def templates() -> TemplateSet:
 
 @pytest.fixture(scope="module")
 def recognizer(templates: TemplateSet) -> Recognizer:
-    fan = Entity("fan.ceiling_fan", "Ceiling Fan", area="living_room",
-                 command_topic="home/living_room/fan/set", state="off")
-    return Recognizer(templates, make_home([*make_entities(), fan]))
+    return Recognizer(templates, home_with_fan())
 
 
 def texts_near(recognizer: Recognizer, heard: str, limit: int = 8) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from assistant.answers import Responder
 from assistant.answers.unmatched import DONT_KNOW, about_the_home, holds_to, relevant
 from assistant.generation import Generator
-from assistant.home import Entity, Registry
+from assistant.home import Entity, Home, Registry
 from assistant.recognition.library import builtin_intents, error_response, library
 from assistant.recognition.normalise import normalise
 from assistant.recognition.recognizer import Recognizer
@@ -32,12 +32,16 @@ def templates() -> TemplateSet:
     return load_templates(ROOT / "intents", builtin=builtin_intents("en"))
 
 
-@pytest.fixture(scope="module")
-def recognizer(templates: TemplateSet) -> Recognizer:
+def home_with_fan() -> Home:
     """The example home with a fan in the living room."""
     fan = Entity("fan.ceiling_fan", "Ceiling Fan", area="living_room",
                  command_topic="home/living_room/fan/set", state="off")
-    return Recognizer(templates, make_home([*make_entities(), fan]))
+    return make_home([*make_entities(), fan])
+
+
+@pytest.fixture(scope="module")
+def recognizer(templates: TemplateSet) -> Recognizer:
+    return Recognizer(templates, home_with_fan())
 
 
 # ---------------------------------------------------------------- numbers and units
