@@ -155,8 +155,9 @@ class Grammar:
             need = MIN_MARGIN_SAME_THINGS if rival[1] == meaning[1] else MIN_MARGIN
             margin = min(margin, best_score.total - other.total - need)
         gap = (free - best_score.total) / best_score.tokens
-        log.debug("nearest sentences judged: %s; best %r gap %.2f margin %.2f",
-                  len(judged), best.text, gap, margin)
+        # What was said is the speaker's: only numbers are logged.
+        log.debug("nearest sentences judged: %s; best gap %.2f margin %.2f", len(judged), gap,
+                  margin)
         if gap > MAX_GAP_PER_TOKEN or margin < 0:
             return None
         return Choice(best.text, round(gap, 3), round(margin, 3), len(judged))
