@@ -36,6 +36,7 @@ from assistant.templates.versioning import VersionRecord
 from assistant.timers import TimerIntents, TimerManager
 from assistant.transports.broker import EmbeddedBroker
 from assistant.transports.mqtt_service import MqttService
+from assistant.transports.wyoming_server import WyomingServer
 from cache import (
     CacheMetrics,
     CircuitBreaker,
@@ -162,7 +163,7 @@ class App:
     Which parts: always the cache; with ``answers`` the home, the generator and the intent
     engine (watching the templates when ``watch``); with ``speech`` the transcriber and the
     speaker; with ``serve`` a private broker if the machine has none, discovery of the home,
-    the metrics endpoint and the MQTT service. The constructor only stores the choice;
+    the metrics endpoint, the MQTT service and the Wyoming server. The constructor only stores the choice;
     :meth:`start` builds and starts them in that order and :meth:`close` stops them in
     reverse, as does a failure half-way.
     """
@@ -193,6 +194,7 @@ class App:
         self.transcriber: Transcriber | None = None
         self.speaker: Speaker | None = None
         self.service: MqttService | None = None
+        self.wyoming: WyomingServer | None = None
 
     def start(self) -> Self:
         """Build and start every part; on a failure, stop those already started and raise."""
@@ -249,6 +251,12 @@ class App:
                                       speaker=self.speaker),
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
                     satellites=self.satellites))
+                if s.wyoming.enabled:
+                    say("Wyoming server")
+                    self.wyoming = self._started(WyomingServer(
+                        s.wyoming, pipeline=Pipeline(self.engine, transcriber=self.transcriber,
+                                                     speaker=self.speaker),
+                        carry_out=self.service.carry_out, max_audio_bytes=s.stt.max_bytes))
         except BaseException:
             self.close()
             raise

@@ -252,6 +252,24 @@ class GeneratorSettings(_Section):
     unmatched_ttl: float = Field(3600.0, gt=0)
 
 
+class WyomingSettings(_Section):
+    """The Wyoming server: speech to text, text to speech and the conversation agent, as Home
+    Assistant's Wyoming integration uses them (``assistant serve``)."""
+
+    enabled: bool = Field(True, description="listen for Wyoming clients")
+    host: str = Field("127.0.0.1", description="where it listens: 0.0.0.0 for Home Assistant "
+                                                "on another machine")
+    port: int = Field(10700, ge=0, le=65535, description="0: any free port")
+    zeroconf: bool = Field(True, description="announce it as _wyoming._tcp.local. so Home "
+                                             "Assistant discovers it")
+    name: str | None = Field(None, description="the name announced (default: assistant-<host "
+                                               "name>)")
+    user: str = Field("homeassistant", description="whose requests these are, for the privacy "
+                                                   "policies (Wyoming names no user)")
+    max_event_bytes: int = Field(1024 * 1024, gt=0,
+                                 description="largest event (header, data or payload) accepted")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -271,6 +289,7 @@ class Settings(BaseSettings):
     stt: SttSettings = SttSettings()
     tts: TtsSettings = TtsSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    wyoming: WyomingSettings = WyomingSettings()
 
     @classmethod
     def settings_customise_sources(

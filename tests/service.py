@@ -57,10 +57,16 @@ class Broker:
 
 
 def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Path | None = None,
-                   extra: str = "", metrics_port: int = 0, key_file: Path | None = None) -> Path:
+                   extra: str = "", metrics_port: int = 0, key_file: Path | None = None,
+                   wyoming_port: int | None = None, zeroconf: bool = False) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
-    shared with other nodes; ``extra``: more of the ``[service]`` section, then sections)."""
+    shared with other nodes; ``extra``: more of the ``[service]`` section, then sections;
+    ``wyoming_port``: where its Wyoming server listens, None for none)."""
+    wyoming = "enabled = false" if wyoming_port is None else \
+        f"port = {wyoming_port}\nzeroconf = {str(zeroconf).lower()}\nname = \"assistant-test\""
     return write_config(folder, redis_url, key_file=key_file, extra=f"""
+[wyoming]
+{wyoming}
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"

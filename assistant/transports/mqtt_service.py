@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from assistant.answers import Answer
 from assistant.broadcast import Satellites
 from assistant.errors import AssistantError
 from assistant.ops.metrics import ServiceMetrics
@@ -446,13 +447,7 @@ class MqttService:
                 return
             job.committed = True
         published = time.perf_counter()
-        for action in answer.actions:
-            if self._publish(Packet(action.topic, action.payload.encode(),
-                                    retain=action.retain)):
-                self.metrics.actions.inc()
-        if self._announcer is not None:
-            for effect in answer.effects:
-                self._announcer.effect(effect)
+        self.carry_out(answer)
         timings["publish"] = (time.perf_counter() - published) * 1000
         timings["total"] = (time.perf_counter() - job.received) * 1000
         response = response_of(request.id, handled)
@@ -462,6 +457,17 @@ class MqttService:
             self.metrics.answered(answer.fragments)
             if request.speak and self._speech:
                 self._speak(job, answer.text, personal=answer.personal)
+
+    def carry_out(self, answer: Answer) -> None:
+        """Publish an answer's actions to the home and pass on its effects (timers started,
+        broadcasts): for answers found here, and for those of the Wyoming server."""
+        for action in answer.actions:
+            if self._publish(Packet(action.topic, action.payload.encode(),
+                                    retain=action.retain)):
+                self.metrics.actions.inc()
+        if self._announcer is not None:
+            for effect in answer.effects:
+                self._announcer.effect(effect)
 
     def _speak(self, job: _Job, text: str, *, personal: bool) -> None:
         """Publish the answer's speech (after the answer itself)."""
