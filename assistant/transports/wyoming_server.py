@@ -403,7 +403,7 @@ class _Connection:
         self.said += text
         sentences = split_sentences(self.said)
         if len(sentences) > 1:  # all but the last are complete
-            done, self.said = sentences[:-1], _after(self.said, sentences[-2])
+            done, self.said = sentences[:-1], _after(self.said, sentences[-2], sentences[-1])
             await self._speak(done)
 
     async def _stream_end(self) -> None:
@@ -444,12 +444,15 @@ def _voice_name(path: Path | None) -> str:
     return "voice" if path is None else path.name.removesuffix(".onnx")
 
 
-def _after(text: str, sentence: str) -> str:
-    """What of ``text`` follows ``sentence`` (its white space collapsed)."""
-    words = sentence.split()
+def _after(text: str, sentence: str, rest: str) -> str:
+    """What of ``text`` follows ``sentence`` (its white space collapsed); ``rest``, the last
+    sentence found in it, where the words cannot be found as they were written."""
     position = 0
-    for word in words:
-        position = text.index(word, position) + len(word)
+    for word in sentence.split():
+        found = text.find(word, position)
+        if found < 0:
+            return rest
+        position = found + len(word)
     return text[position:]
 
 
