@@ -20,7 +20,7 @@ from assistant.handlers import Handlers
 from assistant.home import Registry, load_home
 from assistant.home.listener import DiscoveryListener
 from assistant.lists import ListIntents, ListStore
-from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics
+from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics, histogram_median
 from assistant.pipeline import Pipeline
 from assistant.settings import (
     CacheSettings,
@@ -32,9 +32,11 @@ from assistant.settings import (
 )
 from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
+from assistant.templates.model import intent_tag
 from assistant.templates.versioning import VersionRecord
 from assistant.timers import TimerIntents, TimerManager
 from assistant.transports.broker import EmbeddedBroker
+from assistant.transports.ha_device import Figures, HomeAssistantDevice
 from assistant.transports.mqtt_service import MqttService
 from assistant.transports.wyoming_server import WyomingServer
 from cache import (
@@ -163,9 +165,9 @@ class App:
     Which parts: always the cache; with ``answers`` the home, the generator and the intent
     engine (watching the templates when ``watch``); with ``speech`` the transcriber and the
     speaker; with ``serve`` a private broker if the machine has none, discovery of the home,
-    the metrics endpoint, the MQTT service and the Wyoming server. The constructor only stores the choice;
-    :meth:`start` builds and starts them in that order and :meth:`close` stops them in
-    reverse, as does a failure half-way.
+    the metrics endpoint, the MQTT service, the Home Assistant device and the Wyoming server.
+    The constructor only stores the choice; :meth:`start` builds and starts them in that
+    order and :meth:`close` stops them in reverse, as does a failure half-way.
     """
 
     def __init__(self, settings: Settings, *, answers: bool = True, speech: bool = False,
@@ -251,6 +253,9 @@ class App:
                                       speaker=self.speaker),
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
                     satellites=self.satellites))
+                if s.homeassistant.device:
+                    say("Home Assistant device")
+                    self._started(self._device(cache, metrics))
                 if s.wyoming.enabled:
                     say("Wyoming server")
                     self.wyoming = self._started(WyomingServer(
@@ -261,6 +266,41 @@ class App:
             self.close()
             raise
         return self
+
+    def _device(self, cache: TieredCache, metrics: ServiceMetrics) -> HomeAssistantDevice:
+        """The assistant as a Home Assistant device, its figures read from the metrics."""
+        s, engine = self.settings, self.engine
+        assert engine is not None
+
+        def tiers() -> dict[str, tuple[int, int]]:
+            return {t: (m.hits, m.misses) for t, m in cache.metrics.tiers.items()}
+
+        def requests() -> float:
+            return sum(sample.value for family in metrics.requests.collect()
+                       for sample in family.samples if sample.name.endswith("_total"))
+
+        def answer_p50_ms() -> float | None:
+            return histogram_median(metrics.stage, "total")
+
+        def redis_up() -> bool | None:
+            return None if cache.redis is None else not cache.redis.breaker.is_open
+
+        def disk_bytes() -> int | None:
+            if cache.sqlite is None:
+                return None
+            files = [s.sqlite.path, Path(f"{s.sqlite.path}-wal")]
+            return sum(f.stat().st_size for f in files if f.exists())
+
+        def purge() -> None:
+            for name in engine.recognizer.templates.intents:
+                cache.invalidate_tag(intent_tag(name))
+
+        return HomeAssistantDevice(
+            s.homeassistant, s.mqtt, prefix=s.service.topic_prefix,
+            discovery_prefix=s.home.discovery_prefix,
+            stats=Figures(tiers=tiers, requests=requests, answer_p50_ms=answer_p50_ms,
+                          redis_up=redis_up, disk_bytes=disk_bytes),
+            purge=purge, reload=engine.reload)
 
     def _started(self, part: P) -> P:
         part.start()

@@ -21,6 +21,7 @@ from assistant.speech.stt import Transcriber
 from assistant.speech.tts import Speaker
 from assistant.templates.loader import load_file
 from assistant.templates.reload import RELOAD, Reloader
+from assistant.transports.ha_device import HomeAssistantDevice
 from cache import CacheError, KeyBuilder, TieredCache, check_user, maintenance
 from cache.crypto import append_key
 
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     intent_ops.add_parser(
         "reload", help="validate, purge the cached answers of changed intents everywhere, "
                        "and make running services re-read the templates")
+
+    homeassistant = commands.add_parser("homeassistant",
+                                        help="the assistant as a device in Home Assistant")
+    ha_ops = homeassistant.add_subparsers(dest="op", required=True)
+    ha_ops.add_parser("remove", help="take the device out of Home Assistant (an empty retained "
+                                     "discovery config); set [homeassistant] device = false too")
 
     transcribe = commands.add_parser("transcribe", help="print the words in a WAV (or raw PCM) file")
     transcribe.add_argument("file", type=Path, help="a WAV file, or raw PCM with --rate")
@@ -169,6 +176,17 @@ def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
                  f"round trip {asked.seconds * 1000:.2f} ms ({stages})")
     if args.play_to is not None:
         print(f"speech: {len(asked.speech)} chunk(s) written to {args.play_to}", file=sys.stderr)
+    return 0
+
+
+def _remove_device(settings: Settings) -> int:
+    """``homeassistant remove``: the device's discovery config emptied, on the broker."""
+    device = HomeAssistantDevice(settings.homeassistant, settings.mqtt,
+                                 prefix=settings.service.topic_prefix,
+                                 discovery_prefix=settings.home.discovery_prefix,
+                                 stats=dict, purge=lambda: None, reload=lambda: None)
+    device.remove()
+    print(f"removed: {device.config_topic}")
     return 0
 
 
@@ -369,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ask(args, settings)
         if args.command == "serve":
             return _serve(args, settings)
+        if args.command == "homeassistant":
+            return _remove_device(settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         log.debug("why", exc_info=error)

@@ -270,6 +270,16 @@ class WyomingSettings(_Section):
                                  description="largest event (header, data or payload) accepted")
 
 
+class HomeAssistantSettings(_Section):
+    """The assistant as a device in Home Assistant, by MQTT discovery (``assistant serve``)."""
+
+    device: bool = Field(True, description="announce the assistant as a device with sensors "
+                                           "and buttons")
+    node_id: str = Field("assistant", description="the device's id in its discovery topic")
+    name: str = Field("Voice assistant", description="the device's name in Home Assistant")
+    interval: float = Field(5.0, gt=0, description="least seconds between two state updates")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -290,6 +300,7 @@ class Settings(BaseSettings):
     tts: TtsSettings = TtsSettings()
     generator: GeneratorSettings = GeneratorSettings()
     wyoming: WyomingSettings = WyomingSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
 
     @classmethod
     def settings_customise_sources(

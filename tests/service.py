@@ -23,8 +23,8 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-PEOPLE = ("ann", "cal", "dan", "eve", "fay", "gus", "hal", "ida", "jo", "kim", "lu", "mo",
-          "ned", "ola", "pam", "per", "quinn", "rex")
+PEOPLE = ("homeassistant", "ann", "cal", "dan", "eve", "fay", "gus", "hal", "ida", "jo", "kim",
+          "lu", "mo", "ned", "ola", "pam", "per", "quinn", "rex")
 """The test users, each with an account of their own (password: ``<name>-pw``)."""
 
 
@@ -58,15 +58,20 @@ class Broker:
 
 def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Path | None = None,
                    extra: str = "", metrics_port: int = 0, key_file: Path | None = None,
-                   wyoming_port: int | None = None, zeroconf: bool = False) -> Path:
+                   wyoming_port: int | None = None, zeroconf: bool = False,
+                   device: bool = False) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
     shared with other nodes; ``extra``: more of the ``[service]`` section, then sections;
-    ``wyoming_port``: where its Wyoming server listens, None for none)."""
+    ``wyoming_port``: where its Wyoming server listens, None for none; ``device``: announce
+    it to Home Assistant, every second at most)."""
     wyoming = "enabled = false" if wyoming_port is None else \
         f"port = {wyoming_port}\nzeroconf = {str(zeroconf).lower()}\nname = \"assistant-test\""
     return write_config(folder, redis_url, key_file=key_file, extra=f"""
 [wyoming]
 {wyoming}
+[homeassistant]
+device = {str(device).lower()}
+interval = 1
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"

@@ -48,6 +48,24 @@ class ServiceMetrics:
                 self.stage.labels(stage).observe(ms / 1000)
 
 
+def histogram_median(histogram: Histogram, stage: str) -> float | None:
+    """The median of one label's observations of ``histogram``, in milliseconds, as the upper
+    bound of the bucket it falls in (None before any)."""
+    buckets: list[tuple[float, float]] = []
+    for family in histogram.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("stage") == stage:
+                buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    for bound, count in buckets:
+        if count >= total / 2:
+            return bound * 1000 if bound != float("inf") else _BUCKETS[-1] * 1000
+    return None
+
+
 class MetricsEndpoint:
     """``/metrics`` over HTTP, on loopback unless configured otherwise."""
 
