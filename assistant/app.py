@@ -246,16 +246,19 @@ class App:
                 self._started(MetricsEndpoint(self.registry_of_metrics,
                                               host=s.service.metrics_host,
                                               port=s.service.metrics_port))
+                device = None
+                if s.homeassistant.device:
+                    say("Home Assistant device")
+                    device = self._started(self._device(cache, metrics))
+                    cache.on_forget(lambda ref: device.forgotten(ref, cache.ref_of))
                 say("MQTT service")
                 self.service = self._started(MqttService(
                     mqtt=s.mqtt, settings=s.service, metrics=metrics, cache=cache, keys=keys,
                     pipeline=Pipeline(self.engine, transcriber=self.transcriber,
                                       speaker=self.speaker),
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
-                    satellites=self.satellites))
-                if s.homeassistant.device:
-                    say("Home Assistant device")
-                    self._started(self._device(cache, metrics))
+                    satellites=self.satellites,
+                    heard=None if device is None else device.heard))
                 if s.wyoming.enabled:
                     say("Wyoming server")
                     self.wyoming = self._started(WyomingServer(
@@ -300,7 +303,8 @@ class App:
             discovery_prefix=s.home.discovery_prefix,
             stats=Figures(tiers=tiers, requests=requests, answer_p50_ms=answer_p50_ms,
                           redis_up=redis_up, disk_bytes=disk_bytes),
-            purge=purge, reload=engine.reload)
+            purge=purge, reload=engine.reload,
+            private=lambda user: cache.policies.for_user(user).private)
 
     def _started(self, part: P) -> P:
         part.start()

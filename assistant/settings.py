@@ -278,6 +278,9 @@ class HomeAssistantSettings(_Section):
     node_id: str = Field("assistant", description="the device's id in its discovery topic")
     name: str = Field("Voice assistant", description="the device's name in Home Assistant")
     interval: float = Field(5.0, gt=0, description="least seconds between two state updates")
+    transcripts: list[str] = Field([], description="sites whose owner allows their last "
+                                                   "transcript to be shown (never a private "
+                                                   "user's)")
 
 
 class Settings(BaseSettings):

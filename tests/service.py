@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -59,11 +60,12 @@ class Broker:
 def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Path | None = None,
                    extra: str = "", metrics_port: int = 0, key_file: Path | None = None,
                    wyoming_port: int | None = None, zeroconf: bool = False,
-                   device: bool = False) -> Path:
+                   device: bool = False, transcripts: tuple[str, ...] = ()) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
     shared with other nodes; ``extra``: more of the ``[service]`` section, then sections;
     ``wyoming_port``: where its Wyoming server listens, None for none; ``device``: announce
-    it to Home Assistant, every second at most)."""
+    it to Home Assistant, every second at most, showing the last transcript of the sites in
+    ``transcripts``)."""
     wyoming = "enabled = false" if wyoming_port is None else \
         f"port = {wyoming_port}\nzeroconf = {str(zeroconf).lower()}\nname = \"assistant-test\""
     return write_config(folder, redis_url, key_file=key_file, extra=f"""
@@ -72,6 +74,7 @@ def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Pat
 [homeassistant]
 device = {str(device).lower()}
 interval = 1
+transcripts = {json.dumps(list(transcripts))}
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 from assistant.protocol import Packet, Response
+from assistant.settings import TtsSettings
+from assistant.speech.tts import Speaker
 from assistant.transports.mqtt_client import Asker
 from tests.helpers import until
 from tests.servers import RedisServer, free_port
 from tests.service import ROOT, Broker, Listener, ServiceProcess, service_config
+from tests.speech_data import STEADY_VOICE
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +50,14 @@ def config(tmp_path_factory: pytest.TempPathFactory, broker: Broker, redis_serve
            metrics_port: int) -> Path:
     return service_config(tmp_path_factory.mktemp("device"), broker=broker,
                           redis_url=redis_server.url, metrics_port=metrics_port, device=True,
-                          extra="requests_per_minute = 1000")
+                          transcripts=("kitchen",),
+                          extra="requests_per_minute = 1000\n"
+                                "[privacy.users.cal]\nprivate = true")
 
 
 @pytest.fixture(scope="module")
 def service(config: Path) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(config).start()
+    process = ServiceProcess(config, speech=True).start()
     yield process
     process.stop()
 
@@ -115,6 +120,39 @@ def test_the_states_follow_the_requests(service: ServiceProcess, broker: Broker,
     assert state["redis_up"] is True
     assert state["l1_hit_ratio"] is not None and 0 <= state["l1_hit_ratio"] <= 100
     assert isinstance(state["disk_bytes"], int) and state["disk_bytes"] > 0
+
+
+def test_the_last_transcript_shows_only_where_allowed_and_never_a_private_users(
+        service: ServiceProcess, broker: Broker, home_assistant: Listener,
+        config: Path) -> None:
+    config_payload = until(lambda: latest(home_assistant, CONFIG), "the retained config", 15)
+    sensors = {k: c for k, c in config_payload["cmps"].items() if k.startswith("transcript_")}
+    assert list(sensors) == ["transcript_kitchen"]  # the one site allowed
+    assert "transcripts[\"kitchen\"]" in sensors["transcript_kitchen"]["val_tpl"]
+    with Speaker(TtsSettings(**STEADY_VOICE)) as voice:
+        turn_on = voice.speak("Turn on the kitchen light.").wav
+        turn_off = voice.speak("Turn off the kitchen light.").wav
+    with Asker(broker.settings("cal"), user="cal", site="kitchen") as cal:
+        assert isinstance(cal.ask(wav=turn_off, timeout=60).reply, Response)
+    with Asker(broker.settings("ann"), user="ann", site="bedroom") as ann:
+        assert isinstance(ann.ask(wav=turn_off, timeout=60).reply, Response)
+    with Asker(broker.settings("ann"), user="ann", site="kitchen") as ann:
+        assert isinstance(ann.ask(wav=turn_on, timeout=60).reply, Response)
+
+    def shown() -> Any:
+        state = latest(home_assistant, STATE)
+        return state if state and state.get("transcripts") else None
+
+    state = until(shown, "the kitchen's transcript", 15)
+    assert list(state["transcripts"]) == ["kitchen"]
+    assert "turn on" in state["transcripts"]["kitchen"].casefold()  # ann's, not cal's
+    # Forgetting ann takes her words off the device.
+    done = subprocess.run([sys.executable, "-m", "assistant", "--config", str(config),
+                           "cache", "forget", "ann"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    until(lambda: latest(home_assistant, STATE).get("transcripts") == {},
+          "the transcript gone", 15)
 
 
 def invalidations(port: int) -> float:

@@ -7,7 +7,10 @@ device-based discovery: ``dev``, ``o``, ``cmps``) gives Home Assistant a device 
   the disk tier's size (diagnostic), and whether Redis is reachable (a connectivity binary
   sensor);
 - buttons: purge the cached answers (every intent's tag, on every tier and node) and reload
-  the templates.
+  the templates;
+- for each site listed in ``[homeassistant] transcripts`` (its owner allowed it), the last
+  transcript heard there, unless the speaker's policy is private; forgetting a user clears
+  theirs.
 
 Every component is available while the service is (``<prefix>/status``, "online" and
 "offline", the service's last will). The states go out together as one JSON object on
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 TIERS = ("l1", "l2", "l3")
 PRESS = "PRESS"
+MAX_STATE_CHARS = 255
+"""Longest state Home Assistant keeps for a sensor."""
 
 
 def package_version() -> str:
@@ -58,10 +63,12 @@ class HomeAssistantDevice:
 
     def __init__(self, settings: HomeAssistantSettings, mqtt: MqttSettings, *, prefix: str,
                  discovery_prefix: str, stats: Callable[[], Mapping[str, Any]],
-                 purge: Callable[[], object], reload: Callable[[], object]) -> None:
+                 purge: Callable[[], object], reload: Callable[[], object],
+                 private: Callable[[str], bool] = lambda user: True) -> None:
         """``prefix``: the service's topic prefix (its ``status`` topic); ``discovery_prefix``:
         Home Assistant's (``[home] discovery_prefix``); ``stats``: the figures of the moment
-        (a :class:`Figures`); ``purge`` and ``reload``: what the buttons do."""
+        (a :class:`Figures`); ``purge`` and ``reload``: what the buttons do; ``private``:
+        is a user's policy private (their words are never shown)."""
         self.settings = settings
         self.mqtt = mqtt
         self.node = node_id(settings.node_id)
@@ -77,6 +84,29 @@ class HomeAssistantDevice:
         self._last: str | None = None
         self._pressed: deque[str] = deque()
         self._wake = threading.Event()
+        self._private = private
+        self._sites = tuple(dict.fromkeys(settings.transcripts))
+        self._heard: dict[str, tuple[str, str]] = {}
+        """Site -> (user, their last transcript there), for the sites listed only."""
+        self._heard_lock = threading.Lock()
+
+    def heard(self, site: str, user: str, text: str) -> None:
+        """A transcript heard at ``site`` from ``user``: shown if the site allows it and the
+        user's policy is not private."""
+        if site not in self._sites or self._private(user):
+            return
+        with self._heard_lock:
+            self._heard[site] = (user, text[:MAX_STATE_CHARS])
+        self._wake.set()
+
+    def forgotten(self, ref: str, ref_of: Callable[[str], str | None]) -> None:
+        """A user was forgotten (``ref``, their name in the cache as ``ref_of`` gives it):
+        their transcripts are taken off the device."""
+        with self._heard_lock:
+            for site, (user, _) in list(self._heard.items()):
+                if ref_of(user) == ref:
+                    del self._heard[site]
+        self._wake.set()
 
     def config(self) -> dict[str, Any]:
         """The discovery payload (Home Assistant's abbreviations)."""
@@ -104,6 +134,12 @@ class HomeAssistantDevice:
         components["redis"] = {"p": "binary_sensor", "name": "Redis", "uniq_id": f"{node}_redis",
                                "dev_cla": "connectivity", "ent_cat": "diagnostic",
                                "val_tpl": "{{ 'ON' if value_json.redis_up else 'OFF' }}"}
+        for site in self._sites:
+            key = f"transcript_{node_id(site)}"
+            components[key] = {
+                "p": "sensor", "name": f"Last transcript ({site})", "uniq_id": f"{node}_{key}",
+                "ic": "mdi:text-box-outline",
+                "val_tpl": f"{{{{ value_json.transcripts[{json.dumps(site)}] | default('') }}}}"}
         for key, name, icon in (("purge", "Purge cached answers", "mdi:delete-sweep"),
                                 ("reload", "Reload templates", "mdi:reload")):
             components[key] = {"p": "button", "name": name, "uniq_id": f"{node}_{key}",
@@ -200,7 +236,12 @@ class HomeAssistantDevice:
         if client is None:
             return
         try:
-            payload = json.dumps(dict(self._stats()), sort_keys=True)
+            figures = dict(self._stats())
+            if self._sites:
+                with self._heard_lock:
+                    figures["transcripts"] = {site: text for site, (_, text)
+                                              in self._heard.items()}
+            payload = json.dumps(figures, sort_keys=True)
         except Exception:  # figures are best effort
             log.exception("the device's figures could not be read")
             return

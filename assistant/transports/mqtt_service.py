@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -92,7 +92,8 @@ class MqttService:
                  cache: TieredCache, keys: KeyBuilder, metrics: ServiceMetrics,
                  max_audio_bytes: int, speech: bool = True,
                  timers: TimerManager | None = None,
-                 satellites: Satellites | None = None) -> None:
+                 satellites: Satellites | None = None,
+                 heard: Callable[[str, str, str], None] | None = None) -> None:
         """
         Args:
             mqtt: the broker.
@@ -105,6 +106,7 @@ class MqttService:
             speech: speak answers when asked (a text-only service does not).
             timers: whose events are told to the satellite and user each timer is of.
             satellites: told every site a request comes from (where broadcasts go).
+            heard: told (site, user, transcript) of each spoken request answered.
         """
         self._mqtt = mqtt
         self.settings = settings
@@ -118,6 +120,7 @@ class MqttService:
         self._timers = timers
         self._satellites = satellites
         self._announcer: Announcer | None = None
+        self._heard = heard
         self._limits = UserLimits(cache.redis, keys,
                                   requests_per_minute=settings.requests_per_minute,
                                   audio_seconds_per_minute=settings.audio_seconds_per_minute)
@@ -450,6 +453,8 @@ class MqttService:
         self.carry_out(answer)
         timings["publish"] = (time.perf_counter() - published) * 1000
         timings["total"] = (time.perf_counter() - job.received) * 1000
+        if self._heard is not None and handled.transcript is not None:
+            self._heard(request.site, request.user, handled.transcript)
         response = response_of(request.id, handled)
         if self._finish(job, response, personal=answer.personal or
                         handled.transcript is not None):
