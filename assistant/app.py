@@ -37,6 +37,7 @@ from assistant.templates.versioning import VersionRecord
 from assistant.timers import TimerIntents, TimerManager
 from assistant.transports.broker import EmbeddedBroker
 from assistant.transports.ha_device import Figures, HomeAssistantDevice
+from assistant.transports.hermes import HermesBridge
 from assistant.transports.mqtt_service import MqttService
 from assistant.transports.wyoming_server import WyomingServer
 from cache import (
@@ -165,7 +166,8 @@ class App:
     Which parts: always the cache; with ``answers`` the home, the generator and the intent
     engine (watching the templates when ``watch``); with ``speech`` the transcriber and the
     speaker; with ``serve`` a private broker if the machine has none, discovery of the home,
-    the metrics endpoint, the MQTT service, the Home Assistant device and the Wyoming server.
+    the metrics endpoint, the MQTT service, the Home Assistant device, Rhasspy's Hermes and
+    the Wyoming server.
     The constructor only stores the choice; :meth:`start` builds and starts them in that
     order and :meth:`close` stops them in reverse, as does a failure half-way.
     """
@@ -259,6 +261,12 @@ class App:
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
                     satellites=self.satellites,
                     heard=None if device is None else device.heard))
+                if s.hermes.enabled:
+                    say("Rhasspy Hermes")
+                    engine = self.engine
+                    self._started(HermesBridge(
+                        s.hermes, s.mqtt, speaker=self.speaker,
+                        recognize=lambda text, site: engine.recognize(text, area=site)))
                 if s.wyoming.enabled:
                     say("Wyoming server")
                     self.wyoming = self._started(WyomingServer(

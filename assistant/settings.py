@@ -283,6 +283,14 @@ class HomeAssistantSettings(_Section):
                                                    "user's)")
 
 
+class HermesSettings(_Section):
+    """Rhasspy 2.5 satellites: the assistant as their NLU and text to speech, over Hermes."""
+
+    enabled: bool = Field(False, description="answer hermes/nlu/query and hermes/tts/say")
+    user: str = Field("rhasspy", description="whose requests these are, for the privacy "
+                                             "policies (Hermes names no user)")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -304,6 +312,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     wyoming: WyomingSettings = WyomingSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    hermes: HermesSettings = HermesSettings()
 
     @classmethod
     def settings_customise_sources(

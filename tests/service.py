@@ -60,12 +60,13 @@ class Broker:
 def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Path | None = None,
                    extra: str = "", metrics_port: int = 0, key_file: Path | None = None,
                    wyoming_port: int | None = None, zeroconf: bool = False,
-                   device: bool = False, transcripts: tuple[str, ...] = ()) -> Path:
+                   device: bool = False, transcripts: tuple[str, ...] = (),
+                   hermes: bool = False) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
     shared with other nodes; ``extra``: more of the ``[service]`` section, then sections;
     ``wyoming_port``: where its Wyoming server listens, None for none; ``device``: announce
     it to Home Assistant, every second at most, showing the last transcript of the sites in
-    ``transcripts``)."""
+    ``transcripts``); ``hermes``: answer Rhasspy's Hermes topics)."""
     wyoming = "enabled = false" if wyoming_port is None else \
         f"port = {wyoming_port}\nzeroconf = {str(zeroconf).lower()}\nname = \"assistant-test\""
     return write_config(folder, redis_url, key_file=key_file, extra=f"""
@@ -75,6 +76,8 @@ def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Pat
 device = {str(device).lower()}
 interval = 1
 transcripts = {json.dumps(list(transcripts))}
+[hermes]
+enabled = {str(hermes).lower()}
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"
