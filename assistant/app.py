@@ -13,9 +13,11 @@ from typing import Any, Protocol, Self, TypeVar
 from prometheus_client import CollectorRegistry
 
 from assistant.answers import Responder
+from assistant.answers.responder import UNKNOWN_NAME_TAG, UNMATCHED_TAG
 from assistant.broadcast import BroadcastIntents, Satellites
 from assistant.engine import IntentEngine
 from assistant.generation import Generator, open_backend
+from assistant.generation.generator import GEN_TAG, PREFIX_TAG
 from assistant.handlers import Handlers
 from assistant.home import Registry, load_home
 from assistant.home.listener import DiscoveryListener
@@ -30,8 +32,8 @@ from assistant.settings import (
     Settings,
     SqliteSettings,
 )
-from assistant.speech.stt import Transcriber
-from assistant.speech.tts import Speaker
+from assistant.speech.stt import STT_TAG, Transcriber
+from assistant.speech.tts import TTS_TAG, Speaker
 from assistant.templates.model import intent_tag
 from assistant.templates.versioning import VersionRecord
 from assistant.timers import TimerIntents, TimerManager
@@ -303,8 +305,12 @@ class App:
             return sum(f.stat().st_size for f in files if f.exists())
 
         def purge() -> None:
-            for name in engine.recognizer.templates.intents:
-                cache.invalidate_tag(intent_tag(name))
+            # Every answer, transcript, spoken sentence and model state; never the replies
+            # kept so that a request sent again is not answered twice.
+            tags = [intent_tag(name) for name in engine.recognizer.templates.intents]
+            for tag in (*tags, UNKNOWN_NAME_TAG, UNMATCHED_TAG, GEN_TAG, PREFIX_TAG, STT_TAG,
+                        TTS_TAG):
+                cache.invalidate_tag(tag)
 
         return HomeAssistantDevice(
             s.homeassistant, s.mqtt, prefix=s.service.topic_prefix,

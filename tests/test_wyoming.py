@@ -195,6 +195,13 @@ def test_bad_events_get_an_error_and_harm_no_other_connection(
                 received += chunk
         return [json.loads(line) for line in received.splitlines() if line.startswith(b"{")]
 
+    # A client that goes away in the middle of its audio.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        start = AudioStart(rate=16000, width=2, channels=1).event()
+        conn.sendall(json.dumps({"type": "transcribe", "data": {}}).encode() + b"\n")
+        conn.sendall(json.dumps({"type": start.type, "data": start.data}).encode() + b"\n")
+        conn.sendall(json.dumps({"type": "audio-chunk", "data": start.data,
+                                 "payload_length": 32000}).encode() + b"\n" + bytes(1000))
     replies = raw(b"this is not json\n")
     assert replies and replies[0]["type"] == "error"
     replies = raw(json.dumps({"type": "audio-chunk", "payload_length": 10**9}).encode() + b"\n")

@@ -6,8 +6,9 @@ device-based discovery: ``dev``, ``o``, ``cmps``) gives Home Assistant a device 
 - sensors: the hit ratio of each cache tier, the median time to answer, requests per minute,
   the disk tier's size (diagnostic), and whether Redis is reachable (a connectivity binary
   sensor);
-- buttons: purge the cached answers (every intent's tag, on every tier and node) and reload
-  the templates;
+- buttons: purge the cache (every answer, transcript, spoken sentence and model state, on
+  every tier and node; not the replies that keep a request from being answered twice) and
+  reload the templates;
 - for each site listed in ``[homeassistant] transcripts`` (its owner allowed it), the last
   transcript heard there, unless the speaker's policy is private; forgetting a user clears
   theirs.
@@ -140,7 +141,7 @@ class HomeAssistantDevice:
                 "p": "sensor", "name": f"Last transcript ({site})", "uniq_id": f"{node}_{key}",
                 "ic": "mdi:text-box-outline",
                 "val_tpl": f"{{{{ value_json.transcripts[{json.dumps(site)}] | default('') }}}}"}
-        for key, name, icon in (("purge", "Purge cached answers", "mdi:delete-sweep"),
+        for key, name, icon in (("purge", "Purge the cache", "mdi:delete-sweep"),
                                 ("reload", "Reload templates", "mdi:reload")):
             components[key] = {"p": "button", "name": name, "uniq_id": f"{node}_{key}",
                                "cmd_t": f"{self.command_topic}/{key}", "pl_prs": PRESS,
