@@ -63,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     ha_ops.add_parser("remove", help="take the device out of Home Assistant (an empty retained "
                                      "discovery config); set [homeassistant] device = false too")
 
+    satellite = commands.add_parser("satellite", help="the device people speak to: wake word, "
+                                                      "request, answer played")
+    satellite.add_argument("--site", required=True, help="where it stands (its area)")
+    satellite.add_argument("--user", required=True, help="whose requests (the MQTT username)")
+    satellite.add_argument("--input", default="-",
+                           help="a 16 kHz 16-bit mono WAV, or - for raw PCM on standard input")
+    satellite.add_argument("--output", type=Path, help="a folder for the answers' audio")
+    satellite.add_argument("--push-to-talk", action="store_true",
+                           help="no wake word: the input is one request after another")
+    satellite.add_argument("--password", help="the user's MQTT password "
+                                              "(default: [mqtt] password)")
+
     transcribe = commands.add_parser("transcribe", help="print the words in a WAV (or raw PCM) file")
     transcribe.add_argument("file", type=Path, help="a WAV file, or raw PCM with --rate")
     transcribe.add_argument("--user", help="whose words these are (their privacy policy applies)")
@@ -177,6 +189,20 @@ def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
     if args.play_to is not None:
         print(f"speech: {len(asked.speech)} chunk(s) written to {args.play_to}", file=sys.stderr)
     return 0
+
+
+def _satellite(args: argparse.Namespace, settings: Settings) -> int:
+    """``satellite``: hear the input to its end, answering each request in it."""
+    from assistant.satellite.device import Satellite, read_source
+
+    mqtt = settings.mqtt.model_copy(update={
+        "username": args.user, "password": args.password or settings.mqtt.password,
+        "client_id": f"satellite-{args.site}-{args.user}"})
+    device = Satellite(settings.satellite, mqtt, site=args.site, user=args.user,
+                       output=args.output, prefix=settings.service.topic_prefix,
+                       push_to_talk=args.push_to_talk)
+    answered = device.run(read_source(args.input))
+    return 0 if answered else 1
 
 
 def _remove_device(settings: Settings) -> int:
@@ -389,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, settings)
         if args.command == "homeassistant":
             return _remove_device(settings)
+        if args.command == "satellite":
+            return _satellite(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         log.debug("why", exc_info=error)

@@ -291,6 +291,20 @@ class HermesSettings(_Section):
                                              "policies (Hermes names no user)")
 
 
+class SatelliteSettings(_Section):
+    """``assistant satellite``: the device people speak to."""
+
+    wake_word: str | None = Field("okay_nabu", description="okay_nabu, hey_jarvis, alexa, "
+                                                           "hey_mycroft; none: push-to-talk")
+    trailing_silence: float = Field(0.5, gt=0, le=5,
+                                    description="seconds of silence that end a request")
+    max_seconds: float = Field(10.0, gt=0, le=30, description="longest request")
+    pre_roll: float = Field(0.3, ge=0, le=2, description="seconds kept from before the wake "
+                                                         "word fired or the key was pressed")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="speech probability of Silero VAD")
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for an answer")
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -313,6 +327,7 @@ class Settings(BaseSettings):
     wyoming: WyomingSettings = WyomingSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     hermes: HermesSettings = HermesSettings()
+    satellite: SatelliteSettings = SatelliteSettings()
 
     @classmethod
     def settings_customise_sources(

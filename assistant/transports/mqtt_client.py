@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Asker:
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[Asked, threading.Event, float, bool]] = {}
         self._subscribed = threading.Event()
+        self._on_speech: dict[str, Callable[[SpeechChunk], None]] = {}
 
     def start(self) -> Asker:
         client = make_client(self.settings, client_id=self._client_id)
@@ -78,6 +80,9 @@ class Asker:
                 if asked.first_speech_seconds is None:
                     asked.first_speech_seconds = now - started
                 asked.speech.append(chunk)
+                listener = self._on_speech.get(chunk.id)
+                if listener is not None:
+                    listener(chunk)
                 if chunk.last and asked.reply is not None:
                     event.set()
             return
@@ -99,8 +104,10 @@ class Asker:
 
     def ask(self, *, text: str | None = None, wav: bytes | None = None, area: str | None = None,
             speak: bool = False, stream: bool = False, timeout: float = 30.0,
-            request_id: str | None = None) -> Asked:
-        """Send one request (text, or a WAV) and wait for its reply (and speech, if asked)."""
+            request_id: str | None = None,
+            on_speech: Callable[[SpeechChunk], None] | None = None) -> Asked:
+        """Send one request (text, or a WAV) and wait for its reply (and speech, if asked);
+        ``on_speech`` is given each speech chunk as it arrives (on the network thread)."""
         if self._client is None:
             raise RuntimeError("the asker is not started")
         request_id = request_id or uuid.uuid4().hex[:16]
@@ -115,11 +122,19 @@ class Asker:
         asked, event = Asked(), threading.Event()
         with self._lock:
             self._waiting[request_id] = (asked, event, time.perf_counter(), speak)
+            if on_speech is not None:
+                self._on_speech[request_id] = on_speech
         publish(self._client, packet)
         event.wait(timeout)
         with self._lock:
             self._waiting.pop(request_id, None)
+            self._on_speech.pop(request_id, None)
         return asked
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish something else on this connection (QoS 1): a satellite's state."""
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=1, retain=retain)
 
     def close(self) -> None:
         client, self._client = self._client, None
