@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server mosquitto
 SERVER_BINARIES := redis-server mosquitto
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e bench-understanding clean
+.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-generate: $(STAMP) servers
 
 bench-e2e: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_e2e.py
+
+bench-satellite: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_satellite.py
 
 # Requests spoken by voices the assistant never answers with: espeak-ng and flite (Debian
 # packages, installed when missing and running as root).

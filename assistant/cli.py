@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="no wake word: the input is one request after another")
     satellite.add_argument("--password", help="the user's MQTT password "
                                               "(default: [mqtt] password)")
+    satellite.add_argument("--report", type=Path,
+                           help="write each request's timings (JSON lines) and peak memory")
 
     transcribe = commands.add_parser("transcribe", help="print the words in a WAV (or raw PCM) file")
     transcribe.add_argument("file", type=Path, help="a WAV file, or raw PCM with --rate")
@@ -200,7 +202,7 @@ def _satellite(args: argparse.Namespace, settings: Settings) -> int:
         "client_id": f"satellite-{args.site}-{args.user}"})
     device = Satellite(settings.satellite, mqtt, site=args.site, user=args.user,
                        output=args.output, prefix=settings.service.topic_prefix,
-                       push_to_talk=args.push_to_talk)
+                       push_to_talk=args.push_to_talk, report=args.report)
     answered = device.run(read_source(args.input))
     return 0 if answered else 1
 

@@ -61,7 +61,12 @@ class Satellite:
 
     def __init__(self, settings: SatelliteSettings, mqtt: MqttSettings, *, site: str,
                  user: str, output: Path | None = None, prefix: str = "assistant",
-                 push_to_talk: bool = False, say: Callable[[str], object] = print) -> None:
+                 push_to_talk: bool = False, say: Callable[[str], object] = print,
+                 report: Path | None = None) -> None:
+        """``report``: a file to write one JSON line per request to (where in the stream
+        its speech was judged to end and it was sent, the seconds to the first answer audio
+        and to the answer), then the process's peak memory: what ``make bench-satellite``
+        reads, and how to measure a device."""
         self.settings = settings
         self.site, self.user = site, user
         self.output = output
@@ -78,6 +83,8 @@ class Satellite:
         self.state = "idle"
         self.answers: list[str] = []
         self.played = 0
+        self.report = report
+        self._lines: list[dict[str, object]] = []
 
     def run(self, source: Iterable[bytes]) -> int:
         """Hear ``source`` to its end, answering every request in it; the number answered."""
@@ -92,6 +99,12 @@ class Satellite:
             for utterance in self.ears.finish():
                 self._answer(utterance)
             self._set("idle")
+        if self.report is not None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            lines = [*self._lines, {"rss_mb": round(peak, 1)}]
+            self.report.write_text("".join(json.dumps(line) + "\n" for line in lines))
         return len(self.answers)
 
     def _set(self, state: str) -> None:
@@ -114,6 +127,13 @@ class Satellite:
         asked = self._asker.ask(wav=wav_of(utterance.pcm), speak=True, stream=True,
                                 timeout=self.settings.timeout, on_speech=play)
         reply = asked.reply
+        self._lines.append({
+            "speech_end": round(utterance.speech_end, 3), "sent_at": round(utterance.sent_at, 3),
+            "why": utterance.why.value, "timed_out": utterance.timed_out,
+            "first_audio_ms": None if asked.first_speech_seconds is None
+            else round(asked.first_speech_seconds * 1000, 1),
+            "answer_ms": round(asked.seconds * 1000, 1),
+            "answered": isinstance(reply, Response)})
         if isinstance(reply, Response):
             self.answers.append(reply.text)
             self._say(f"[{self.site}] heard: {reply.transcript!r}; answer: {reply.text}")
