@@ -30,12 +30,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Self
 
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.reasoncodes import ReasonCode
 
+from assistant import __version__
 from assistant.settings import HomeAssistantSettings, MqttSettings
 from assistant.transports.mqtt import connect_and_wait, make_client
 
@@ -45,13 +45,6 @@ TIERS = ("l1", "l2", "l3")
 PRESS = "PRESS"
 MAX_STATE_CHARS = 255
 """Longest state Home Assistant keeps for a sensor."""
-
-
-def package_version() -> str:
-    try:
-        return version("edge-assistant")
-    except PackageNotFoundError:
-        return "0"
 
 
 def node_id(name: str) -> str:
@@ -111,7 +104,7 @@ class HomeAssistantDevice:
 
     def config(self) -> dict[str, Any]:
         """The discovery payload (Home Assistant's abbreviations)."""
-        sw = package_version()
+        sw = __version__
         node = self.node
 
         def sensor(key: str, name: str, **more: Any) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Self
 
@@ -66,6 +65,7 @@ from wyoming.tts import (
     SynthesizeStopped,
 )
 
+from assistant import __version__
 from assistant.answers import Answer
 from assistant.errors import AssistantError
 from assistant.pipeline import Pipeline
@@ -248,7 +248,7 @@ class WyomingServer:
         """What this server offers, for ``describe``."""
         transcriber = self.pipeline.transcriber
         speaker = self.pipeline.speaker
-        ours = version("edge-assistant") if _installed("edge-assistant") else None
+        ours = __version__
         asr = [] if transcriber is None else [AsrProgram(
             name="assistant-whisper", attribution=_ATTRIBUTION, installed=True,
             description="faster-whisper, hearing the home's names and choosing among its "
@@ -484,11 +484,3 @@ def _announced(address: str) -> str:
         return "127.0.0.1"
     finally:
         probe.close()
-
-
-def _installed(name: str) -> bool:
-    try:
-        version(name)
-    except PackageNotFoundError:
-        return False
-    return True
