@@ -17,9 +17,9 @@ import pytest
 from assistant.home import Entity, Home, load_home
 from assistant.recognition.library import builtin_intents
 from assistant.recognition.match import FUZZY, STRICT
-from assistant.recognition.nearest import heard_words
 from assistant.recognition.normalise import normalise
 from assistant.recognition.recognizer import Recognizer
+from assistant.recognition.template_graph import heard_words
 from assistant.settings import SttSettings, TtsSettings
 from assistant.speech.grammar import Grammar, grammar_for, written
 from assistant.speech.hints import hints_for

@@ -4,16 +4,16 @@ A transcript of speech is often a near miss of a sentence the templates allow, i
 word-by-word correction cannot mend: words run together or split ("A Newt" for "unmute",
 "Star Tower mower" for "start our mower"), a word heard as another ("Mad Room" for
 "Bedroom"), a word dropped or added. Here every sentence template is compiled once into a
-small graph of words (its alternatives, optional parts, permutations and rules laid out;
-each list reference one arc), and a transcript is aligned with it as one aligns two strings:
-each word of the template matched with a heard word (or two heard words run together), at a
-cost of how unlike they are spelt; a template word not heard, or a heard word not in the
-template, at a fixed cost. A list arc takes the value nearest to the heard words it spans;
-a number range takes a number heard in its range; a wildcard takes what was heard.
+small graph of words (:mod:`~assistant.recognition.template_graph`), and a transcript is
+aligned with it as one aligns two strings: each word of the template matched with a heard
+word (or two heard words run together), at a cost of how unlike they are spelt; a template
+word not heard, or a heard word not in the template, at a fixed cost. A list arc takes the
+value nearest to the heard words it spans; a number range takes a number heard in its
+range; a wildcard takes what was heard.
 
 :class:`Nearest` returns the few cheapest sentences, as the templates spell them: text that
 strict matching understands. It does not choose among them. What was said is best judged by
-the speech model that heard it (see :mod:`assistant.speech.rescore`), which scores each
+the speech model that heard it (see :mod:`assistant.speech.grammar`), which scores each
 sentence against the audio.
 
 Only templates that share words with what was heard are aligned: an index from each word
@@ -24,23 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import itertools
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from hassil.expression import (
-    Alternative,
-    Expression,
-    ListReference,
-    Permutation,
-    RuleReference,
-    Sentence,
-    TextChunk,
-)
-from hassil.expression import Sequence as Seq
 from hassil.intents import (
     IntentData,
     Intents,
@@ -52,7 +40,13 @@ from hassil.intents import (
 from hassil.util import check_excluded_context, check_required_context
 from rapidfuzz import fuzz, process
 
-from assistant.recognition.normalise import normalise
+from assistant.recognition.template_graph import (
+    Arc,
+    Graph,
+    compile_sentence,
+    heard_words,
+    value_texts,
+)
 
 DELETE = 0.9
 """Cost of a template word that was not heard."""
@@ -70,21 +64,13 @@ MAX_TEMPLATES = 40
 """Templates aligned per transcript, those sharing most words with it first."""
 PER_INTENT = 1
 """Templates of each intent aligned besides the :data:`MAX_TEMPLATES` first."""
-MAX_PERMUTED = 4
-"""Longest permutation laid out as every order (4! = 24)."""
 WILDCARD = 0.4
 """Cost of each heard word a wildcard (a timer's name, a list item) takes: what it says
 cannot be checked, so a template that explains the words is preferred."""
 _NEAR_SCORE = 60.0
 """Spelling similarity (rapidfuzz ratio) at which a heard word leads to a template word."""
-_WORD = re.compile(r"[a-z0-9][a-z0-9'.%°-]*")
 _MAX_SPAN = 4
 """Most heard words one list value or wildcard spans."""
-
-
-def heard_words(text: str) -> list[str]:
-    """``text`` as words to align: normalised numbers, lower case, no punctuation."""
-    return [w.strip(".'-") for w in _WORD.findall(normalise(text).casefold()) if w.strip(".'-")]
 
 
 def unlike(a: str, b: str) -> float:
@@ -92,113 +78,6 @@ def unlike(a: str, b: str) -> float:
     if a == b:
         return 0.0
     return 1.0 - fuzz.ratio(a, b) / 100.0
-
-
-@dataclass(frozen=True, slots=True)
-class Arc:
-    """One step of a template's graph."""
-
-    to: int
-    word: str | None = None
-    """A word of the template; None with :attr:`slot` or for a step that says nothing."""
-    slot: str | None = None
-    """A list reference: its slot name."""
-    values: str | None = None
-    """The list it takes values from."""
-
-
-@dataclass(slots=True)
-class Graph:
-    """A sentence template laid out as states; every arc goes to a higher state."""
-
-    intent: str
-    arcs: list[list[Arc]] = field(default_factory=lambda: [[]])
-    final: int = 0
-    words: set[str] = field(default_factory=set)
-    _following: dict[int, list[Arc]] = field(default_factory=dict)
-
-    def following(self, state: int) -> list[Arc]:
-        """:meth:`next_words` of ``state``, worked out once."""
-        found = self._following.get(state)
-        if found is None:
-            found = self._following[state] = self.next_words(state)
-        return found
-
-    def state(self) -> int:
-        self.arcs.append([])
-        return len(self.arcs) - 1
-
-    def next_words(self, state: int) -> list[Arc]:
-        """The word arcs reachable from ``state`` through steps that say nothing."""
-        found: list[Arc] = []
-        todo, seen = [state], {state}
-        while todo:
-            for arc in self.arcs[todo.pop()]:
-                if arc.word is not None:
-                    found.append(arc)
-                elif arc.values is None and arc.to not in seen:
-                    seen.add(arc.to)
-                    todo.append(arc.to)
-        return found
-
-    def arc(self, start: int, arc: Arc) -> None:
-        self.arcs[start].append(arc)
-
-
-class _TooBig(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class _Builder:
-    graph: Graph
-    rules: Mapping[str, Sentence]
-    rename: Mapping[str, str]
-    """List name -> the name of its values that fit the sentences' context."""
-    budget: int = 4000
-
-    def add(self, expression: Expression, start: int) -> int:
-        self.budget -= 1
-        if self.budget < 0:
-            raise _TooBig
-        if isinstance(expression, TextChunk):
-            state = start
-            for word in heard_words(expression.text):
-                end = self.graph.state()
-                self.graph.arc(state, Arc(end, word=word))
-                self.graph.words.add(word)
-                state = end
-            return state
-        if isinstance(expression, Alternative):
-            ends = [self.add(item, start) for item in expression.items]
-            end = self.graph.state()
-            for item_end in ends:
-                self.graph.arc(item_end, Arc(end))
-            if expression.is_optional:
-                self.graph.arc(start, Arc(end))
-            return end
-        if isinstance(expression, Permutation):
-            if len(expression.items) > MAX_PERMUTED:
-                raise _TooBig
-            orders = [Seq(list(order)) for order in itertools.permutations(expression.items)]
-            return self.add(Alternative(list(orders)), start)
-        if isinstance(expression, Seq):
-            state = start
-            for item in _whole_words(expression.items):
-                state = self.add(item, state)
-            return state
-        if isinstance(expression, RuleReference):
-            rule = self.rules.get(expression.rule_name)
-            if rule is None:
-                raise _TooBig
-            return self.add(rule.expression, start)
-        if isinstance(expression, ListReference):
-            end = self.graph.state()
-            self.graph.arc(start, Arc(end, slot=expression.slot_name,
-                                      values=self.rename.get(expression.list_name,
-                                                             expression.list_name)))
-            return end
-        raise _TooBig
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +117,9 @@ class Nearest:
                 rename = self._fit(data, lists_here)
                 lists_here.update(self._lists)
                 for sentence in data.sentences:
-                    graph = Graph(name)
-                    builder = _Builder(graph, rules, rename)
-                    try:
-                        graph.final = builder.add(sentence.expression, 0)
-                    except _TooBig:
-                        continue
-                    self._index(graph, lists_here)
+                    graph = compile_sentence(name, sentence, rules, rename)
+                    if graph is not None:
+                        self._index(graph, lists_here)
         self._vocabulary = sorted(self._by_word)
         # A word few templates use says more about which one was meant than "turn" does.
         count = max(1, len(self._graphs))
@@ -299,7 +174,7 @@ class Nearest:
             values: list[tuple[str, str]] = []
             if isinstance(slot_list, TextSlotList):
                 for value in slot_list.values:
-                    for text in _texts(value.text_in):
+                    for text in value_texts(value.text_in):
                         said = " ".join(heard_words(text))
                         if said:
                             values.append((said, text))
@@ -489,54 +364,3 @@ def _in_range(word: str, slot_list: RangeSlotList) -> bool:
     except ValueError:
         return False
     return slot_list.start <= number <= slot_list.stop
-
-
-_SUFFIX = re.compile(r"[a-z']{0,3}")
-
-
-def _whole_words(items: Sequence[Expression]) -> list[Expression]:
-    """``items`` with each word ending left open to a suffix ("light[s]", "timer(s|)") laid
-    out as the whole words it makes ("light" or "lights"): a heard word is matched whole."""
-    out: list[Expression] = []
-    for item in items:
-        before = out[-1] if out else None
-        endings = _endings(item) if isinstance(before, TextChunk) \
-            and before.text[-1:].isalpha() else None
-        if endings is not None and isinstance(before, TextChunk):
-            out[-1] = Alternative([TextChunk(before.text + e) for e in endings])
-            continue
-        out.append(item)
-    return out
-
-
-def _endings(item: Expression) -> list[str] | None:
-    """The word endings an alternative of bare letters ("[s]", "(s|es)") offers, or None."""
-    if not isinstance(item, Alternative) or not item.items:
-        return None
-    endings = [""] if item.is_optional else []
-    for choice in item.items:
-        while isinstance(choice, Seq) and len(choice.items) == 1:
-            choice = choice.items[0]
-        if not isinstance(choice, TextChunk) or not _SUFFIX.fullmatch(choice.text):
-            return None
-        endings.append(choice.text)
-    return list(dict.fromkeys(endings))
-
-
-def _texts(expression: Expression) -> list[str]:
-    """Each way of saying a list value's text (its alternatives laid out, at most 16)."""
-    if isinstance(expression, TextChunk):
-        return [expression.text]
-    if isinstance(expression, Alternative):
-        out = [t for item in expression.items for t in _texts(item)]
-        if expression.is_optional:
-            out.append("")
-        return out[:16]
-    if isinstance(expression, Seq):
-        texts = [""]
-        for item in expression.items:
-            texts = [a + b for a in texts for b in _texts(item)][:16]
-        return texts
-    if isinstance(expression, Sentence):
-        return _texts(expression.expression)
-    return []
