@@ -10,20 +10,20 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from assistant.app import App, cache_of, key_source, open_keyring, version_record
 from assistant.errors import AssistantError, AudioError, TemplateError
-from assistant.protocol import Response
-from assistant.recognition.library import builtin_intents, load_intent_templates
 from assistant.settings import Settings, load_settings
-from assistant.speech.stt import Transcriber
-from assistant.speech.tts import Speaker
-from assistant.templates.loader import load_file
-from assistant.templates.reload import RELOAD, Reloader
-from assistant.transports.ha_device import HomeAssistantDevice
-from cache import CacheError, KeyBuilder, TieredCache, check_user, maintenance
-from cache.crypto import append_key
+from cache.errors import CacheError
+from cache.scope import check_user
+
+if TYPE_CHECKING:
+    from assistant.app import App
+    from assistant.protocol import Response
+    from cache import KeyBuilder, TieredCache
+
+# Each command imports what it needs when it runs: the satellite, on a small device, must
+# not load the service's models and libraries just to parse its arguments.
 
 log = logging.getLogger("assistant")
 
@@ -67,13 +67,18 @@ def _parser() -> argparse.ArgumentParser:
                                                       "request, answer played")
     satellite.add_argument("--site", required=True, help="where it stands (its area)")
     satellite.add_argument("--user", required=True, help="whose requests (the MQTT username)")
-    satellite.add_argument("--input", default="-",
-                           help="a 16 kHz 16-bit mono WAV, or - for raw PCM on standard input")
-    satellite.add_argument("--output", type=Path, help="a folder for the answers' audio")
+    satellite.add_argument("--input", default="alsa",
+                           help="alsa (the microphone, [satellite] input_device), alsa:DEVICE, "
+                                "a 16 kHz 16-bit mono WAV, or - for raw PCM on standard input")
+    satellite.add_argument("--output", type=Path,
+                           help="write the answers' audio to this folder instead of playing it "
+                                "([satellite] output_device)")
     satellite.add_argument("--push-to-talk", action="store_true",
-                           help="no wake word: the input is one request after another")
+                           help="no wake word: Enter (or a message on the listen topic) starts "
+                                "a request; with a recording, one request follows another")
     satellite.add_argument("--password", help="the user's MQTT password "
                                               "(default: [mqtt] password)")
+    satellite.add_argument("--count", type=int, help="stop after this many requests")
     satellite.add_argument("--report", type=Path,
                            help="write each request's timings (JSON lines) and peak memory")
 
@@ -116,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.app import App
     from assistant.pipeline import Handled, response_of
 
     if args.mqtt or args.audio or args.play_to:
@@ -194,21 +200,33 @@ def _ask_mqtt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _satellite(args: argparse.Namespace, settings: Settings) -> int:
-    """``satellite``: hear the input to its end, answering each request in it."""
-    from assistant.satellite.device import Satellite, read_source
+    """``satellite``: hear the input until it ends (or the process is stopped), answering
+    each request in it; exit 1 when none was answered."""
+    import signal
+
+    from assistant.satellite.device import Satellite
+    from assistant.satellite.sound import Folder, Player, Speaker, open_source
 
     mqtt = settings.mqtt.model_copy(update={
         "username": args.user, "password": args.password or settings.mqtt.password,
         "client_id": f"satellite-{args.site}-{args.user}"})
-    device = Satellite(settings.satellite, mqtt, site=args.site, user=args.user,
-                       output=args.output, prefix=settings.service.topic_prefix,
-                       push_to_talk=args.push_to_talk, report=args.report)
-    answered = device.run(read_source(args.input))
+    config = settings.satellite
+    source = open_source(args.input, config.input_device)
+    player = Player(Folder(args.output) if args.output is not None
+                    else Speaker(config.output_device))
+    device = Satellite(config, mqtt, site=args.site, user=args.user, player=player,
+                       prefix=settings.service.topic_prefix, push_to_talk=args.push_to_talk,
+                       report=args.report, count=args.count)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: device.stop())
+    answered = device.run(source)
     return 0 if answered else 1
 
 
 def _remove_device(settings: Settings) -> int:
     """``homeassistant remove``: the device's discovery config emptied, on the broker."""
+    from assistant.transports.ha_device import HomeAssistantDevice
+
     device = HomeAssistantDevice(settings.homeassistant, settings.mqtt,
                                  prefix=settings.service.topic_prefix,
                                  discovery_prefix=settings.home.discovery_prefix,
@@ -223,6 +241,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
     from rich.console import Console
+
+    from assistant.app import App
 
     console = Console(stderr=True)
     stop = threading.Event()
@@ -270,6 +290,8 @@ def _say_ready(app: App, settings: Settings, console: Any, took: float) -> None:
 @contextlib.contextmanager
 def _speech_cache(settings: Settings,
                   no_cache: bool) -> Iterator[tuple[TieredCache | None, KeyBuilder | None]]:
+    from assistant.app import cache_of
+
     if no_cache:
         yield None, None
         return
@@ -280,6 +302,7 @@ def _speech_cache(settings: Settings,
 
 def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.speech.audio import PcmFormat
+    from assistant.speech.stt import Transcriber
 
     fmt = None
     if args.rate is not None:
@@ -297,6 +320,8 @@ def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _say(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.speech.tts import Speaker
+
     with _speech_cache(settings, args.no_cache) as (cache, keys), \
             Speaker(settings.tts, cache=cache, keys=keys) as speaker:
         started = time.perf_counter()
@@ -326,6 +351,9 @@ def _say(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(settings: Settings, path: Path | None) -> int:
+    from assistant.recognition.library import builtin_intents, load_intent_templates
+    from assistant.templates.loader import load_file
+
     target = path or settings.intents.folder
     builtin = builtin_intents(settings.intents.language)
     try:
@@ -342,6 +370,10 @@ def _check(settings: Settings, path: Path | None) -> int:
 
 
 def _reload(settings: Settings) -> int:
+    from assistant.app import cache_of, version_record
+    from assistant.recognition.library import load_intent_templates
+    from assistant.templates.reload import RELOAD, Reloader
+
     intents = settings.intents
     cache, _keys = cache_of(settings, listen=False)
     reloader = Reloader(lambda: load_intent_templates(intents.folder, intents.language),
@@ -364,6 +396,10 @@ def _reload(settings: Settings) -> int:
 
 
 def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.app import cache_of, key_source, open_keyring
+    from cache import maintenance
+    from cache.crypto import append_key
+
     if args.op == "rotate-key" and not args.no_generate:
         if key_source(settings.keys).kind != "file":
             print("error: the keys come from the environment or a credential: add the new key "

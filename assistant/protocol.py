@@ -22,6 +22,9 @@ Topics, under a prefix (``assistant``)::
     <prefix>/<site>/broadcast               out  JSON {"id", "text", "from"}: a broadcast for
                                                  the site; its speech on broadcast/<id>
     <prefix>/status                         out  "online" / "offline", retained
+    <prefix>/<site>/satellite/state         in   JSON {"state"}, retained, from a satellite:
+                                                 the service learns where broadcasts go
+    <prefix>/<site>/satellite/listen/<user> --   push-to-talk for that user's satellite
 
 The user is the topic's last segment, which the broker's ACL ties to the MQTT username; a
 user named inside a payload is ignored. A request that sets an MQTT v5 response topic gets
@@ -38,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from assistant.errors import AssistantError
-from cache import CacheError, check_user
+from cache.errors import CacheError
+from cache.scope import check_user
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -105,6 +109,24 @@ class Topics:
         """A site's broadcasts (JSON), or with ``message_id`` the speech of one."""
         topic = f"{self.prefix}/{site}/broadcast"
         return topic if message_id is None else f"{topic}/{message_id}"
+
+    def satellite_state(self, site: str) -> str:
+        """A satellite's state (JSON ``{"state": ...}``, retained; ``+``: every site's)."""
+        return f"{self.prefix}/{site}/satellite/state"
+
+    def satellite_listen(self, site: str, user: str) -> str:
+        """Push-to-talk for ``user``'s satellite at ``site``: any message starts a request."""
+        return f"{self.prefix}/{site}/satellite/listen/{user}"
+
+    def satellite_site(self, topic: str) -> str | None:
+        """The site of a satellite state topic, else ``None``."""
+        parts = topic.split("/")
+        head = self.prefix.split("/")
+        if len(parts) != len(head) + 3 or parts[: len(head)] != head \
+                or parts[len(head) + 1:] != ["satellite", "state"]:
+            return None
+        site = parts[len(head)]
+        return site if _SITE.fullmatch(site) else None
 
     @property
     def status(self) -> str:

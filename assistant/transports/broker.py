@@ -24,7 +24,6 @@ from typing import Self
 
 from assistant.errors import ConfigError
 from assistant.settings import MqttSettings
-from cache.salts import private_file
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +107,8 @@ class EmbeddedBroker:
         return self
 
     def _write_config(self) -> Path:
+        from cache.salts import private_file  # not at import: clients (a satellite) need none
+
         s = self.settings
         folder = self.folder.resolve()
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -151,6 +152,8 @@ class EmbeddedBroker:
         return conf
 
     def _service_secret(self) -> str:
+        from cache.salts import private_file
+
         s = self.settings
         if s.password is not None:
             return s.password
