@@ -1,4 +1,9 @@
-"""A client of the MQTT service: send one request, collect its reply and its speech."""
+"""A client of the MQTT service: send one request, collect its reply and its speech.
+
+A long-lived client (the satellite) also follows other topics of its user and site (its
+timers, broadcasts, the service's status), hears speech nobody waits for (a timer said when
+it finishes), and is told when its connection to the broker is lost and back: paho
+reconnects by itself, and every (re)connection subscribes again."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from paho.mqtt.client import Client, MQTTMessage
+from paho.mqtt.client import Client, DisconnectFlags, MQTTMessage, topic_matches_sub
+from paho.mqtt.reasoncodes import ReasonCode
 
 from assistant.errors import AssistantError
 from assistant.protocol import (
@@ -44,7 +50,16 @@ class Asker:
     """One connection to the broker, asking as one user at one site."""
 
     def __init__(self, settings: MqttSettings, *, user: str, site: str = "default",
-                 topics: Topics | None = None, client_id: str | None = None) -> None:
+                 topics: Topics | None = None, client_id: str | None = None,
+                 follow: dict[str, Callable[[Packet], None]] | None = None,
+                 on_unasked_speech: Callable[[SpeechChunk], None] | None = None,
+                 on_link: Callable[[bool], None] | None = None,
+                 will: tuple[str, bytes] | None = None) -> None:
+        """``follow``: more topic filters, each with what to do with its messages (on the
+        network thread); ``on_unasked_speech``: speech on the user's topics that answers no
+        request waited for here; ``on_link``: told True on each connection to the broker
+        and False on each loss; ``will``: a retained message the broker publishes if this
+        client vanishes (topic, payload)."""
         self.settings = settings
         self.user = user
         self.site = site
@@ -55,22 +70,59 @@ class Asker:
         self._waiting: dict[str, tuple[Asked, threading.Event, float, bool]] = {}
         self._subscribed = threading.Event()
         self._on_speech: dict[str, Callable[[SpeechChunk], None]] = {}
+        self._follow = dict(follow or {})
+        self._on_unasked_speech = on_unasked_speech
+        self._on_link = on_link
+        self._will = will
+        self.connected = False
+        """Is the connection to the broker up (subscriptions sent)?"""
 
-    def start(self) -> Asker:
+    def start(self, *, wait: bool = True) -> Asker:
+        """Connect and subscribe. ``wait``: until the broker has confirmed (raising
+        :class:`~assistant.transports.mqtt.MqttUnavailable` if it cannot be reached);
+        otherwise return at once and keep trying in the background, as a device does."""
         client = make_client(self.settings, client_id=self._client_id)
         client.on_message = self._on_message
         client.on_subscribe = lambda *args: self._subscribed.set()
-        client.on_connect = lambda c, *args: c.subscribe(
-            [(t, 1) for t in self.topics.replies(self.user, self.site)])
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        if self._will is not None:
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         self._client = client
+        if not wait:
+            client.connect_async(self.settings.host, self.settings.port,
+                                 keepalive=self.settings.keepalive)
+            client.loop_start()
+            return self
         connect_and_wait(client, self.settings)
         if not self._subscribed.wait(5):
             raise AssistantError("the broker did not confirm the reply subscriptions")
         return self
 
+    def _on_connect(self, client: Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            return
+        client.subscribe([(t, 1) for t in [*self.topics.replies(self.user, self.site),
+                                           *self._follow]])
+        self.connected = True
+        if self._on_link is not None:
+            self._on_link(True)
+
+    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags,
+                       reason: ReasonCode, properties: Any) -> None:
+        was, self.connected = self.connected, False
+        if was and self._on_link is not None and self._client is not None:
+            self._on_link(False)
+
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
         packet = packet_of(message)
         now = time.perf_counter()
+        for pattern, handle in self._follow.items():
+            if topic_matches_sub(pattern, packet.topic):
+                handle(packet)
+                return
         if "/speech/" in packet.topic:
             chunk = SpeechChunk.from_packet(packet)
             with self._lock:
@@ -85,6 +137,8 @@ class Asker:
                     listener(chunk)
                 if chunk.last and asked.reply is not None:
                     event.set()
+            elif self._on_unasked_speech is not None:
+                self._on_unasked_speech(chunk)
             return
         try:
             reply = decode_reply(packet)
@@ -132,8 +186,9 @@ class Asker:
         return asked
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish something else on this connection (QoS 1): a satellite's state."""
-        if self._client is not None:
+        """Publish something else on this connection (QoS 1): a satellite's state. Nothing
+        while the connection is down (a state is only true when it is said)."""
+        if self._client is not None and self.connected:
             self._client.publish(topic, payload, qos=1, retain=retain)
 
     def close(self) -> None:
