@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import queue
 import threading
@@ -225,7 +226,10 @@ class MqttService:
             return
         self._acks.reconnected()
         share = "$share/assistant/" if self.settings.shared_subscription else ""
-        client.subscribe([(share + f, 1) for f in self.topics.requests()])
+        # Satellites' states, retained: every node learns where broadcasts go, even from
+        # satellites that have not asked anything since it started.
+        client.subscribe([*[(share + f, 1) for f in self.topics.requests()],
+                          (self.topics.satellite_state("+"), 0)])
         client.publish(self.topics.status, b"online", qos=1, retain=True)
         log.info("connected to %s:%d%s", self._mqtt.host, self._mqtt.port,
                  " (session resumed)" if flags.session_present else "")
@@ -257,9 +261,25 @@ class MqttService:
             if not handed:
                 self._acks.done([delivery])
 
+    def _satellite_seen(self, site: str, payload: bytes) -> None:
+        """A satellite said its state: broadcasts go to its site (unless it went away, or
+        the site is not one served)."""
+        if self._satellites is None or (self.settings.sites and site not in self.settings.sites):
+            return
+        try:
+            state = json.loads(payload).get("state")
+        except (ValueError, AttributeError):
+            return
+        if state not in (None, "offline"):
+            self._satellites.heard(site)
+
     def _receive(self, message: MQTTMessage, delivery: Delivery) -> bool:
         """Take a message; true when a job now holds its delivery (acknowledged later)."""
         packet = packet_of(message)
+        standing = self.topics.satellite_site(packet.topic)
+        if standing is not None:
+            self._satellite_seen(standing, packet.payload)
+            return False
         where = self.topics.parse(packet.topic)
         self.metrics.requests.labels(where[0] if where else "unknown").inc()
         digest = hashlib.blake2b(packet.payload, digest_size=8).hexdigest()
