@@ -2,7 +2,7 @@
 the satellite does (its native libraries never share a process with Whisper's or llama.cpp's
 here), and prints each utterance found as one JSON line.
 
-    python -m tests.satellite_ears FILE [--wake WORD] [--trailing S] [--max S] [--pre-roll S]
+    python -m tests.satellite_ears FILE [--wake WORD] [--trailing S] [--early S] [--max S] [--pre-roll S]
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ def main() -> None:
     parser.add_argument("file")
     parser.add_argument("--wake")
     parser.add_argument("--trailing", type=float, default=0.5)
+    parser.add_argument("--early", type=float)
     parser.add_argument("--max", type=float, default=10.0)
     parser.add_argument("--pre-roll", type=float, default=0.3)
     args = parser.parse_args()
     try:
         ears = Ears(wake_word=args.wake, trailing_silence=args.trailing, max_seconds=args.max,
-                    pre_roll=args.pre_roll)
+                    pre_roll=args.pre_roll, early_silence=args.early)
     except ValueError as error:
         print(json.dumps({"error": str(error)}))
         return

