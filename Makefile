@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server mosquitto
-SERVER_BINARIES := redis-server mosquitto
+APT_PACKAGES := redis-server mosquitto alsa-utils
+SERVER_BINARIES := redis-server mosquitto arecord aplay
 
 .PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
 
@@ -33,7 +33,8 @@ define debian
 	fi
 endef
 
-# redis-server and mosquitto are real servers in the tests: install them when missing.
+# redis-server and mosquitto are real servers in the tests, and the satellite speaks through
+# alsa-utils (arecord, aplay): install them when missing.
 servers:
 	$(call debian,$(SERVER_BINARIES),$(APT_PACKAGES))
 

@@ -296,13 +296,20 @@ class SatelliteSettings(_Section):
 
     wake_word: str | None = Field("okay_nabu", description="okay_nabu, hey_jarvis, alexa, "
                                                            "hey_mycroft; none: push-to-talk")
-    trailing_silence: float = Field(0.5, gt=0, le=5,
+    trailing_silence: float = Field(0.3, gt=0, le=5,
                                     description="seconds of silence that end a request")
+    early_silence: float = Field(0.6, gt=0, le=5,
+                                 description="... when its speech has lasted under 0.8 s "
+                                             "(a pause while finding the words)")
     max_seconds: float = Field(10.0, gt=0, le=30, description="longest request")
     pre_roll: float = Field(0.3, ge=0, le=2, description="seconds kept from before the wake "
                                                          "word fired or the key was pressed")
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="speech probability of Silero VAD")
     timeout: float = Field(30.0, gt=0, description="seconds to wait for an answer")
+    input_device: str = Field("default", description="the microphone, as ALSA names it "
+                                                      "(arecord -L lists them)")
+    output_device: str = Field("default", description="the speaker, as ALSA names it "
+                                                       "(aplay -L lists them)")
 
 
 class Settings(BaseSettings):

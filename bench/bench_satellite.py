@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from assistant.satellite.device import wav_of  # noqa: E402
+from assistant.satellite.sound import wav_of  # noqa: E402
 from assistant.settings import TtsSettings  # noqa: E402
 from assistant.speech.audio import resample  # noqa: E402
 from assistant.speech.tts import Speaker  # noqa: E402
