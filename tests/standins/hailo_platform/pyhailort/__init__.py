@@ -1,0 +1,1 @@
+"""The stand-in's ``hailo_platform.pyhailort`` package (see :mod:`tests.standins.hailo_platform`)."""
