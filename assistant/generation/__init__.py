@@ -6,6 +6,7 @@ Each backend module imports its heavy library only when it is chosen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import ModuleType
 
 from assistant.generation.base import Backend, Completion, PrefixStore, Request
@@ -15,7 +16,7 @@ from assistant.settings import GeneratorSettings
 log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "Completion", "Generated", "Generator", "PrefixCache", "PrefixStore",
-           "Request", "open_backend"]
+           "Request", "cpu_fallback", "open_backend"]
 
 
 def open_backend(settings: GeneratorSettings, *, hailo: ModuleType | None = None) -> Backend:
@@ -43,6 +44,18 @@ def open_backend(settings: GeneratorSettings, *, hailo: ModuleType | None = None
 
         return OllamaBackend(settings.ollama_url, settings.ollama_model,
                              timeout=min(settings.timeout, 5.0))
+    return _cpu(settings)
+
+
+def cpu_fallback(settings: GeneratorSettings) -> Callable[[], Backend] | None:
+    """What ``auto`` falls back on when the NPU it chose cannot start or is lost: llama.cpp
+    on the CPU (None for an explicit backend: its failure is reported, not hidden)."""
+    if settings.backend != "auto":
+        return None
+    return lambda: _cpu(settings)
+
+
+def _cpu(settings: GeneratorSettings) -> Backend:
     from assistant.generation.llama_cpp import LlamaCppBackend
 
     return LlamaCppBackend(settings.model, threads=settings.threads, context=settings.context)

@@ -14,13 +14,16 @@ and only of use to the same model build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Self
 
-from assistant.errors import GenerationError
+from assistant.errors import ConfigError, DeviceLost, GenerationError
 from assistant.generation.base import Backend, Completion, Request
 from assistant.settings import GeneratorSettings
 from assistant.speech.sentences import whole_sentences
@@ -33,6 +36,8 @@ from cache import (
     TieredCache,
     scope_of,
 )
+
+log = logging.getLogger(__name__)
 
 GEN_TAG = "gen"
 """Every cached generated part carries it: ``assistant cache purge --tag gen`` drops them."""
@@ -125,10 +130,15 @@ class Generator:
     """Writes generated parts with one backend, through the cache."""
 
     def __init__(self, backend: Backend, settings: GeneratorSettings, *,
-                 cache: TieredCache | None = None, keys: KeyBuilder | None = None) -> None:
+                 cache: TieredCache | None = None, keys: KeyBuilder | None = None,
+                 fallback: Callable[[], Backend] | None = None) -> None:
+        """``fallback``: the backend to use instead when ``backend`` cannot start, or its
+        device is lost while running (``[generator] backend = auto``: the CPU for the NPU)."""
         if (cache is None) != (keys is None):
             raise ValueError("cache and keys go together")
         self.backend = backend
+        self.fallback = fallback
+        self._swap = threading.Lock()
         self.settings = settings
         self.cache = cache
         self.keys = keys
@@ -139,8 +149,15 @@ class Generator:
         """Where the model's states after system prompts are kept (``None``: not kept)."""
 
     def start(self) -> Self:
-        """Load the model."""
-        self.backend.start()
+        """Load the model (or the fallback's, when the model's device cannot be used)."""
+        try:
+            self.backend.start()
+        except ConfigError as error:
+            if self.fallback is None:
+                raise
+            log.warning("%s; generating on the fallback backend instead", error)
+            self.backend = self.fallback().start()
+            self.fallback = None
         return self
 
     def __enter__(self) -> Self:
@@ -151,8 +168,13 @@ class Generator:
 
     def _run(self, request: Request, states: BoundStates | None) -> tuple[str, Completion]:
         self.calls += 1
-        completion = self.backend.complete(
-            request, deadline=time.monotonic() + self.settings.timeout, states=states)
+        backend = self.backend
+        try:
+            completion = backend.complete(
+                request, deadline=time.monotonic() + self.settings.timeout, states=states)
+        except DeviceLost:
+            self._fall_back(backend)
+            raise  # this part says its fallback (never cached); the next go to the new backend
         text = completion.text
         if completion.finish == "length":
             text = whole_sentences(text)
@@ -161,6 +183,18 @@ class Generator:
             raise GenerationError("the model wrote no whole sentence within "
                                   f"{request.max_tokens} tokens")
         return text, completion
+
+    def _fall_back(self, lost: Backend) -> None:
+        """``lost``'s device is gone: the fallback backend takes over, once."""
+        with self._swap:
+            if self.fallback is None or self.backend is not lost:
+                return
+            log.error("the %s device was lost: generating on the fallback backend from now on",
+                      lost.name)
+            self.backend = self.fallback().start()
+            self.fallback = None
+        with contextlib.suppress(Exception):
+            lost.close()
 
     def model_version(self) -> str:
         """The backend's model version now (a server's model may be replaced while running)."""

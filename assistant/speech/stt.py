@@ -12,6 +12,12 @@ model's version and every setting that changes the words, so a redelivered MQTT 
 answered without decoding it again. A transcript is the speaker's own words: it is cached
 for that user (their privacy policy applies and ``forget`` removes it).
 
+On a Raspberry Pi with the AI HAT+ 2, ``[stt] backend = auto`` (the default) transcribes on
+the Hailo-10H when a Whisper HEF is configured (``[stt] hef``) and the device is there
+(:mod:`assistant.speech.hailo_stt`); otherwise, and if the NPU is lost while running,
+faster-whisper on the CPU. The model's identity (the HEF's hash and the HailoRT version, or
+the CTranslate2 model's hash) is in every transcript's key.
+
 Recognition that knows the home: a request may come with :class:`SpeechHints` (the home's
 names, :func:`assistant.speech.hints.hints_for`), of which the decoder is given those it has
 rarely seen as the text said before the audio; and the transcriber keeps several hypotheses
@@ -25,14 +31,15 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Self
 
 import numpy as np
 
-from assistant.errors import AudioError, ConfigError
+from assistant.errors import AudioError, ConfigError, DeviceLost
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
@@ -95,7 +102,8 @@ class Transcriber:
 
     def __init__(self, settings: SttSettings, *, cache: TieredCache | None = None,
                  keys: KeyBuilder | None = None, hypotheses: int = DEFAULT_HYPOTHESES,
-                 prompt_words: bool = DEFAULT_PROMPT_WORDS) -> None:
+                 prompt_words: bool = DEFAULT_PROMPT_WORDS,
+                 hailo: ModuleType | None = None) -> None:
         """
         Args:
             settings: the ``[stt]`` section.
@@ -105,6 +113,7 @@ class Transcriber:
                 search keeps at least as many); 1 keeps only the best.
             prompt_words: prompt with the templates' words the model has rarely seen too,
                 not only the home's names.
+            hailo: the ``hailo_platform`` module (a stand-in in tests).
         """
         if (cache is None) != (keys is None):
             raise ValueError("cache and keys go together")
@@ -126,11 +135,45 @@ class Transcriber:
         """Audio clips actually run through the model (cache hits do not count)."""
         self._count_lock = threading.Lock()
         self._prompts: dict[str, str | None] = {}
+        self._hailo = hailo
+        self._npu: Any = None
+        self.backend = ""
+        """``hailo`` or ``cpu``, once started."""
 
     def start(self) -> Self:
         """Load the model (once; it stays loaded); :class:`ConfigError` if it cannot be."""
-        if self._model is not None:
+        if self._model is not None or self._npu is not None:
             return self
+        if self.settings.backend in ("auto", "hailo") and self._start_npu():
+            return self
+        self._start_cpu()
+        return self
+
+    def _start_npu(self) -> bool:
+        """Whisper on the Hailo-10H, when it can run there (``auto``: else False)."""
+        from assistant.npu.hailo import unavailable
+        from assistant.speech.hailo_stt import HailoSpeech
+
+        hef = self.settings.hef
+        reason = unavailable(hef, self._hailo, what="speech models")
+        if reason is None:
+            assert hef is not None
+            try:
+                self._npu = HailoSpeech(hef, platform=self._hailo).start()
+            except ConfigError as error:
+                if self.settings.backend == "hailo":
+                    raise
+                reason = str(error)
+        if self._npu is None:
+            if self.settings.backend == "hailo":
+                raise ConfigError(f"speech cannot be recognised on the Hailo NPU: {reason}")
+            log.info("recognising speech on the CPU: %s", reason)
+            return False
+        self.path, self.version, self.backend = hef, self._npu.version, "hailo"
+        log.info("whisper on the Hailo NPU: %s", hef)
+        return True
+
+    def _start_cpu(self) -> None:
         from faster_whisper import WhisperModel  # heavy: only when speech is used
 
         self.path = self.settings.model or default_model()
@@ -151,12 +194,25 @@ class Transcriber:
                 self._window = FittedWindow(self._model, language=self.settings.language,
                                             beam_size=self.settings.beam_size)
         self.load_seconds = time.perf_counter() - started
+        self.backend = "cpu"
         log.info("whisper model %s (version %s) loaded in %.2f s", self.path, self.version[:12],
                  self.load_seconds)
-        return self
+
+    def _fall_back(self, lost: Any) -> None:
+        """The NPU is gone: the CPU from now on (``auto`` only)."""
+        with self._count_lock:
+            if self._npu is not lost:
+                return
+            self._npu = None
+        log.error("the Hailo NPU was lost: recognising speech on the CPU from now on")
+        lost.close()
+        self._start_cpu()
 
     def close(self) -> None:
         """Let the model go."""
+        npu, self._npu = self._npu, None
+        if npu is not None:
+            npu.close()
         self._model = self._window = None
 
     def __enter__(self) -> Self:
@@ -206,22 +262,34 @@ class Transcriber:
         def compute() -> dict[str, Any]:
             return self._run(pcm, source_fmt, hints, grammar)
 
-        if self._cache is None:
-            value, source = compute(), "computed"
-        else:
-            # A transcript is the speaker's own words.
-            place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
-            found = self._cache.fetch(self.key(data, fmt, place.owner, hints, grammar), compute,
-                                      ttl=place.ttl,
-                                      tags=(STT_TAG,), user=place.owner, redis=place.redis,
-                                      disk=place.disk)
-            value, source = found.value, found.source
+        npu = self._npu
+        try:
+            if self._cache is None:
+                value, source = compute(), "computed"
+            else:
+                value, source = self._cached(data, fmt, user, hints, grammar, compute)
+        except DeviceLost:
+            if npu is None or self.settings.backend != "auto":
+                raise
+            self._fall_back(npu)  # and this request, on the CPU, under the CPU model's key
+            return self.transcribe(data, fmt=fmt, user=user, hints=hints, grammar=grammar)
         text = value["text"]
         alternatives = tuple(value.get("alternatives") or (text,))
         return Transcript(text=text, language=value["language"],
                           audio_seconds=audio_seconds, source=source,
                           seconds=time.perf_counter() - started, alternatives=alternatives,
                           chosen=value.get("chosen"))
+
+    def _cached(self, data: bytes | memoryview, fmt: PcmFormat | None, user: str | None,
+                hints: SpeechHints | None, grammar: Grammar | None,
+                compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """Through the cache; a transcript is the speaker's own words."""
+        assert self._cache is not None
+        place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
+        found = self._cache.fetch(self.key(data, fmt, place.owner, hints, grammar), compute,
+                                  ttl=place.ttl, tags=(STT_TAG,), user=place.owner,
+                                  redis=place.redis, disk=place.disk)
+        return found.value, found.source
 
     def score(self, data: bytes | memoryview, texts: Sequence[str], *,
               fmt: PcmFormat | None = None) -> list[Score]:
@@ -244,6 +312,15 @@ class Transcriber:
 
     def _run(self, pcm: memoryview, fmt: PcmFormat, hints: SpeechHints | None,
              grammar: Grammar | None) -> dict[str, Any]:
+        npu = self._npu
+        if npu is not None:  # the words alone: HailoRT gives no hypotheses, scores or prompt
+            text = npu.transcribe(self._prepared(pcm, fmt), self.settings.language)
+            with self._count_lock:
+                self.decoded += 1
+            if not text:
+                raise AudioError("no_speech", "no speech was recognised in the audio")
+            return {"text": text, "language": self.settings.language or "",
+                    "alternatives": [text], "chosen": None}
         if self._model is None:
             raise RuntimeError("the transcriber is not started")
         samples = self._prepared(pcm, fmt)
