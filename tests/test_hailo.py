@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,7 +255,16 @@ def test_hailort_errors_are_translated_where_they_enter(hef: Path,
         complete(b)
     assert not isinstance(refused.value, DeviceLost)
     monkeypatch.undo()
-    device.lost = True
+    assert complete(b, top_k=0, temperature=0.5, seed=2**40).text  # 0: the model's own cut-off
+    sent = generated()[-1]
+    assert sent["top_k"] is None and 0 <= sent["seed"] < 2**32 - 1
+    # Lost while generating: read says only "invalid operation" (its reader thread stopped),
+    # the device's server does not answer: a lost device.
+    device.script["Tell a story"] = " ".join(["word"] * 80) + "."
+    device.token_seconds = 0.01
+    threading.Timer(0.2, lambda: setattr(device, "lost", True)).start()
+    with pytest.raises(DeviceLost, match="HailoCommunicationClosedException"):
+        complete(b, "Tell a story", max_tokens=100)
     with pytest.raises(DeviceLost, match="HailoCommunicationClosedException"):
         complete(b)
     b.close()
@@ -263,6 +273,19 @@ def test_hailort_errors_are_translated_where_they_enter(hef: Path,
 def test_auto_uses_the_cpu_when_the_npu_is_busy_or_lost(hef: Path, cache: TieredCache,
                                                        names: KeyBuilder) -> None:
     settings = GeneratorSettings(backend="auto", hef=hef, context=512)
+    # Another program's model on the device: the constructor's native status exception.
+    other = standin.VDevice(standin.VDevice.create_params())
+    params = standin.VDevice.create_params()
+    params.group_id = "SHARED"
+    other.release()
+    other = standin.VDevice(params)
+    taken = standin.genai.LLM(other, str(hef))
+    gen = Generator(open_backend(settings, hailo=standin), settings, cache=cache, keys=names,
+                    fallback=cpu_fallback(settings)).start()
+    assert isinstance(gen.backend, LlamaCppBackend)
+    gen.close()
+    taken.release()
+    other.release()
     held = standin.VDevice()  # another program holds the device
     gen = Generator(open_backend(settings, hailo=standin), settings, cache=cache, keys=names,
                     fallback=cpu_fallback(settings)).start()
@@ -277,10 +300,13 @@ def test_auto_uses_the_cpu_when_the_npu_is_busy_or_lost(hef: Path, cache: Tiered
     assert isinstance(gen.backend, HailoBackend)
     assert gen.generate(system_prompt=SYSTEM, prompt=QUESTION, max_tokens=32,
                         ttl=60).text == "The capital of France is Paris."
+    waiting = gen.prepare(system_prompt=SYSTEM, prompt="Where is Paris?", max_tokens=32)
     device.lost = True
     with pytest.raises(DeviceLost):  # that part says its fallback; it is not cached
         gen.generate(system_prompt=SYSTEM, prompt="Where is Rome?", max_tokens=32, ttl=60)
     assert isinstance(gen.backend, LlamaCppBackend)
+    with pytest.raises(GenerationError, match="model changed"):  # made for the NPU's key
+        gen.run(waiting, ttl=60)
     answer = gen.generate(system_prompt=SYSTEM, prompt="Where is Rome?", max_tokens=32, ttl=60)
     assert answer.source == "computed" and answer.text
     gen.close()

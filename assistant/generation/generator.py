@@ -187,12 +187,17 @@ class Generator:
     def _fall_back(self, lost: Backend) -> None:
         """``lost``'s device is gone: the fallback backend takes over, once."""
         with self._swap:
-            if self.fallback is None or self.backend is not lost:
+            fallback, self.fallback = self.fallback, None
+            if fallback is None or self.backend is not lost:
+                self.fallback = fallback
                 return
             log.error("the %s device was lost: generating on the fallback backend from now on",
                       lost.name)
-            self.backend = self.fallback().start()
-            self.fallback = None
+            try:
+                self.backend = fallback().start()
+            except ConfigError as error:  # tried once: parts say their fallbacks from now on
+                log.error("the fallback backend cannot start either: %s", error)
+                return
         with contextlib.suppress(Exception):
             lost.close()
 
@@ -257,6 +262,10 @@ class Generator:
         ran: list[Completion] = []
 
         def compute() -> str:
+            if self.backend.model_version != prepared.model_version:
+                # The model changed since the key was made (the NPU lost, a server's model
+                # replaced): its text must not be kept under the old model's key.
+                raise GenerationError("the model changed while this part waited")
             text, completion = self._run(request, states)
             ran.append(completion)
             return text

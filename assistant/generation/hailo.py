@@ -41,7 +41,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import ModuleType
@@ -63,8 +63,25 @@ log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1.0
 """What a greedy request sends (HailoRT refuses 0; the top token is the same at any)."""
+MARKUP_ALLOWANCE = 64
+"""Tokens allowed for a chat template's markup when the prompt is not laid out here."""
 _CONSUMED = b"\0"
 """Separates, in a saved state, the text of the layout already in the context from it."""
+
+
+def _raise(message: str) -> None:
+    """``raise_exception``, which chat templates call to refuse a conversation."""
+    raise ValueError(message)
+
+
+def _strftime_now(layout: str) -> str:
+    """``strftime_now``, which minja gives templates (today's date in some)."""
+    return time.strftime(layout)
+
+
+def _seed(seed: int) -> int:
+    """A seed as HailoRT takes it: unsigned 32 bits, 4294967295 (random) excluded."""
+    return seed % (2**32 - 1)
 
 
 class HailoBackend(Backend):
@@ -130,6 +147,7 @@ class HailoBackend(Backend):
                         "and system prompts are not saved", error)
             return None
         environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
         try:
             template = environment.from_string(source)
         except JinjaError as error:
@@ -137,7 +155,10 @@ class HailoBackend(Backend):
             return None
 
         def layout(messages: list[dict[str, str]], generation: bool) -> str:
-            return template.render(messages=messages, add_generation_prompt=generation)
+            try:
+                return template.render(messages=messages, add_generation_prompt=generation)
+            except (JinjaError, TypeError, ValueError) as error:
+                raise GenerationError(f"the Hailo model's prompt template: {error}") from error
 
         return layout
 
@@ -170,8 +191,11 @@ class HailoBackend(Backend):
         if self._worker is None or self._module is None:
             raise GenerationError("the Hailo model is not loaded")
         started = time.perf_counter()
-        future: Future[Completion] = self._worker.submit(self._run, request, deadline, states,
-                                                         started)
+        try:
+            future: Future[Completion] = self._worker.submit(self._run, request, deadline,
+                                                             states, started)
+        except RuntimeError as error:  # closed meanwhile (its device lost, say)
+            raise GenerationError("the Hailo model was closed") from error
         try:
             # The worker leaves the generation at the deadline itself; the second is for a
             # device call already under way then.
@@ -179,6 +203,8 @@ class HailoBackend(Backend):
         except FutureTimeout:
             future.cancel()
             raise GenerationTimeout("the NPU did not answer in time") from None
+        except CancelledError:  # queued when the model was closed
+            raise GenerationError("the Hailo model was closed before this part ran") from None
         except GenerationError:
             raise
         except Exception as error:
@@ -197,7 +223,9 @@ class HailoBackend(Backend):
             llm.clear_context()  # each request is independent
             if self._layout is None:
                 messages = request.messages()
-                self._check_room(request.system_prompt + "\n" + request.prompt, request)
+                # The template's markup (and a default system prompt) are not counted here.
+                self._check_room(request.system_prompt + "\n" + request.prompt, request,
+                                 markup=MARKUP_ALLOWANCE)
                 return self._stream(messages, request, deadline, started, "off")
             system = [{"role": "system", "content": request.system_prompt}]
             whole = self._layout([*system, {"role": "user", "content": request.prompt}], True)
@@ -211,7 +239,7 @@ class HailoBackend(Backend):
             if restored is not None:
                 assert found is not None
                 return self._stream(rest[len(restored):], request, deadline, started, found[1])
-            primed = self._prime(head, rest)
+            primed = self._prime(head, rest, deadline)
             if primed is None:  # no clean prefix on this version: the whole prompt at once
                 llm.clear_context()
                 return self._stream(whole, request, deadline, started, "off")
@@ -241,7 +269,7 @@ class HailoBackend(Backend):
             self._llm.clear_context()
             return None
 
-    def _prime(self, head: str, rest: str) -> tuple[bytes, str] | None:
+    def _prime(self, head: str, rest: str, deadline: float) -> tuple[bytes, str] | None:
         """Read the system prompt's layout alone and save the context: nothing after it
         (5.2.0), or the one token 5.1.1 must generate when it is where the layout goes on.
         The saved context and the text of the layout it holds, or None."""
@@ -250,12 +278,14 @@ class HailoBackend(Backend):
         if self._clean_prefill is not False:
             try:
                 with llm.generate(prompt=head, temperature=GREEDY_TEMPERATURE, do_sample=False,
-                                  max_generated_tokens=0):
+                                  frequency_penalty=1.0, max_generated_tokens=0):
                     pass  # finished at once: the prompt read, nothing generated
                 self._clean_prefill = True
                 return bytes(llm.save_context()), ""
             except Exception as error:
-                if not npu.is_hailo_error(error, self._module) or self._clean_prefill:
+                # 5.1.1 refuses 0 tokens before it reads the prompt; anything else is an
+                # error of this request, not of the version.
+                if self._clean_prefill or not npu.is_invalid_argument(error, self._module):
                     raise
                 self._clean_prefill = False  # 5.1.1: at least one token (nothing was read)
                 log.info("HailoRT %s reads no prompt without generating: the saved system "
@@ -265,8 +295,10 @@ class HailoBackend(Backend):
         llm.set_generation_recovery_sequence("")  # no end-of-text token after the one
         try:
             with llm.generate(prompt=head, temperature=GREEDY_TEMPERATURE, do_sample=False,
-                              top_k=1, max_generated_tokens=1) as completion:
-                token = completion.read_all()
+                              top_k=1, frequency_penalty=1.0,
+                              max_generated_tokens=1) as completion:
+                token = completion.read_all(
+                    timeout_ms=max(1, int(base.remaining(deadline) * 1000)))
         finally:
             llm.set_generation_recovery_sequence(recovery)
         if token and rest.startswith(token):
@@ -277,10 +309,23 @@ class HailoBackend(Backend):
         self._saves = False
         return None
 
-    def _check_room(self, prompt: str, request: Request) -> None:
+    def _lost_while_reading(self, error: Exception) -> None:
+        """A ``read`` failed: when the connection to the device went with it (its reader
+        thread stops, and ``read`` says only "invalid operation"), that is a lost device."""
+        assert self._module is not None
+        if not npu.is_hailo_error(error, self._module):
+            return
+        try:
+            self._llm.get_context_usage_size()  # a call to the device's server
+        except Exception as probe:
+            if npu.is_hailo_error(probe, self._module):
+                raise npu.translate(probe, self._module, "generating") from error
+            raise
+
+    def _check_room(self, prompt: str, request: Request, *, markup: int = 0) -> None:
         """Refuse a request the model's context cannot hold (its prompt, the answer, the
         end-of-text token), before the device sees it."""
-        needed = len(self._llm.tokenize(prompt))
+        needed = len(self._llm.tokenize(prompt)) + markup
         if needed + request.max_tokens + 1 > self._capacity:
             raise GenerationError(
                 f"the prompt is {needed} tokens and the answer may be {request.max_tokens}: "
@@ -291,10 +336,12 @@ class HailoBackend(Backend):
         sample = request.temperature > 0
         params: dict[str, Any] = {
             "temperature": request.temperature if sample else GREEDY_TEMPERATURE,
-            "top_p": request.top_p, "top_k": request.top_k, "frequency_penalty": 1.0,
+            "top_p": request.top_p, "frequency_penalty": 1.0,
             "max_generated_tokens": request.max_tokens, "do_sample": sample}
+        if request.top_k >= 1:  # 0 (no cut-off) is refused by HailoRT: the model's own then
+            params["top_k"] = request.top_k
         if sample:  # unseeded sampling must not repeat itself: a fresh seed each time
-            params["seed"] = request.seed if request.seed is not None else \
+            params["seed"] = _seed(request.seed) if request.seed is not None else \
                 secrets.randbelow(2**31)
         text, first = "", None
         with self._llm.generate(prompt=prompt, **params) as completion:
@@ -302,7 +349,11 @@ class HailoBackend(Backend):
                 left = deadline - time.monotonic()
                 if left <= 0:  # leaving the block aborts the generation on the device
                     raise GenerationTimeout("the NPU did not finish in time; aborted")
-                text += completion.read(timeout_ms=max(1, int(left * 1000)))
+                try:
+                    text += completion.read(timeout_ms=max(1, int(left * 1000)))
+                except Exception as error:
+                    self._lost_while_reading(error)
+                    raise
                 if first is None:
                     first = time.perf_counter() - started
         if status == "ABORTED":

@@ -102,14 +102,25 @@ def version(module: ModuleType) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
+def _native(module: ModuleType) -> tuple[type[BaseException], ...]:
+    """The native module's exception classes: in 5.1.1 none of them derives from
+    ``pyhailort.HailoRTException``."""
+    native = importlib.import_module(f"{module.__name__}.pyhailort._pyhailort")
+    return tuple(kind for name in ("HailoRTStatusException", "HailoRTException",
+                                   "HailoRTCustomException")
+                 if isinstance(kind := getattr(native, name, None), type))
+
+
 def translate(error: BaseException, module: ModuleType, doing: str) -> Exception:
-    """``error`` (from HailoRT, while ``doing`` something) as the service's own error."""
+    """``error`` (from HailoRT, while ``doing`` something) as the service's own error; a
+    constructor's native status exception first mapped as ``ExceptionWrapper`` maps it."""
     errors = _errors(module)
-    native = getattr(importlib.import_module(f"{module.__name__}.pyhailort._pyhailort"),
+    status = getattr(importlib.import_module(f"{module.__name__}.pyhailort._pyhailort"),
                      "HailoRTStatusException", None)
-    if native is not None and isinstance(error, native):
-        with contextlib.suppress(ValueError, IndexError, TypeError):
-            error = errors.create_exception_from_status(int(error.args[0]))
+    wrapper = getattr(errors, "ExceptionWrapper", None)
+    if status is not None and type(error) is status and wrapper is not None:
+        with contextlib.suppress(ValueError, IndexError, TypeError, AttributeError):
+            error = wrapper.create_exception_from_status(int(error.args[0]))
     what = f"{type(error).__name__}: {error}"
     lost = tuple(getattr(errors, name) for name in (
         "HailoCommunicationClosedException", "HailoRTDriverOperationFailedException")
@@ -122,12 +133,15 @@ def translate(error: BaseException, module: ModuleType, doing: str) -> Exception
 
 
 def is_hailo_error(error: BaseException, module: ModuleType) -> bool:
-    """Is ``error`` one of HailoRT's own (Python or native)?"""
-    errors = _errors(module)
-    native = getattr(importlib.import_module(f"{module.__name__}.pyhailort._pyhailort"),
-                     "HailoRTException", None)
-    kinds = tuple(k for k in (getattr(errors, "HailoRTException", None), native) if k)
+    """Is ``error`` one of HailoRT's own (pyhailort.py's, or the native module's)?"""
+    base = getattr(_errors(module), "HailoRTException", None)
+    kinds = (*_native(module), *((base,) if isinstance(base, type) else ()))
     return isinstance(error, kinds)
+
+
+def is_invalid_argument(error: BaseException, module: ModuleType) -> bool:
+    kind = getattr(_errors(module), "HailoRTInvalidArgumentException", None)
+    return isinstance(kind, type) and isinstance(error, kind)
 
 
 class SharedDevice:
@@ -160,6 +174,7 @@ class SharedDevice:
                 cls._open[id(module)] = (vdevice, found[1] - 1)
                 return
             del cls._open[id(module)]
-        release = getattr(vdevice, "release", None)
-        if release is not None:
-            release()
+        try:
+            vdevice.release()
+        except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
+            log.warning("releasing the Hailo virtual device: %s", error)

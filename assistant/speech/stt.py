@@ -137,6 +137,7 @@ class Transcriber:
         self._prompts: dict[str, str | None] = {}
         self._hailo = hailo
         self._npu: Any = None
+        self._swap = threading.Lock()
         self.backend = ""
         """``hailo`` or ``cpu``, once started."""
 
@@ -199,14 +200,19 @@ class Transcriber:
                  self.load_seconds)
 
     def _fall_back(self, lost: Any) -> None:
-        """The NPU is gone: the CPU from now on (``auto`` only)."""
-        with self._count_lock:
+        """The NPU is gone: the CPU from now on (``auto`` only). The CPU model is loaded
+        before the NPU is let go, so no request meanwhile finds neither."""
+        with self._swap:
             if self._npu is not lost:
-                return
+                return  # another request fell back already
+            log.error("the Hailo NPU was lost: recognising speech on the CPU from now on")
+            if self._model is None:
+                self._start_cpu()
             self._npu = None
-        log.error("the Hailo NPU was lost: recognising speech on the CPU from now on")
-        lost.close()
-        self._start_cpu()
+        try:
+            lost.close()
+        except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
+            log.warning("releasing the lost Hailo speech model: %s", error)
 
     def close(self) -> None:
         """Let the model go."""

@@ -8,10 +8,15 @@ import enum
 
 
 class HailoRTException(Exception):
-    """The native base (in 5.1.1 registered with base ``Exception``)."""
+    """The native base. 5.1.1 registers each native exception with base ``Exception``
+    (``pyhailort.cpp``): none of them is a ``pyhailort.HailoRTException``."""
 
 
-class HailoRTStatusException(HailoRTException):
+class HailoRTCustomException(Exception):
+    pass
+
+
+class HailoRTStatusException(Exception):
     """A failed call; ``args[0]`` is the numeric status as a string (``utils.hpp``)."""
 
 

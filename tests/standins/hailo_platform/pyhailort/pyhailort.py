@@ -76,24 +76,25 @@ _NAMES = {8: "HAILO_INTERNAL_FAILURE", 13: "HAILO_OPEN_FILE_FAILURE", 73: "HAILO
           65: "HAILO_NOT_AVAILABLE"}
 
 
-def create_exception_from_status(code: int) -> HailoRTException:
-    found = _BY_STATUS.get(code)
-    if found is not None:
-        return found[0](found[1])
-    return HailoRTException(f"libhailort failed with error: {code} "
-                            f"({_NAMES.get(code, 'HAILO_UNKNOWN')})")
-
-
 class ExceptionWrapper:
-    """Translates the native status exception into the class for its status."""
+    """Translates the native status exception into the class for its status; anything else
+    goes through as it is."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
-        if isinstance(value, _pyhailort.HailoRTStatusException):
-            raise create_exception_from_status(int(value.args[0])) from value
+        if value is not None and kind is _pyhailort.HailoRTStatusException:
+            raise self.create_exception_from_status(int(value.args[0])) from value
         return False
+
+    @staticmethod
+    def create_exception_from_status(error_code: int) -> HailoRTException:
+        found = _BY_STATUS.get(error_code)
+        if found is not None:
+            return found[0](found[1])
+        return HailoRTException(f"libhailort failed with error: {error_code} "
+                                f"({_NAMES.get(error_code, 'HAILO_UNKNOWN')})")
 
 
 def _fail(code: int) -> None:
@@ -412,7 +413,8 @@ class _Generation:
     def read(self, timeout_ms: int) -> str:
         if self.status is not LLMGeneratorCompletionStatus.GENERATING:
             _fail(6)  # "read() cannot be called after generation completed!"
-        _check_device()
+        if device.lost:
+            _fail(6)  # the token reader thread stopped with the connection
         ready = self.read_at + device.token_seconds  # the device writes ahead of the reader
         wait = ready - time.monotonic()
         if wait > timeout_ms / 1000:
