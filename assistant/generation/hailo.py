@@ -174,15 +174,8 @@ class HailoBackend(Backend):
             self._release()
 
     def _release(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            try:
-                llm.release()
-            except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
-                log.warning("releasing the Hailo model: %s", error)
-        vdevice, self._vdevice = self._vdevice, None
-        if vdevice is not None and self._module is not None:
-            SharedDevice.release(self._module, vdevice)
+        llm, vdevice, self._llm, self._vdevice = self._llm, self._vdevice, None, None
+        npu.let_go(self._module, llm, vdevice, "language model")
 
     # -- one request -------------------------------------------------------------------------
 

@@ -178,3 +178,15 @@ class SharedDevice:
             vdevice.release()
         except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
             log.warning("releasing the Hailo virtual device: %s", error)
+
+
+def let_go(module: ModuleType | None, model: Any, vdevice: Any, what: str) -> None:
+    """Release a model (``LLM`` or ``Speech2Text``), then this user's hold on the shared
+    virtual device; a lost device's refusal is logged, not raised."""
+    if model is not None:
+        try:
+            model.release()
+        except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
+            log.warning("releasing the Hailo %s: %s", what, error)
+    if vdevice is not None and module is not None:
+        SharedDevice.release(module, vdevice)

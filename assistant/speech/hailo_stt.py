@@ -12,7 +12,6 @@ not run on a Hailo-10H.
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -24,8 +23,6 @@ from assistant.errors import AudioError, ConfigError, DeviceLost
 from assistant.model_files import model_version
 from assistant.npu import hailo as npu
 from assistant.npu.hailo import SharedDevice
-
-log = logging.getLogger(__name__)
 
 
 class HailoSpeech:
@@ -84,12 +81,5 @@ class HailoSpeech:
         return " ".join(str(segment.text).strip() for segment in segments).strip()
 
     def close(self) -> None:
-        model, self._model = self._model, None
-        if model is not None:
-            try:
-                model.release()
-            except Exception as error:  # noqa: BLE001 - a lost device cannot release cleanly
-                log.warning("releasing the Hailo speech model: %s", error)
-        vdevice, self._vdevice = self._vdevice, None
-        if vdevice is not None and self._module is not None:
-            SharedDevice.release(self._module, vdevice)
+        model, vdevice, self._model, self._vdevice = self._model, self._vdevice, None, None
+        npu.let_go(self._module, model, vdevice, "speech model")
