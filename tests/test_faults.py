@@ -178,10 +178,10 @@ def test_purges_queued_while_redis_is_down_survive_a_restart(
     cache.close()  # the service stops before Redis is back
     server.start()
     try:
-        assert redis.Redis(port=server.port).exists(key)  # the stale copy is still there
+        assert redis.Redis.from_url(server.url).exists(key)  # the stale copy is still there
         restarted = make_cache(keyring=keyring, names=names, redis_url=server.url, db=db)
         assert restarted.pending_events == 0
-        assert not redis.Redis(port=server.port).exists(key)
+        assert not redis.Redis.from_url(server.url).exists(key)
         restarted.close()
     finally:
         server.stop()
