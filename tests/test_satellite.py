@@ -165,7 +165,9 @@ def test_a_spoken_request_goes_the_whole_way(
     assert answers
     with Transcriber(SttSettings()) as transcriber:
         heard = transcriber.transcribe(answers[0].read_bytes()).text.casefold()
-    assert "kitchen light" in heard, heard
+    # The service's voice varies from one synthesis to the next; tiny.en hears "Kitchen
+    # White" in some: the answer's own words are what is checked.
+    assert "turned on the kitchen" in heard, heard
 
 
 class SatelliteProcess:
@@ -252,7 +254,7 @@ pcm.testspeaker {{ type file; slave.pcm "null"; file "{folder / 'played.wav'}";
         service.stop()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "answer: Turned on the Kitchen Light." in done.stdout
-    assert "kitchen light" in heard_in(folder / "played.wav")
+    assert "turned on the kitchen" in heard_in(folder / "played.wav")
 
 
 @pytest.mark.slow
