@@ -216,6 +216,16 @@ class Recognizer:
         return self._home
 
     @property
+    def intents(self) -> Intents:
+        """The intents served, as hassil parsed them."""
+        return self._intents
+
+    @property
+    def slot_lists(self) -> dict[str, SlotList]:
+        """The lists sentences are matched with: the templates' own, then the home's."""
+        return {**self._intents.slot_lists, **self._slot_lists}
+
+    @property
     def nearest(self) -> Nearest:
         """The sentences of these templates nearest to a transcript, over this home's names
         (built on first use: about a tenth of a second)."""
