@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 TIERS = ("l1", "l2", "l3")
@@ -98,6 +103,31 @@ class _EvictionsCollector(Collector):
         yield family
 
 
+_STORE_GAUGES = {"used_memory": ("cache_redis_used_memory_bytes", "Memory Redis uses"),
+                 "disk_bytes": ("cache_disk_bytes", "Size of the disk tier's files"),
+                 "disk_items": ("cache_disk_items", "Items in the disk tier")}
+_STORE_COUNTERS = {"evicted_keys": ("cache_redis_evicted_keys", "Keys Redis evicted"),
+                   "keyspace_hits": ("cache_redis_keyspace_hits", "Redis lookups that hit"),
+                   "keyspace_misses": ("cache_redis_keyspace_misses",
+                                       "Redis lookups that missed")}
+
+
+class _StoresCollector(Collector):
+    """Exports what Redis and the disk tier say of themselves, read at each scrape."""
+
+    def __init__(self, figures: Callable[[], dict[str, float]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._figures()
+        for key, (name, text) in _STORE_GAUGES.items():
+            if key in figures:
+                yield GaugeMetricFamily(name, text, value=figures[key])
+        for key, (name, text) in _STORE_COUNTERS.items():
+            if key in figures:
+                yield CounterMetricFamily(name, text, value=figures[key])
+
+
 class CacheMetrics:
     """Hits, misses, sets, evictions, errors and latency per tier, plus computes."""
 
@@ -118,6 +148,13 @@ class CacheMetrics:
     def track_evictions(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export ``counts()`` (evictions by tier, kept by the tiers) as ``cache_evictions``."""
         self.registry.register(_EvictionsCollector(counts))
+
+    def track_stores(self, figures: Callable[[], dict[str, float]]) -> None:
+        """Export what the stores under the tiers say of themselves, read at each scrape:
+        ``figures()`` gives Redis's ``used_memory``, ``evicted_keys``, ``keyspace_hits``,
+        ``keyspace_misses`` and the disk tier's ``disk_bytes``, ``disk_items`` (a store
+        that does not answer is left out)."""
+        self.registry.register(_StoresCollector(figures))
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when it has not been recorded yet)."""

@@ -130,6 +130,7 @@ class TieredCache:
         self._started = False
         self._forget_listeners: list[Callable[[str], None]] = []
         self.metrics.track_evictions(self._evictions)
+        self.metrics.track_stores(self._store_figures)
 
     def start(self) -> Self:
         """Open the tiers, apply the policies to the disk tier, catch up with other
@@ -463,6 +464,20 @@ class TieredCache:
         another: ``ref`` is the forgotten user's ref (:attr:`ref_of`), for what a caller
         keeps of users outside the cache."""
         self._forget_listeners.append(listener)
+
+    def _store_figures(self) -> dict[str, float]:
+        """What Redis and the disk tier say of themselves (for the metrics; a store that
+        does not answer is left out, never waited for beyond its timeout)."""
+        out: dict[str, float] = {}
+        if self.redis is not None and not self.redis.breaker.is_open:
+            with contextlib.suppress(TierUnavailable):
+                out.update(self.redis.server_figures())
+        if self.sqlite is not None:
+            with contextlib.suppress(TierUnavailable):
+                stats = self.sqlite.stats()
+                out["disk_bytes"] = float(stats["file_bytes"] + stats["wal_bytes"])
+                out["disk_items"] = float(stats["rows"])
+        return out
 
     def _evictions(self) -> dict[str, int]:
         counts = {"l1": self.memory.evictions}

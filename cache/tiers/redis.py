@@ -360,6 +360,13 @@ class RedisTier:
                 "maxmemory": info.get("maxmemory"),
                 "maxmemory_policy": info.get("maxmemory_policy")}
 
+    def server_figures(self) -> dict[str, float]:
+        """``used_memory``, ``evicted_keys``, ``keyspace_hits``, ``keyspace_misses`` from
+        ``INFO`` (for the metrics endpoint)."""
+        info = self._call(lambda: self.client.info())
+        return {k: float(info[k]) for k in ("used_memory", "evicted_keys", "keyspace_hits",
+                                            "keyspace_misses") if k in info}
+
     def close(self) -> None:
         with self._readers_lock:
             readers = list(self._readers)
