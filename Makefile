@@ -6,13 +6,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server mosquitto alsa-utils
-SERVER_BINARIES := redis-server mosquitto arecord aplay
+APT_PACKAGES := redis-server mosquitto alsa-utils systemd
+SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
 
-.PHONY: test run lint typecheck unit servers bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
+.PHONY: test run lint typecheck unit servers install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
 
+# On a Pi with the AI HAT+ 2: VENV_FLAGS=--system-site-packages, so that hailo_platform
+# (apt's hailo-h10-all) is seen.
+VENV_FLAGS ?=
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
@@ -33,8 +36,9 @@ define debian
 	fi
 endef
 
-# redis-server and mosquitto are real servers in the tests, and the satellite speaks through
-# alsa-utils (arecord, aplay): install them when missing.
+# redis-server and mosquitto are real servers in the tests, the satellite speaks through
+# alsa-utils (arecord, aplay), and the units are checked by systemd-analyze: install them
+# when missing.
 servers:
 	$(call debian,$(SERVER_BINARIES),$(APT_PACKAGES))
 
@@ -78,6 +82,43 @@ BENCH_VOICES := espeak-ng flite
 bench-understanding: $(STAMP)
 	$(call debian,$(BENCH_VOICES),$(BENCH_VOICES))
 	$(BIN)/python bench/bench_understanding.py
+
+# Installs the service for good, as root, from a checkout at /opt/assistant (README,
+# "Running on a Pi"). Never run by the tests. What exists already is kept: the settings,
+# Redis's password, the master key.
+install-systemd: $(STAMP) servers
+	@test "$$(id -u)" = 0 || { echo "error: run as root" >&2; exit 1; }
+	@test "$(CURDIR)" = /opt/assistant || { echo "error: the units run /opt/assistant; check out there" >&2; exit 1; }
+	id -u assistant >/dev/null 2>&1 || useradd --system --home-dir /var/lib/assistant --shell /usr/sbin/nologin assistant
+	id -u assistant-satellite >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin --groups audio assistant-satellite
+	install -d -m 0755 /etc/assistant /etc/credstore.encrypted
+	test -f /etc/mosquitto/assistant.passwd || install -m 0640 -o root -g mosquitto /dev/null /etc/mosquitto/assistant.passwd
+	test -f /etc/assistant/assistant.toml || { \
+	    password=$$(head -c 24 /dev/urandom | base64 | tr -d '/+='); \
+	    mqtt=$$(head -c 24 /dev/urandom | base64 | tr -d '/+='); \
+	    printf 'user default off\nuser assistant on >%s ~* &* +@all -@admin\n' "$$password" > /etc/assistant/redis-users.acl; \
+	    mosquitto_passwd -b /etc/mosquitto/assistant.passwd assistant "$$mqtt"; \
+	    sed -e "s|^url = \"redis://127.0.0.1:6379/0\"|url = \"redis://assistant:$$password@127.0.0.1:6379/0\"|" \
+	        -e "s|^# password = \"...\" .*|password = \"$$mqtt\"|" \
+	        -e 's|^folder = "intents"|folder = "/opt/assistant/intents"|' \
+	        -e 's|^entities_file = "configs/entities.yaml"|entities_file = "/etc/assistant/entities.yaml"|' \
+	        -e 's|^embedded = "auto"|embedded = "never"|' configs/assistant.toml > /etc/assistant/assistant.toml; }
+	test -f /etc/assistant/entities.yaml || install -m 0644 configs/entities.yaml /etc/assistant/entities.yaml
+	chown root:assistant /etc/assistant/assistant.toml && chmod 0640 /etc/assistant/assistant.toml
+	chown root:redis /etc/assistant/redis-users.acl && chmod 0640 /etc/assistant/redis-users.acl
+	install -m 0644 configs/redis.conf /etc/assistant/redis.conf
+	test -f /etc/mosquitto/mosquitto.conf.orig || cp /etc/mosquitto/mosquitto.conf /etc/mosquitto/mosquitto.conf.orig
+	install -m 0644 configs/mosquitto.conf /etc/mosquitto/mosquitto.conf
+	install -m 0644 configs/mosquitto.acl /etc/mosquitto/assistant.acl
+	test -f /etc/credstore.encrypted/assistant-master-key || \
+	    printf '1:%s\n' "$$(head -c 32 /dev/urandom | base64)" | \
+	    systemd-creds encrypt --name=assistant-master-key - /etc/credstore.encrypted/assistant-master-key
+	install -m 0644 systemd/assistant*.service systemd/assistant*.timer /etc/systemd/system/
+	systemctl daemon-reload
+	systemctl disable --now redis-server.service 2>/dev/null || true  # Debian's, on disk and :6379
+	systemctl restart mosquitto.service
+	systemctl enable --now assistant-redis.service assistant.service assistant-cache-gc.timer assistant-warm.timer
+	@echo "installed: add MQTT accounts with mosquitto_passwd (README), then systemctl status assistant"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -155,6 +155,17 @@ def cache_of(settings: Settings, *, listen: bool = True) -> tuple[TieredCache, K
                        keys=settings.keys, privacy=settings.privacy, listen=listen)
 
 
+def model_record(settings: Settings) -> VersionRecord:
+    """The versions of the models and voice this node last started with (beside the disk
+    cache, as the template versions are)."""
+    return VersionRecord(settings.sqlite.path.parent / "model-versions.json")
+
+
+def version_tag(kind: str, version: str) -> str:
+    """The tag every item made by that model or voice carries (``voice:…``, ``model:…``)."""
+    return f"{'voice' if kind == 'voice' else 'model'}:{version[:16]}"
+
+
 def version_record(settings: Settings) -> VersionRecord:
     """This node's record of the template versions last applied (beside the disk cache
     unless ``[intents] versions_file`` says where)."""
@@ -245,6 +256,7 @@ class App:
                 say("voice (piper)")
                 self.speaker = self._started(Speaker(s.tts, cache=cache, keys=keys))
             if self._serve:
+                self._roll_out(cache)
                 assert self.engine is not None
                 metrics = ServiceMetrics(self.registry_of_metrics)
                 say("metrics endpoint")
@@ -280,6 +292,28 @@ class App:
             self.close()
             raise
         return self
+
+    def _roll_out(self, cache: TieredCache) -> None:
+        """A model or voice that changed since the last start: the old one's items are
+        purged by tag. Their keys hold the old version, so nothing could reach them any
+        more; this gives their room back now instead of when they expire."""
+        now: dict[str, str] = {}
+        if self.generator is not None:
+            now["generator"] = self.generator.model_version()
+        if self.transcriber is not None:
+            now["stt"] = self.transcriber.version
+        if self.speaker is not None:
+            now["voice"] = self.speaker.version
+        record = model_record(self.settings)
+        before = record.load()
+        for kind, version in now.items():
+            old = before.get(kind)
+            if old and version and old != version:
+                tag = version_tag(kind, old)
+                removed = cache.invalidate_tag(tag)
+                log.info("%s changed (%s -> %s): %s purged", kind, old[:12], version[:12],
+                         removed)
+        record.save({**before, **now})
 
     def _device(self, cache: TieredCache, metrics: ServiceMetrics) -> HomeAssistantDevice:
         """The assistant as a Home Assistant device, its figures read from the metrics."""
@@ -320,6 +354,10 @@ class App:
                           redis_up=redis_up, disk_bytes=disk_bytes),
             purge=purge, reload=engine.reload,
             private=lambda user: cache.policies.for_user(user).private)
+
+    def healthy(self) -> bool:
+        """Can the service answer (what systemd's watchdog is petted by)?"""
+        return self.service is None or self.service.healthy()
 
     def _started(self, part: P) -> P:
         part.start()

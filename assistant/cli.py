@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     ops = cache.add_subparsers(dest="op", required=True)
     ops.add_parser("stats", help="print counters and the state of every tier (JSON)")
     purge = ops.add_parser("purge", help="remove every item carrying a tag, on every tier and node")
-    purge.add_argument("--tag", required=True, help="e.g. intent:HassTurnOn or template:light.yaml")
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tag", help="e.g. intent:HassTurnOn or template:light.yaml")
+    which.add_argument("--model", metavar="VERSION",
+                       help="every item a model or voice of this version made (its version "
+                            "hash, or its first 16 characters): for deployment pipelines")
     forget = ops.add_parser("forget", help="remove a user's items everywhere, destroy their data key")
     forget.add_argument("user")
     ops.add_parser("gc", help="remove expired rows from the disk tier")
@@ -81,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     satellite.add_argument("--count", type=int, help="stop after this many requests")
     satellite.add_argument("--report", type=Path,
                            help="write each request's timings (JSON lines) and peak memory")
+
+    warm = commands.add_parser("warm", help="answer likely sentences ahead of people: their "
+                                            "answers and speech into the cache")
+    warm.add_argument("--per-intent", type=int, default=8,
+                      help="sentences sampled of each intent (8)")
+    warm.add_argument("--limit", type=int, default=2000, help="sentences at most (2000)")
+    warm.add_argument("--rate", type=float, default=4.0,
+                      help="sentences a second at most; 0: as fast as it goes (4)")
+    warm.add_argument("--idle-only", action="store_true",
+                      help="wait while the running service is answering (its metrics)")
+    warm.add_argument("--no-speech", action="store_true", help="answers only, no speech")
+    warm.add_argument("--seed", type=int, help="the same sentences each run (default: new)")
+    warm.add_argument("--show", action="store_true",
+                      help="print each sentence warmed and its answer (stderr)")
 
     transcribe = commands.add_parser("transcribe", help="print the words in a WAV (or raw PCM) file")
     transcribe.add_argument("file", type=Path, help="a WAV file, or raw PCM with --rate")
@@ -223,6 +241,67 @@ def _satellite(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if answered else 1
 
 
+def _warm(args: argparse.Namespace, settings: Settings) -> int:
+    """``warm``: sampled sentences answered and spoken into the cache; a report (JSON)."""
+    import secrets
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from assistant.app import App
+    from assistant.ops.warm import ServiceActivity, Warmer, WarmReport
+    from assistant.recognition.sampling import Sample, recognizer_lists, sample_sentences
+
+    service = settings.service
+    metrics = (f"http://{service.metrics_host}:{service.metrics_port}/metrics"
+               if args.idle_only and service.metrics_port else None)
+    with App(settings, listen=False, speech=not args.no_speech) as app:
+        engine, cache = app.engine, app.cache
+        assert engine is not None and cache is not None
+        recognizer = engine.recognizer
+        samples = sample_sentences(recognizer.intents, recognizer_lists(recognizer),
+                                   recognizer.home, per_intent=args.per_intent,
+                                   seed=secrets.randbelow(2**31) if args.seed is None
+                                   else args.seed, limit=args.limit)
+        handlers = engine.responder.handlers
+        speaker = app.speaker
+
+        def respond(sample: Sample) -> Any:
+            answer = engine.respond(sample.text, area=sample.area)
+            if args.show:
+                print(f"warmed: {sample.text!r} -> {answer.text!r}", file=sys.stderr)
+            return answer
+
+        def speak(answer: Any) -> None:
+            assert speaker is not None
+            speaker.speak(answer.text, personal=bool(answer.personal))
+
+        warmer = Warmer(respond, skip=lambda intent: bool(handlers and handlers.handles(intent)),
+                        speak=None if speaker is None else speak, rate=args.rate,
+                        idle=ServiceActivity(metrics).idle if args.idle_only else None)
+        report = WarmReport(tiers_before=_tier_sizes(cache))
+        with Progress(console=Console(stderr=True)) as progress:
+            task = progress.add_task("warming", total=len(samples))
+            warmer.run(samples, report, step=lambda sample: progress.advance(task))
+        report.tiers_after = _tier_sizes(cache)
+    print(json.dumps(report.to_json()))
+    return 0
+
+
+def _tier_sizes(cache: Any) -> dict[str, Any]:
+    """Items and bytes in each tier (what ``warm`` reports before and after)."""
+    from cache import maintenance
+
+    figures = maintenance.stats(cache)
+    out: dict[str, Any] = {"l1": {"items": figures["l1"]["entries"],
+                                  "bytes": figures["l1"]["bytes"]}}
+    if "l2" in figures:
+        out["l2"] = {"items": figures["l2"].get("keys"), "bytes": figures["l2"].get("used_memory")}
+    if "l3" in figures:
+        out["l3"] = {"items": figures["l3"].get("rows"), "bytes": figures["l3"].get("bytes")}
+    return out
+
+
 def _remove_device(settings: Settings) -> int:
     """``homeassistant remove``: the device's discovery config emptied, on the broker."""
     from assistant.transports.ha_device import HomeAssistantDevice
@@ -254,11 +333,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                   watch=settings.intents.watch,
                   progress=lambda step: status.update(f"starting: {step}"))
         app.start()
+    from assistant.ops.systemd import Watchdog, notify
+
+    watchdog = Watchdog(app.healthy).start()
     try:
         _say_ready(app, settings, console, time.perf_counter() - started)
+        # Only now: every part has started, the requests are subscribed to.
+        notify(f"READY=1\nSTATUS=answering on {settings.mqtt.host}:{settings.mqtt.port}")
         stop.wait()
+        notify("STOPPING=1")
         console.print("stopping")
     finally:
+        watchdog.close()
         app.close()
     return 0
 
@@ -412,8 +498,14 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
     with cache:
         if args.op == "stats":
             print(json.dumps(maintenance.stats(cache), indent=2, sort_keys=True, default=str))
-        elif args.op == "purge":
+        elif args.op == "purge" and args.tag:
             print(json.dumps({"tag": args.tag, "removed": cache.invalidate_tag(args.tag)}))
+        elif args.op == "purge":
+            from assistant.app import version_tag
+
+            tags = [version_tag(kind, args.model) for kind in ("generator", "voice")]
+            print(json.dumps({"model": args.model, "removed": {
+                tag: cache.invalidate_tag(tag) for tag in tags}}))
         elif args.op == "forget":
             removed = cache.forget_user(args.user)
             print(json.dumps({"user": args.user, "removed": removed,
@@ -455,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _remove_device(settings)
         if args.command == "satellite":
             return _satellite(args, settings)
+        if args.command == "warm":
+            return _warm(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         log.debug("why", exc_info=error)

@@ -293,7 +293,8 @@ class Transcriber:
         assert self._cache is not None
         place = self._cache.policies.place(user, ttl=self.settings.ttl, personal=True)
         found = self._cache.fetch(self.key(data, fmt, place.owner, hints, grammar), compute,
-                                  ttl=place.ttl, tags=(STT_TAG,), user=place.owner,
+                                  ttl=place.ttl, tags=(STT_TAG, f"model:{self.version[:16]}"),
+                                  user=place.owner,
                                   redis=place.redis, disk=place.disk)
         return found.value, found.source
 

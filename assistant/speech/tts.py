@@ -196,7 +196,8 @@ class Speaker:
                 personal=user is not None if personal is None else personal)
             found = self._cache.fetch(self.key(sentence, place.owner),
                                       lambda: self.synthesize(sentence), ttl=place.ttl,
-                                      tags=(TTS_TAG,), user=place.owner, redis=place.redis,
+                                      tags=(TTS_TAG, f"voice:{self.version[:16]}"),
+                                      user=place.owner, redis=place.redis,
                                       disk=place.disk)
             pcm, source = found.value, found.source
         return SpokenSentence(sentence, pcm, source, time.perf_counter() - started)

@@ -177,6 +177,15 @@ class MqttService:
             raise
         return self
 
+    def healthy(self) -> bool:
+        """Can it still answer? Its workers and paho's network thread alive (a broker that is
+        away is not its illness: it reconnects, and what is queued there waits)."""
+        client = self._client
+        network = getattr(client, "_thread", None) if client is not None else None
+        return (not self._stopping.is_set() and bool(self._workers)
+                and all(worker.is_alive() for worker in self._workers)
+                and network is not None and network.is_alive())
+
     def close(self) -> None:
         """Take no more requests, let the workers answer what they hold while still
         connected, say offline, disconnect. What was not taken is delivered again later."""
