@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         help="do not add a key to the key file (use when the new key was added by hand, "
              "or the keys come from the environment or a credential)",
     )
+    ops.add_parser("rotate-db", help="a clean slate for the disk tier, without stopping the "
+                                     "service: its file replaced by an empty one")
     intents = commands.add_parser("intents", help="check and reload the intent templates")
     intent_ops = intents.add_subparsers(dest="op", required=True)
     check = intent_ops.add_parser("check", help="validate templates; exit 1 on any error")
@@ -302,6 +304,49 @@ def _tier_sizes(cache: Any) -> dict[str, Any]:
     return out
 
 
+def _rotate_db(settings: Settings) -> int:
+    """``cache rotate-db``: the process holding the disk tier (the running service) is asked
+    through Redis to rotate it, and acknowledges in the new file; with no answer within
+    three seconds (it reads the event stream every second), this command rotates it."""
+    import secrets
+    import sqlite3
+
+    from assistant.app import cache_of
+    from cache.tiered import ROTATE_DB, ROTATED
+
+    path = settings.sqlite.path.resolve()
+    token = secrets.token_hex(8)
+
+    def acknowledged() -> str | None:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                row = conn.execute("SELECT value FROM meta WHERE name = ?",
+                                   (ROTATED,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row and str(row[0]).startswith(token + ":") else None
+
+    cache, _keys = cache_of(settings, listen=False)
+    with cache:
+        if cache.sqlite is None:
+            print("error: there is no disk tier ([sqlite] enabled = false)", file=sys.stderr)
+            return 2
+        told = cache.announce(ROTATE_DB, f"{path}|{token}")
+        deadline = time.monotonic() + (3.0 if told else 0.0)
+        while (done := acknowledged()) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done is not None:
+            print(json.dumps({"rotated": str(path), "by": "the running service",
+                              "dropped": int(done.split(":", 1)[1])}))
+            return 0
+        if not told:
+            print("warning: Redis is unreachable, so a running service could not be asked: "
+                  "restart any service using this disk tier", file=sys.stderr)
+        dropped = cache.rotate_disk()
+    print(json.dumps({"rotated": str(path), "by": "this command", "dropped": dropped}))
+    return 0
+
+
 def _remove_device(settings: Settings) -> int:
     """``homeassistant remove``: the device's discovery config emptied, on the broker."""
     from assistant.transports.ha_device import HomeAssistantDevice
@@ -494,6 +539,8 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
         open_keyring(settings.keys)  # creates the key file on first use
         new_id = append_key(settings.keys.file)
         print(f"added key id {new_id} to {settings.keys.file}")
+    if args.op == "rotate-db":
+        return _rotate_db(settings)
     cache, _keys = cache_of(settings, listen=False)
     with cache:
         if args.op == "stats":

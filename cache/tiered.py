@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 COMPUTED = "computed"
 SHARED_FLIGHT = "waited"
+ROTATE_DB = "rotate-db"
+"""The announcement that asks the process holding a disk tier to rotate it
+(argument: ``<absolute path>|<token>``)."""
+ROTATED = "rotated"
+"""The meta row a rotation is acknowledged in."""
 
 
 @dataclass(slots=True)
@@ -131,6 +136,7 @@ class TieredCache:
         self._forget_listeners: list[Callable[[str], None]] = []
         self.metrics.track_evictions(self._evictions)
         self.metrics.track_stores(self._store_figures)
+        self.on_announcement(self._rotation_asked)
 
     def start(self) -> Self:
         """Open the tiers, apply the policies to the disk tier, catch up with other
@@ -464,6 +470,24 @@ class TieredCache:
         another: ``ref`` is the forgotten user's ref (:attr:`ref_of`), for what a caller
         keeps of users outside the cache."""
         self._forget_listeners.append(listener)
+
+    def rotate_disk(self) -> int | None:
+        """Give the disk tier a clean slate (see :meth:`SqliteTier.rotate`); the items
+        dropped, None without a disk tier."""
+        return None if self.sqlite is None else self.sqlite.rotate()
+
+    def _rotation_asked(self, name: str, arg: str) -> None:
+        """``assistant cache rotate-db`` asked the process holding this disk tier to rotate
+        it: done here, and acknowledged in the new file (``rotated`` = token:rows)."""
+        path, _, token = arg.partition("|")
+        sqlite = self.sqlite
+        if name != ROTATE_DB or sqlite is None or path != str(sqlite.path.resolve()):
+            return
+        try:
+            rows = sqlite.rotate()
+            sqlite.set_meta(ROTATED, f"{token}:{rows}")
+        except TierUnavailable as error:
+            log.error("the disk tier could not be rotated: %s", error)
 
     def _store_figures(self) -> dict[str, float]:
         """What Redis and the disk tier say of themselves (for the metrics; a store that

@@ -263,3 +263,42 @@ def test_a_deployment_purges_what_a_model_version_made(redis_server: RedisServer
     cache, keys = cache_of(load_settings(config), listen=False)
     with cache:
         assert cache.lookup(made) is None and cache.lookup(other) is not None
+
+
+@pytest.mark.slow
+def test_rotate_db_gives_the_running_service_a_clean_disk_tier_without_stopping_it(
+        broker: Broker, redis_server: RedisServer, tmp_path: Path) -> None:
+    import sqlite3
+
+    from assistant.protocol import Response
+    from assistant.transports.mqtt_client import Asker
+
+    config = service_config(tmp_path, broker=broker, redis_url=redis_server.url)
+    db = tmp_path / "cache.db"
+    service = ServiceProcess(config).start()
+    try:
+        with Asker(broker.settings("ann"), user="ann", site="kitchen") as ann:
+            assert isinstance(ann.ask(text="what time is it", timeout=20).reply, Response)
+
+            def items() -> int:
+                with sqlite3.connect(db) as conn:
+                    return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+            until(lambda: items() > 0, "items on the disk tier", 10)
+            with sqlite3.connect(db) as conn:  # what the file keeps besides items
+                position = conn.execute("SELECT name FROM meta WHERE name != 'bytes'").fetchall()
+            done = json.loads(assistant(config, "cache", "rotate-db").stdout)
+            assert done["by"] == "the running service" and done["dropped"] >= 1
+            assert items() == 0
+            with sqlite3.connect(db) as conn:
+                kept = conn.execute("SELECT name FROM meta WHERE name != 'bytes'").fetchall()
+            assert position and set(position) <= set(kept), (position, kept)  # carried over
+            # Still answering, and writing to the new file.
+            answer = ann.ask(text="turn on the kitchen light", timeout=20).reply
+            assert isinstance(answer, Response) and answer.text == "Turned on the Kitchen Light."
+            until(lambda: items() > 0, "new items in the new file", 10)
+    finally:
+        service.stop()
+    # Without a service: this command rotates it, what it holds besides items kept.
+    done = json.loads(assistant(config, "cache", "rotate-db").stdout)
+    assert done["by"] == "this command" and done["dropped"] >= 1

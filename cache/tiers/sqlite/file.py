@@ -173,6 +173,44 @@ class SqliteFile:
                                       f"aside: {move_error}") from move_error
             self._writer = self._open_writer()
 
+    def replace(self, meta: list[tuple[str, str]]) -> None:
+        """A clean slate: a new empty file, holding ``meta``, takes this one's place.
+
+        It is made and filled beside this one, then renamed over it (one atomic step: the
+        path never names a missing or half-made file). This file's WAL and shared-memory
+        index are moved aside first, so that no connection ever reads them against the new
+        file; readers of other threads reconnect on their next read. The old file is gone
+        with its name (its items were sealed: nothing on it is in clear)."""
+        with self.write_lock:
+            fresh = self.path.with_name(f"{self.path.name}.new")
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(fresh) + suffix).unlink(missing_ok=True)
+            private_file(fresh)
+            conn = sqlite3.connect(fresh, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(SCHEMA)
+                conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                                 meta)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()  # the last connection: its WAL is folded in and removed
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.close()
+                self._writer = None
+            old = self.path.with_name(f"{self.path.name}.rotated")
+            for suffix in ("-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.replace(Path(str(old) + suffix))
+            fresh.replace(self.path)
+            self._generation += 1
+            self._writer = self._open_writer()
+            for suffix in ("-wal", "-shm"):
+                Path(str(old) + suffix).unlink(missing_ok=True)
+
     def check(self) -> bool:
         """Quarantine the file if its header is no longer sqlite's; true when it was.
 

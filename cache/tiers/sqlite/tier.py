@@ -278,6 +278,20 @@ class SqliteTier:
             self._remove_copies_logged(older_than=self._quarantine_ttl)
             self.gc()
 
+    def rotate(self) -> int:
+        """A clean slate without stopping: every item goes with the old file, replaced by an
+        empty one (:meth:`SqliteFile.replace`). What the file keeps besides items (purges
+        not yet sent, the position in the event stream, forgets still to do) is carried
+        over. The items dropped."""
+        with self.file.write_lock:
+            self.writes.flush()
+            rows = int(self.file.read("SELECT count(*) FROM items")[0][0])
+            meta = [(str(name), str(value)) for name, value in self.file.read(
+                "SELECT name, value FROM meta WHERE name != 'bytes'")]
+            self.file.replace(meta)
+        log.info("disk tier %s rotated: %d items dropped", self.path, rows)
+        return rows
+
     def close(self) -> None:
         if not self.file.is_open:
             return
