@@ -22,6 +22,7 @@ from assistant.handlers import Handlers
 from assistant.home import Registry, load_home
 from assistant.home.listener import DiscoveryListener
 from assistant.lists import ListIntents, ListStore
+from assistant.ops.figures import FigureKeeper
 from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics, histogram_median
 from assistant.pipeline import Pipeline
 from assistant.settings import (
@@ -155,6 +156,11 @@ def cache_of(settings: Settings, *, listen: bool = True) -> tuple[TieredCache, K
                        keys=settings.keys, privacy=settings.privacy, listen=listen)
 
 
+def figures_path(settings: Settings) -> Path:
+    """Where the service keeps its figures over the hours (beside the disk cache)."""
+    return settings.sqlite.path.parent / "figures.jsonl"
+
+
 def model_record(settings: Settings) -> VersionRecord:
     """The versions of the models and voice this node last started with (beside the disk
     cache, as the template versions are)."""
@@ -263,6 +269,8 @@ class App:
                 self._started(MetricsEndpoint(self.registry_of_metrics,
                                               host=s.service.metrics_host,
                                               port=s.service.metrics_port))
+                self._started(FigureKeeper(self.registry_of_metrics, figures_path(s),
+                                           interval=s.service.figures_interval))
                 device = None
                 if s.homeassistant.device:
                     say("Home Assistant device")

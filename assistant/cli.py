@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     satellite.add_argument("--report", type=Path,
                            help="write each request's timings (JSON lines) and peak memory")
 
+    stats = commands.add_parser("stats", help="the running service's figures since it "
+                                              "started: a table (from its metrics endpoint)")
+    stats.add_argument("--json", action="store_true", help="as JSON")
+    report = commands.add_parser("report", help="hit ratios and latencies over the last hours, "
+                                                "drawn (from the figures the service keeps)")
+    report.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
+    report.add_argument("--hours", type=float, default=6.0, help="how far back (6)")
+
     warm = commands.add_parser("warm", help="answer likely sentences ahead of people: their "
                                             "answers and speech into the cache")
     warm.add_argument("--per-intent", type=int, default=8,
@@ -241,6 +249,63 @@ def _satellite(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: device.stop())
     answered = device.run(source)
     return 0 if answered else 1
+
+
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    """``stats``: the running service's figures since it started, as a table."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from assistant.ops.figures import current
+
+    service = settings.service
+    if not service.metrics_port:
+        print("error: the service has no metrics endpoint ([service] metrics_port = 0)",
+              file=sys.stderr)
+        return 2
+    url = f"http://{service.metrics_host}:{service.metrics_port}/metrics"
+    try:
+        now = current(url)
+    except OSError as error:
+        print(f"error: no service answers at {url}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(now)))
+        return 0
+    table = Table(title=f"assistant: {now.requests:g} requests since it started")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for tier in ("l1", "l2", "l3"):
+        if tier in now.hit_ratio:
+            table.add_row(f"{tier} hit ratio", f"{now.hit_ratio[tier]:.1%}")
+        if tier in now.tier_p50_ms:
+            table.add_row(f"{tier} read, median", f"{now.tier_p50_ms[tier] * 1000:.0f} µs")
+    for stage, p50 in now.stage_p50_ms.items():
+        table.add_row(f"{stage}, median / 95th", f"{p50:.1f} / {now.stage_p95_ms[stage]:.1f} ms")
+    for code, count in sorted(now.errors.items()):
+        table.add_row(f"errors: {code}", f"{count:g}")
+    table.add_row("queue", f"{now.queue:g}")
+    Console().print(table)
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    """``report -o FILE.png``: the figures the service kept over the last hours, drawn."""
+    from assistant.app import figures_path
+    from assistant.ops.figures import read_lines, series
+    from assistant.ops.report import draw
+
+    path = figures_path(settings)
+    points = series(read_lines(path), hours=args.hours)
+    if not points:
+        print(f"error: no figures kept yet in {path} (the service writes one line every "
+              f"[service] figures_interval seconds)", file=sys.stderr)
+        return 1
+    draw(points, args.output, hours=args.hours)
+    print(f"{args.output}: {len(points)} intervals over {args.hours:g} hours")
+    return 0
 
 
 def _warm(args: argparse.Namespace, settings: Settings) -> int:
@@ -596,6 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _satellite(args, settings)
         if args.command == "warm":
             return _warm(args, settings)
+        if args.command == "stats":
+            return _stats(args, settings)
+        if args.command == "report":
+            return _report(args, settings)
     except AudioError as error:
         print(f"error[{error.code}]: {error}", file=sys.stderr)
         log.debug("why", exc_info=error)

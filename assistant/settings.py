@@ -162,6 +162,8 @@ class ServiceSettings(_Section):
                            "it in Redis answers")
     metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
+    figures_interval: float = Field(300.0, ge=0, description="seconds between two lines of "
+                                    "figures kept (figures.jsonl); 0: none kept")
 
 
 class HomeSettings(_Section):

@@ -302,3 +302,43 @@ def test_rotate_db_gives_the_running_service_a_clean_disk_tier_without_stopping_
     # Without a service: this command rotates it, what it holds besides items kept.
     done = json.loads(assistant(config, "cache", "rotate-db").stdout)
     assert done["by"] == "this command" and done["dropped"] >= 1
+
+
+# -- figures over the hours -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_stats_shows_the_running_service_and_report_draws_what_it_kept(
+        broker: Broker, redis_server: RedisServer, tmp_path: Path) -> None:
+    import struct
+
+    from assistant.protocol import Response
+    from assistant.transports.mqtt_client import Asker
+    from tests.servers import free_port
+
+    port = free_port()
+    config = service_config(tmp_path, broker=broker, redis_url=redis_server.url,
+                            metrics_port=port, extra="figures_interval = 0.3")
+    figures = tmp_path / "figures.jsonl"
+    service = ServiceProcess(config).start()
+    try:
+        with Asker(broker.settings("ann"), user="ann", site="kitchen") as ann:
+            for _ in range(3):
+                for text in ("turn on the kitchen light", "what time is it"):
+                    assert isinstance(ann.ask(text=text, timeout=20).reply, Response)
+                lines = len(figures.read_text().splitlines()) if figures.exists() else 0
+                until(lambda lines=lines: figures.exists()
+                      and len(figures.read_text().splitlines()) > lines, "a line of figures", 10)
+        stats = json.loads(assistant(config, "stats", "--json").stdout)
+        assert stats["requests"] == 6
+        assert 0 < stats["hit_ratio"]["l1"] < 1  # the same sentences asked again
+        assert stats["stage_p50_ms"]["total"] > 0
+        table = assistant(config, "stats").stdout
+        assert "l1 hit ratio" in table and "total, median" in table
+    finally:
+        service.stop()
+    png = tmp_path / "report.png"
+    done = assistant(config, "report", "-o", str(png), "--hours", "1")
+    assert "intervals" in done.stdout
+    header = png.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1200, 900)
