@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server mosquitto alsa-utils systemd
-SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
+APT_PACKAGES := redis-server mosquitto alsa-utils systemd chromium chromium-driver
+SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze chromium chromedriver
 
 .PHONY: test run lint typecheck unit servers install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
 
@@ -37,8 +37,8 @@ define debian
 endef
 
 # redis-server and mosquitto are real servers in the tests, the satellite speaks through
-# alsa-utils (arecord, aplay), and the units are checked by systemd-analyze: install them
-# when missing.
+# alsa-utils (arecord, aplay), the units are checked by systemd-analyze and the console
+# runs in a real headless chromium: install them when missing.
 servers:
 	$(call debian,$(SERVER_BINARIES),$(APT_PACKAGES))
 
@@ -100,10 +100,13 @@ install-systemd: $(STAMP) servers
 	    mosquitto_passwd -b /etc/mosquitto/assistant.passwd assistant "$$mqtt"; \
 	    sed -e "s|^url = \"redis://127.0.0.1:6379/0\"|url = \"redis://assistant:$$password@127.0.0.1:6379/0\"|" \
 	        -e "s|^# password = \"...\" .*|password = \"$$mqtt\"|" \
-	        -e 's|^folder = "intents"|folder = "/opt/assistant/intents"|' \
+	        -e 's|^folder = "intents"|folder = "/var/lib/assistant/intents"|' \
 	        -e 's|^entities_file = "configs/entities.yaml"|entities_file = "/etc/assistant/entities.yaml"|' \
 	        -e 's|^embedded = "auto"|embedded = "never"|' configs/assistant.toml > /etc/assistant/assistant.toml; }
 	test -f /etc/assistant/entities.yaml || install -m 0644 configs/entities.yaml /etc/assistant/entities.yaml
+	# The templates where the service may write them (the console edits them).
+	test -d /var/lib/assistant/intents || { install -d -m 0700 -o assistant -g assistant /var/lib/assistant && \
+	    cp -r intents /var/lib/assistant/intents && chown -R assistant:assistant /var/lib/assistant/intents; }
 	chown root:assistant /etc/assistant/assistant.toml && chmod 0640 /etc/assistant/assistant.toml
 	chown root:redis /etc/assistant/redis-users.acl && chmod 0640 /etc/assistant/redis-users.acl
 	install -m 0644 configs/redis.conf /etc/assistant/redis.conf

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from assistant.answers import Responder
 from assistant.answers.responder import UNKNOWN_NAME_TAG, UNMATCHED_TAG
 from assistant.broadcast import BroadcastIntents, Satellites
+from assistant.console.recent import RecentRequests
+from assistant.console.server import ConsoleServer
 from assistant.engine import IntentEngine
 from assistant.generation import Generator, cpu_fallback, open_backend
 from assistant.generation.generator import GEN_TAG, PREFIX_TAG
@@ -218,6 +220,7 @@ class App:
         self.speaker: Speaker | None = None
         self.service: MqttService | None = None
         self.wyoming: WyomingServer | None = None
+        self.console: ConsoleServer | None = None
 
     def start(self) -> Self:
         """Build and start every part; on a failure, stop those already started and raise."""
@@ -276,6 +279,9 @@ class App:
                     say("Home Assistant device")
                     device = self._started(self._device(cache, metrics))
                     cache.on_forget(lambda ref: device.forgotten(ref, cache.ref_of))
+                recent = RecentRequests(s.console.recent, shown=s.console.transcripts,
+                                        private=lambda u: cache.policies.for_user(u).private)
+                cache.on_forget(lambda ref: recent.forgotten(ref, cache.ref_of))
                 say("MQTT service")
                 self.service = self._started(MqttService(
                     mqtt=s.mqtt, settings=s.service, metrics=metrics, cache=cache, keys=keys,
@@ -283,7 +289,19 @@ class App:
                                       speaker=self.speaker),
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
                     satellites=self.satellites,
-                    heard=None if device is None else device.heard))
+                    heard=None if device is None else device.heard,
+                    answered=lambda request, handled: recent.record(
+                        site=request.site, user=request.user,
+                        text=handled.transcript if handled.transcript is not None
+                        else getattr(request, "text", None), intent=handled.answer.intent,
+                        match=handled.answer.stage, ms=handled.timings.get("total", 0.0),
+                        spoken=handled.transcript is not None)))
+                if s.console.enabled and s.console.port:
+                    say("console")
+                    self.console = self._started(ConsoleServer(
+                        s.console, engine=self.engine, folder=s.intents.folder,
+                        language=s.intents.language, registry=self.registry_of_metrics,
+                        figures=figures_path(s), health=self.parts, recent=recent))
                 if s.hermes.enabled:
                     say("Rhasspy Hermes")
                     engine = self.engine
@@ -366,6 +384,18 @@ class App:
     def healthy(self) -> bool:
         """Can the service answer (what systemd's watchdog is petted by)?"""
         return self.service is None or self.service.healthy()
+
+    def parts(self) -> dict[str, bool | str | None]:
+        """Each part, up or not (None: not used), or what it runs on: for the console."""
+        cache = self.cache
+        redis = None if cache is None or cache.redis is None else \
+            not cache.redis.breaker.is_open
+        generator = self.generator.backend.name if self.generator is not None else None
+        return {"answering": self.healthy(), "redis": redis,
+                "disk": None if cache is None else cache.sqlite is not None,
+                "language model": generator,
+                "speech": None if self.transcriber is None else self.transcriber.backend,
+                "voice": self.speaker is not None}
 
     def _started(self, part: P) -> P:
         part.start()

@@ -288,6 +288,20 @@ class HomeAssistantSettings(_Section):
                                                    "user's)")
 
 
+class ConsoleSettings(_Section):
+    """A small web console served by the service (``assistant serve``)."""
+
+    enabled: bool = Field(True, description="serve the console")
+    host: str = Field("127.0.0.1", description="where it listens (loopback unless set)")
+    port: int = Field(8099, ge=0, le=65535, description="0: no console")
+    token_file: Path | None = Field(None, description="a file holding the token people sign "
+                                                      "in with; required off loopback")
+    transcripts: list[str] = Field([], description="sites whose owner allows the text of "
+                                                   "their requests to be shown (never a "
+                                                   "private user's)")
+    recent: int = Field(50, ge=1, le=1000, description="recent requests shown")
+
+
 class HermesSettings(_Section):
     """Rhasspy 2.5 satellites: the assistant as their NLU and text to speech, over Hermes."""
 
@@ -339,6 +353,7 @@ class Settings(BaseSettings):
     wyoming: WyomingSettings = WyomingSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     hermes: HermesSettings = HermesSettings()
+    console: ConsoleSettings = ConsoleSettings()
     satellite: SatelliteSettings = SatelliteSettings()
 
     @classmethod

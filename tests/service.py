@@ -61,12 +61,15 @@ def service_config(folder: Path, *, broker: Broker, redis_url: str, intents: Pat
                    extra: str = "", metrics_port: int = 0, key_file: Path | None = None,
                    wyoming_port: int | None = None, zeroconf: bool = False,
                    device: bool = False, transcripts: tuple[str, ...] = (),
-                   hermes: bool = False) -> Path:
+                   hermes: bool = False, console_port: int | None = None,
+                   console_transcripts: tuple[str, ...] = ()) -> Path:
     """A settings file for a service of its own in ``folder`` (``key_file``: a master key
     shared with other nodes; ``extra``: more of the ``[service]`` section, then sections;
     ``wyoming_port``: where its Wyoming server listens, None for none; ``device``: announce
     it to Home Assistant, every second at most, showing the last transcript of the sites in
-    ``transcripts``); ``hermes``: answer Rhasspy's Hermes topics)."""
+    ``transcripts``); ``hermes``: answer Rhasspy's Hermes topics); ``console_port``: where
+    its web console listens (None: no console), showing the text of requests from
+    ``console_transcripts``."""
     wyoming = "enabled = false" if wyoming_port is None else \
         f"port = {wyoming_port}\nzeroconf = {str(zeroconf).lower()}\nname = \"assistant-test\""
     return write_config(folder, redis_url, key_file=key_file, extra=f"""
@@ -78,6 +81,10 @@ interval = 1
 transcripts = {json.dumps(list(transcripts))}
 [hermes]
 enabled = {str(hermes).lower()}
+[console]
+enabled = {str(console_port is not None).lower()}
+port = {console_port or 0}
+transcripts = {json.dumps(list(console_transcripts))}
 [mqtt]
 port = {broker.port}
 password = "{broker.service_password}"

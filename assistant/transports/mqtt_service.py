@@ -36,7 +36,7 @@ from assistant.answers import Answer
 from assistant.broadcast import Satellites
 from assistant.errors import AssistantError
 from assistant.ops.metrics import ServiceMetrics
-from assistant.pipeline import Pipeline, response_of
+from assistant.pipeline import Handled, Pipeline, response_of
 from assistant.protocol import (
     AudioRequest,
     ErrorReply,
@@ -94,7 +94,9 @@ class MqttService:
                  max_audio_bytes: int, speech: bool = True,
                  timers: TimerManager | None = None,
                  satellites: Satellites | None = None,
-                 heard: Callable[[str, str, str], None] | None = None) -> None:
+                 heard: Callable[[str, str, str], None] | None = None,
+                 answered: Callable[[TextRequest | AudioRequest, Handled], None] | None = None
+                 ) -> None:
         """
         Args:
             mqtt: the broker.
@@ -108,6 +110,7 @@ class MqttService:
             timers: whose events are told to the satellite and user each timer is of.
             satellites: told every site a request comes from (where broadcasts go).
             heard: told (site, user, transcript) of each spoken request answered.
+            answered: told of each request answered (the console's recent requests).
         """
         self._mqtt = mqtt
         self.settings = settings
@@ -122,6 +125,7 @@ class MqttService:
         self._satellites = satellites
         self._announcer: Announcer | None = None
         self._heard = heard
+        self._answered = answered
         self._limits = UserLimits(cache.redis, keys,
                                   requests_per_minute=settings.requests_per_minute,
                                   audio_seconds_per_minute=settings.audio_seconds_per_minute)
@@ -484,6 +488,8 @@ class MqttService:
         timings["total"] = (time.perf_counter() - job.received) * 1000
         if self._heard is not None and handled.transcript is not None:
             self._heard(request.site, request.user, handled.transcript)
+        if self._answered is not None:
+            self._answered(request, handled)
         response = response_of(request.id, handled)
         if self._finish(job, response, personal=answer.personal or
                         handled.transcript is not None):

@@ -1,0 +1,1 @@
+"""The web console: health, figures, recent requests, and the intent templates edited."""
