@@ -106,6 +106,15 @@ def test_a_chosen_sentence_comes_after_strict_hypotheses_and_is_reported_fuzzy(
     assert strict is not None and strict.stage == STRICT and strict.intent == "HassTurnOn"
     # A choice that is no sentence of the templates is not taken.
     assert recognizer.recognize_any(["blah blah"], chosen="blah") is None
+    # A hypothesis that matches only by taking misheard words as free text (a timer named
+    # "4 behind seconds") comes after the choice; without one, it is still taken.
+    heard = ["Cancel the timer for 4 behind seconds."]
+    loose = recognizer.recognize_any(heard)
+    assert loose is not None and loose.stage == STRICT
+    assert loose.slot_values().get("name") == "4 behind seconds"
+    chosen = recognizer.recognize_any(heard, chosen="cancel the timer for 49 seconds")
+    assert chosen is not None and chosen.stage == FUZZY and chosen.intent == "HassCancelTimer"
+    assert "name" not in chosen.slot_values()
 
 
 def test_sentences_are_judged_as_whisper_writes_them() -> None:

@@ -364,11 +364,17 @@ class Recognizer:
         comes after a hypothesis's strict match and before any correction of one, and it is
         reported as ``fuzzy``: a near miss corrected."""
         best: Match | None = None
+        loose: Match | None = None
         for text in dict.fromkeys(t for t in texts if t.strip()):
             found = self.recognize(text, area=area, remember=remember)
             if found is None:
                 continue
             if found.stage == STRICT:
+                if chosen and any(slot.wildcard for slot in found.slots.values()):
+                    # Matched only by taking misheard words as free text (a timer "named"
+                    # "4 behind seconds"): the sentence the model judged was said comes first.
+                    loose = loose or found
+                    continue
                 return found
             if best is None or _RANK[found.stage] < _RANK[best.stage]:
                 best = found
@@ -376,7 +382,7 @@ class Recognizer:
             found = self.recognize(chosen, area=area, remember=remember)
             if found is not None and found.stage == STRICT:
                 return dataclasses.replace(found, stage=FUZZY)
-        return best
+        return loose or best
 
     def _candidates(self, text: str) -> Intents:
         """The sentence blocks that could match ``text``.

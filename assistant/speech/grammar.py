@@ -54,6 +54,9 @@ MIN_MARGIN = 1.0
 MIN_MARGIN_SAME_THINGS = 2.0
 """... than one doing something else to the same things ("pause the TV" against "unpause
 the TV", "turn on" against "turn off"): the words that tell them apart are short."""
+RULES = 2
+"""The version of the rules above (2: a hypothesis matched only through a wildcard's free
+text no longer stops the choice): part of every cached choice's key."""
 _QUESTION_WORDS = frozenset((
     "what", "whats", "what's", "how", "hows", "how's", "is", "are", "which", "who", "where",
     "when", "does", "do", "can", "any", "tell", "will", "did"))
@@ -94,7 +97,7 @@ class Grammar:
         templates = recognizer.templates
         key = repr((recognizer.home.version, templates.language,
                     sorted(templates.versions().items()), CANDIDATES, MAX_GAP_PER_TOKEN,
-                    MIN_MARGIN))
+                    MIN_MARGIN, RULES))
         self.version = hashlib.sha256(key.encode()).hexdigest()[:16]
         """Part of the cache key of every transcript chosen with it."""
         areas = sorted(recognizer.home.areas)
@@ -103,6 +106,19 @@ class Grammar:
     def allows(self, text: str) -> bool:
         """Is ``text`` a sentence of the templates (said anywhere, or in some area)?"""
         return self._meaning(text) is not None
+
+    def _fixed(self, text: str) -> bool:
+        """Is ``text`` a sentence of the templates without free text in it (a wildcard's
+        slot can take misheard words: "cancel the timer for 4 behind seconds" is a timer
+        named "4 behind seconds")?"""
+        recognizer = self._recognizer()
+        if recognizer is None:
+            return False
+        for area in dict.fromkeys((None, self._some_area)):
+            found = recognizer.recognize(text, area=area, remember=False)
+            if found is not None and found.stage == STRICT:
+                return not any(slot.wildcard for slot in found.slots.values())
+        return False
 
     def _meaning(self, text: str) -> tuple[str, frozenset[tuple[str, str]]] | None:
         """What ``text`` asks, matched strictly (its intent and slot values; aliases of one
@@ -128,7 +144,7 @@ class Grammar:
         when a hypothesis is a sentence of the templates already, or none is clearly said."""
         heard = [t for t in dict.fromkeys(t.strip() for t in texts) if t]
         recognizer = self._recognizer()
-        if recognizer is None or not heard or any(self.allows(t) for t in heard):
+        if recognizer is None or not heard or any(self._fixed(t) for t in heard):
             return None
         candidates: dict[str, tuple[Candidate, Meaning]] = {}
         for candidate in recognizer.nearest.near(heard, limit=CANDIDATES):
