@@ -17,6 +17,11 @@ when
 - and it is clearly likelier than the likeliest sentence that means something else (by
   :data:`MIN_MARGIN` nats): between "turn on" and "turn off" heard alike, nothing is chosen.
 
+A hypothesis that is a sentence of the templates only through a wildcard (free text: a
+timer's name, a message, a search) does not stop the choice: misheard words make such
+"sentences" easily ("cancel the timer for 4 behind seconds"), and the recognizer takes the
+choice before it.
+
 The thresholds were set on ``make bench-understanding``'s spoken requests and questions
 (see the README for what they gave). The choice is made where the audio is, inside the
 transcriber, and cached with the transcript; the recognizer takes it after any hypothesis
