@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server mosquitto alsa-utils systemd chromium chromium-driver
-SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze chromium chromedriver
+APT_PACKAGES := redis-server mosquitto alsa-utils systemd
+SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
+# The tests alone: the console is driven in a real headless chromium.
+TEST_PACKAGES := chromium chromium-driver
+TEST_BINARIES := chromium chromedriver
 
-.PHONY: test run lint typecheck unit servers install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
+.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
 
 # On a Pi with the AI HAT+ 2: VENV_FLAGS=--system-site-packages, so that hailo_platform
 # (apt's hailo-h10-all) is seen.
@@ -37,10 +40,13 @@ define debian
 endef
 
 # redis-server and mosquitto are real servers in the tests, the satellite speaks through
-# alsa-utils (arecord, aplay), the units are checked by systemd-analyze and the console
-# runs in a real headless chromium: install them when missing.
+# alsa-utils (arecord, aplay), the units are checked by systemd-analyze: install them when
+# missing. The tests also need chromium (test-tools); a Pi does not.
 servers:
 	$(call debian,$(SERVER_BINARIES),$(APT_PACKAGES))
+
+test-tools:
+	$(call debian,$(TEST_BINARIES),$(TEST_PACKAGES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,7 +54,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) servers
+unit: $(STAMP) servers test-tools
 	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
 
 test: lint typecheck unit
@@ -93,26 +99,36 @@ install-systemd: $(STAMP) servers
 	id -u assistant-satellite >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin --groups audio assistant-satellite
 	install -d -m 0755 /etc/assistant /etc/credstore.encrypted
 	test -f /etc/mosquitto/assistant.passwd || install -m 0640 -o root -g mosquitto /dev/null /etc/mosquitto/assistant.passwd
-	test -f /etc/assistant/assistant.toml || { \
-	    password=$$(head -c 24 /dev/urandom | base64 | tr -d '/+='); \
-	    mqtt=$$(head -c 24 /dev/urandom | base64 | tr -d '/+='); \
-	    printf 'user default off\nuser assistant on >%s ~* &* +@all -@admin\n' "$$password" > /etc/assistant/redis-users.acl; \
-	    mosquitto_passwd -b /etc/mosquitto/assistant.passwd assistant "$$mqtt"; \
-	    sed -e "s|^url = \"redis://127.0.0.1:6379/0\"|url = \"redis://assistant:$$password@127.0.0.1:6379/0\"|" \
-	        -e "s|^# password = \"...\" .*|password = \"$$mqtt\"|" \
+	# Redis's account: a random password in its ACL file and in the assistant's settings.
+	test -f /etc/assistant/redis-password || { head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > /etc/assistant/redis-password; chmod 0600 /etc/assistant/redis-password; }
+	printf 'user default off\nuser assistant on >%s ~* &* +@all -@admin\n' "$$(cat /etc/assistant/redis-password)" > /etc/assistant/redis-users.acl
+	# The assistant's MQTT account: a random password, hashed in place (never on a command line).
+	test -f /etc/assistant/mqtt-password || { head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > /etc/assistant/mqtt-password; chmod 0600 /etc/assistant/mqtt-password; \
+	    printf 'assistant:%s\n' "$$(cat /etc/assistant/mqtt-password)" >> /etc/mosquitto/assistant.passwd; \
+	    mosquitto_passwd -U /etc/mosquitto/assistant.passwd; }
+	test -f /etc/assistant/assistant.toml || \
+	    sed -e "s|^url = \"redis://127.0.0.1:6379/0\"|url = \"redis://assistant:$$(cat /etc/assistant/redis-password)@127.0.0.1:6379/0\"|" \
+	        -e "s|^# password = \"...\" .*|password = \"$$(cat /etc/assistant/mqtt-password)\"|" \
+	        -e 's|^path = "var/cache.db"|path = "/var/lib/assistant/cache.db"|' \
+	        -e 's|^file = "var/master.key"|file = "/var/lib/assistant/master.key"|' \
+	        -e 's|^create = true|create = false|' \
 	        -e 's|^folder = "intents"|folder = "/var/lib/assistant/intents"|' \
 	        -e 's|^entities_file = "configs/entities.yaml"|entities_file = "/etc/assistant/entities.yaml"|' \
-	        -e 's|^embedded = "auto"|embedded = "never"|' configs/assistant.toml > /etc/assistant/assistant.toml; }
+	        -e 's|^embedded = "auto"|embedded = "never"|' configs/assistant.toml > /etc/assistant/assistant.toml
+	test -f /etc/assistant/satellite.toml || install -m 0644 configs/satellite.toml /etc/assistant/satellite.toml
 	test -f /etc/assistant/entities.yaml || install -m 0644 configs/entities.yaml /etc/assistant/entities.yaml
 	# The templates where the service may write them (the console edits them).
-	test -d /var/lib/assistant/intents || { install -d -m 0700 -o assistant -g assistant /var/lib/assistant && \
-	    cp -r intents /var/lib/assistant/intents && chown -R assistant:assistant /var/lib/assistant/intents; }
+	install -d -m 0700 -o assistant -g assistant /var/lib/assistant
+	test -d /var/lib/assistant/intents || { cp -r intents /var/lib/assistant/intents && chown -R assistant:assistant /var/lib/assistant/intents; }
 	chown root:assistant /etc/assistant/assistant.toml && chmod 0640 /etc/assistant/assistant.toml
 	chown root:redis /etc/assistant/redis-users.acl && chmod 0640 /etc/assistant/redis-users.acl
 	install -m 0644 configs/redis.conf /etc/assistant/redis.conf
 	test -f /etc/mosquitto/mosquitto.conf.orig || cp /etc/mosquitto/mosquitto.conf /etc/mosquitto/mosquitto.conf.orig
 	install -m 0644 configs/mosquitto.conf /etc/mosquitto/mosquitto.conf
 	install -m 0644 configs/mosquitto.acl /etc/mosquitto/assistant.acl
+	# mosquitto on core 0 with Redis: the models keep cores 1-3.
+	install -d /etc/systemd/system/mosquitto.service.d
+	printf '[Service]\nCPUAffinity=0\n' > /etc/systemd/system/mosquitto.service.d/assistant.conf
 	test -f /etc/credstore.encrypted/assistant-master-key || \
 	    printf '1:%s\n' "$$(head -c 32 /dev/urandom | base64)" | \
 	    systemd-creds encrypt --name=assistant-master-key - /etc/credstore.encrypted/assistant-master-key

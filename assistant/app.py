@@ -4,6 +4,7 @@ reverse, and stopped again if one fails half-way."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -158,6 +159,49 @@ def cache_of(settings: Settings, *, listen: bool = True) -> tuple[TieredCache, K
                        keys=settings.keys, privacy=settings.privacy, listen=listen)
 
 
+def service_lock_path(settings: Settings) -> Path:
+    """The lock a running service holds on its disk tier (``cache rotate-db`` asks it)."""
+    return settings.sqlite.path.parent / f"{settings.sqlite.path.name}.service-lock"
+
+
+def service_lock_held(settings: Settings) -> bool:
+    """Does a running service hold this disk tier?"""
+    path = service_lock_path(settings)
+    if not path.exists():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+class ServiceLock:
+    """Held while the service runs, so that other processes know it holds the disk tier."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def start(self) -> ServiceLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another service holds %s: two services share one disk tier",
+                        self.path)
+        self._handle = handle
+        return self
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+
+
 def figures_path(settings: Settings) -> Path:
     """Where the service keeps its figures over the hours (beside the disk cache)."""
     return settings.sqlite.path.parent / "figures.jsonl"
@@ -265,6 +309,7 @@ class App:
                 say("voice (piper)")
                 self.speaker = self._started(Speaker(s.tts, cache=cache, keys=keys))
             if self._serve:
+                self._started(ServiceLock(service_lock_path(s)))
                 self._roll_out(cache)
                 assert self.engine is not None
                 metrics = ServiceMetrics(self.registry_of_metrics)

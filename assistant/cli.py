@@ -52,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         help="do not add a key to the key file (use when the new key was added by hand, "
              "or the keys come from the environment or a credential)",
     )
-    ops.add_parser("rotate-db", help="a clean slate for the disk tier, without stopping the "
-                                     "service: its file replaced by an empty one")
+    rotate_db = ops.add_parser("rotate-db", help="a clean slate for the disk tier, without "
+                                                 "stopping the service: its file replaced by "
+                                                 "an empty one")
+    rotate_db.add_argument("--force", action="store_true",
+                           help="rotate even when a service holds the file and did not answer")
     intents = commands.add_parser("intents", help="check and reload the intent templates")
     intent_ops = intents.add_subparsers(dest="op", required=True)
     check = intent_ops.add_parser("check", help="validate templates; exit 1 on any error")
@@ -259,13 +262,14 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     from assistant.ops.figures import current
+    from assistant.ops.warm import metrics_url
 
     service = settings.service
     if not service.metrics_port:
         print("error: the service has no metrics endpoint ([service] metrics_port = 0)",
               file=sys.stderr)
         return 2
-    url = f"http://{service.metrics_host}:{service.metrics_port}/metrics"
+    url = metrics_url(service.metrics_host, service.metrics_port)
     try:
         now = current(url)
     except OSError as error:
@@ -316,13 +320,15 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import Progress
 
     from assistant.app import App
-    from assistant.ops.warm import ServiceActivity, Warmer, WarmReport
+    from assistant.ops.warm import ServiceActivity, Warmer, WarmReport, metrics_url
     from assistant.recognition.sampling import Sample, recognizer_lists, sample_sentences
+    from assistant.speech.tts import Speaker
 
     service = settings.service
-    metrics = (f"http://{service.metrics_host}:{service.metrics_port}/metrics"
+    metrics = (metrics_url(service.metrics_host, service.metrics_port)
                if args.idle_only and service.metrics_port else None)
-    with App(settings, listen=False, speech=not args.no_speech) as app:
+    # The voice alone (no Whisper: nothing is heard), beside the service's own models.
+    with App(settings, listen=False) as app, contextlib.ExitStack() as stack:
         engine, cache = app.engine, app.cache
         assert engine is not None and cache is not None
         recognizer = engine.recognizer
@@ -331,7 +337,8 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
                                    seed=secrets.randbelow(2**31) if args.seed is None
                                    else args.seed, limit=args.limit)
         handlers = engine.responder.handlers
-        speaker = app.speaker
+        speaker = None if args.no_speech else stack.enter_context(
+            Speaker(settings.tts, cache=cache, keys=app.keys))
 
         def respond(sample: Sample) -> Any:
             answer = engine.respond(sample.text, area=sample.area)
@@ -369,14 +376,16 @@ def _tier_sizes(cache: Any) -> dict[str, Any]:
     return out
 
 
-def _rotate_db(settings: Settings) -> int:
+def _rotate_db(args: argparse.Namespace, settings: Settings) -> int:
     """``cache rotate-db``: the process holding the disk tier (the running service) is asked
-    through Redis to rotate it, and acknowledges in the new file; with no answer within
-    three seconds (it reads the event stream every second), this command rotates it."""
+    through Redis to rotate it, and acknowledges in the new file. With no answer within
+    three seconds (it reads the event stream every second), this command rotates it, unless
+    a service holds the file (its lock): then it says so and stops (``--force`` goes on)."""
     import secrets
+    import socket
     import sqlite3
 
-    from assistant.app import cache_of
+    from assistant.app import cache_of, service_lock_held
     from cache.tiered import ROTATE_DB, ROTATED
 
     path = settings.sqlite.path.resolve()
@@ -396,7 +405,7 @@ def _rotate_db(settings: Settings) -> int:
         if cache.sqlite is None:
             print("error: there is no disk tier ([sqlite] enabled = false)", file=sys.stderr)
             return 2
-        told = cache.announce(ROTATE_DB, f"{path}|{token}")
+        told = cache.announce(ROTATE_DB, f"{socket.gethostname()}|{path}|{token}")
         deadline = time.monotonic() + (3.0 if told else 0.0)
         while (done := acknowledged()) is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -404,9 +413,11 @@ def _rotate_db(settings: Settings) -> int:
             print(json.dumps({"rotated": str(path), "by": "the running service",
                               "dropped": int(done.split(":", 1)[1])}))
             return 0
-        if not told:
-            print("warning: Redis is unreachable, so a running service could not be asked: "
-                  "restart any service using this disk tier", file=sys.stderr)
+        if service_lock_held(settings) and not args.force:
+            why = "did not answer" if told else "could not be asked (Redis is unreachable)"
+            print(f"error: a running service holds {path} and {why}: nothing rotated "
+                  "(--force rotates it anyway; restart that service after)", file=sys.stderr)
+            return 1
         dropped = cache.rotate_disk()
     print(json.dumps({"rotated": str(path), "by": "this command", "dropped": dropped}))
     return 0
@@ -605,7 +616,7 @@ def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
         new_id = append_key(settings.keys.file)
         print(f"added key id {new_id} to {settings.keys.file}")
     if args.op == "rotate-db":
-        return _rotate_db(settings)
+        return _rotate_db(args, settings)
     cache, _keys = cache_of(settings, listen=False)
     with cache:
         if args.op == "stats":

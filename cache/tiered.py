@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -48,7 +49,7 @@ COMPUTED = "computed"
 SHARED_FLIGHT = "waited"
 ROTATE_DB = "rotate-db"
 """The announcement that asks the process holding a disk tier to rotate it
-(argument: ``<absolute path>|<token>``)."""
+(argument: ``<host name>|<absolute path>|<token>``: nodes share Redis, not disks)."""
 ROTATED = "rotated"
 """The meta row a rotation is acknowledged in."""
 
@@ -477,11 +478,14 @@ class TieredCache:
         return None if self.sqlite is None else self.sqlite.rotate()
 
     def _rotation_asked(self, name: str, arg: str) -> None:
-        """``assistant cache rotate-db`` asked the process holding this disk tier to rotate
-        it: done here, and acknowledged in the new file (``rotated`` = token:rows)."""
-        path, _, token = arg.partition("|")
+        """``assistant cache rotate-db`` asked the process holding this disk tier (this
+        host's, at this path) to rotate it: done here, and acknowledged in the new file
+        (``rotated`` = token:rows)."""
+        host, _, rest = arg.partition("|")
+        path, _, token = rest.partition("|")
         sqlite = self.sqlite
-        if name != ROTATE_DB or sqlite is None or path != str(sqlite.path.resolve()):
+        if name != ROTATE_DB or sqlite is None or host != socket.gethostname() \
+                or path != str(sqlite.path.resolve()):
             return
         try:
             rows = sqlite.rotate()

@@ -148,6 +148,13 @@ def test_changes_need_the_console_page_and_names_stay_in_the_folder(
         status, answered = call(base + "/api/ask", "POST", {"text": "what time is it"},
                                 {"X-Console": "1"})
         assert status == 200 and answered["intent"] == "HassGetCurrentTime"
+        # Asking never acts: a timer is not set from here.
+        status, refused = call(base + "/api/ask", "POST", {"text": "set a timer for 5 minutes"},
+                               {"X-Console": "1"})
+        assert status == 200 and refused["text"] is None and "timers" in refused["refused"]
+        # A name made to point here (DNS rebinding) is not this machine's.
+        status, _ = call(base + "/api/templates", headers={"Host": f"evil.example:{port}"})
+        assert status == 421
     finally:
         service.stop()
 

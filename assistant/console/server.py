@@ -14,7 +14,9 @@
 **Who may use it.** It listens on loopback unless ``[console] host`` says otherwise, and
 off loopback it refuses to start without ``token_file``: then every request must carry the
 token (``Authorization: Bearer``, or the cookie that ``/?token=...`` sets, HttpOnly and
-SameSite=Strict). Whatever changes something needs the header ``X-Console: 1``, which a
+SameSite=Strict). Without a token only requests naming this machine (``Host``: 127.0.0.1,
+localhost, ::1) are served, so a site whose name is made to point here cannot use it.
+Whatever changes something needs the header ``X-Console: 1``, which a
 page of another site cannot send without the browser asking first: no cross-site request
 can edit a template. Answers never carry a person's words unless their site allows it.
 """
@@ -157,6 +159,14 @@ class ConsoleServer:
                     "removed": list(result.removed), "purged": result.purged}
 
     def ask(self, text: str) -> dict[str, Any]:
+        """``text`` answered with the templates as they are now. Nothing is acted on: device
+        commands are planned, never published, and intents answered from the assistant's
+        own state (timers, lists, broadcasts) are not asked at all."""
+        match = self.engine.recognize(text)
+        handlers = self.engine.responder.handlers
+        if match is not None and handlers is not None and handlers.handles(match.intent):
+            return {"text": None, "intent": match.intent, "match": match.stage,
+                    "refused": "not asked here: it would change timers, lists or broadcasts"}
         answer = self.engine.respond(text)
         return {"text": answer.text, "intent": answer.intent, "match": answer.stage,
                 "sources": [f.source for f in answer.fragments]}
@@ -227,7 +237,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, status: int, value: Any) -> None:
         self._send(status, json.dumps(value, default=str).encode(), "application/json")
 
-    def _allowed(self, query: dict[str, list[str]]) -> bool:
+    def _host_ok(self) -> bool:
+        """Without a token, only this machine's own names in ``Host``: a page of another
+        site whose name was made to point here (DNS rebinding) is refused."""
+        if self.owner.token is not None:
+            return True
+        host = self.headers.get("Host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]") in ("127.0.0.1", "localhost", "::1", self.owner.settings.host)
+
+    def _allowed(self, path: str, query: dict[str, list[str]]) -> bool:
         token = self.owner.token
         if token is None:
             return True
@@ -237,7 +256,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             key, _, value = part.strip().partition("=")
             if key == "console_token":
                 given = given or value
-        given = given or (query.get("token") or [""])[0]
+        if path in ("/", "/index.html"):  # the address people open once; then the cookie
+            given = given or (query.get("token") or [""])[0]
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def _body(self) -> dict[str, Any]:
@@ -252,7 +272,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
-        if not self._allowed(query):
+        if not self._host_ok():
+            self._json(421, {"error": "open the console at 127.0.0.1 or localhost"})
+            return
+        if not self._allowed(url.path, query):
             self._json(401, {"error": "sign in: open the console with ?token=..."})
             return
         if method != "GET" and self.headers.get("X-Console") != "1":

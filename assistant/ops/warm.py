@@ -59,6 +59,15 @@ class WarmReport:
                           for tier in sorted({*self.tiers_before, *self.tiers_after})}}
 
 
+def metrics_url(host: str, port: int) -> str:
+    """The service's ``/metrics`` (an IPv6 address in brackets)."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, read as this machine
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
 class ServiceActivity:
     """Whether the running service has answered anything lately, from its metrics."""
 
@@ -69,7 +78,7 @@ class ServiceActivity:
         self.quiet = quiet
         self._clock = clock
         self._count: float | None = None
-        self._changed = clock() - quiet
+        self._changed = clock() - quiet  # no request seen yet: idle unless one comes
 
     def requests(self) -> float | None:
         """Requests the service has received, or None when it does not answer."""
@@ -87,8 +96,9 @@ class ServiceActivity:
         now = self._clock()
         if count is None:
             return True  # no service running: nobody to give way to
-        if count != self._count:
-            self._count, self._changed = count, now
+        if self._count is not None and count != self._count:
+            self._changed = now  # it answered something since the last look
+        self._count = count
         return now - self._changed >= self.quiet
 
 
