@@ -91,6 +91,14 @@ class EventTooLarge(Exception):
     """An event bigger than the server accepts."""
 
 
+def _length(header: dict[str, Any], key: str) -> int:
+    """A length of an event header: a whole number (absent, null or 0: none)."""
+    value = header.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} is a whole number")
+    return value
+
+
 async def read_event(reader: asyncio.StreamReader, limit: int) -> Event | None:
     """The next event, None at the end of the stream; :class:`EventTooLarge` when its data or
     payload would be over ``limit`` bytes, ValueError when the line is no event."""
@@ -101,8 +109,10 @@ async def read_event(reader: asyncio.StreamReader, limit: int) -> Event | None:
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ValueError("an event is a JSON object with a type")
     data = header.get("data") or {}
-    data_length = int(header.get("data_length") or 0)
-    payload_length = int(header.get("payload_length") or 0)
+    if not isinstance(data, dict):
+        raise ValueError("event data is a JSON object")
+    data_length = _length(header, "data_length")
+    payload_length = _length(header, "payload_length")
     if max(data_length, payload_length) > limit or min(data_length, payload_length) < 0:
         raise EventTooLarge(f"an event of more than {limit} bytes")
     if data_length:
