@@ -12,7 +12,7 @@ SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
 TEST_PACKAGES := chromium chromium-driver
 TEST_BINARIES := chromium chromedriver
 
-.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding clean
+.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding bench-peers clean
 
 # On a Pi with the AI HAT+ 2: VENV_FLAGS=--system-site-packages, so that hailo_platform
 # (apt's hailo-h10-all) is seen.
@@ -81,6 +81,9 @@ bench-e2e: $(STAMP) servers
 
 bench-satellite: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_satellite.py
+
+bench-peers: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -W ignore bench/bench_peers.py
 
 # Requests spoken by voices the assistant never answers with: espeak-ng and flite (Debian
 # packages, installed when missing and running as root).
