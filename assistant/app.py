@@ -4,7 +4,6 @@ reverse, and stopped again if one fails half-way."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ from assistant.home.listener import DiscoveryListener
 from assistant.lists import ListIntents, ListStore
 from assistant.ops.figures import FigureKeeper
 from assistant.ops.metrics import MetricsEndpoint, ServiceMetrics, histogram_median
+from assistant.ops.rotate import ServiceLock, service_lock_path
 from assistant.pipeline import Pipeline
 from assistant.settings import (
     CacheSettings,
@@ -157,49 +157,6 @@ def cache_of(settings: Settings, *, listen: bool = True) -> tuple[TieredCache, K
     """The tiered cache of ``settings`` (not started) and its key builder."""
     return build_cache(cache=settings.cache, redis=settings.redis, sqlite=settings.sqlite,
                        keys=settings.keys, privacy=settings.privacy, listen=listen)
-
-
-def service_lock_path(settings: Settings) -> Path:
-    """The lock a running service holds on its disk tier (``cache rotate-db`` asks it)."""
-    return settings.sqlite.path.parent / f"{settings.sqlite.path.name}.service-lock"
-
-
-def service_lock_held(settings: Settings) -> bool:
-    """Does a running service hold this disk tier?"""
-    path = service_lock_path(settings)
-    if not path.exists():
-        return False
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-class ServiceLock:
-    """Held while the service runs, so that other processes know it holds the disk tier."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: Any = None
-
-    def start(self) -> ServiceLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("another service holds %s: two services share one disk tier",
-                        self.path)
-        self._handle = handle
-        return self
-
-    def close(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.close()
 
 
 def figures_path(settings: Settings) -> Path:
@@ -335,12 +292,7 @@ class App:
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
                     satellites=self.satellites,
                     heard=None if device is None else device.heard,
-                    answered=lambda request, handled: recent.record(
-                        site=request.site, user=request.user,
-                        text=handled.transcript if handled.transcript is not None
-                        else getattr(request, "text", None), intent=handled.answer.intent,
-                        match=handled.answer.stage, ms=handled.timings.get("total", 0.0),
-                        spoken=handled.transcript is not None)))
+                    answered=recent.answered))
                 if s.console.enabled and s.console.port:
                     say("console")
                     self.console = self._started(ConsoleServer(

@@ -261,8 +261,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from assistant.ops.figures import current
-    from assistant.ops.warm import metrics_url
+    from assistant.ops.figures import current, metrics_url
 
     service = settings.service
     if not service.metrics_port:
@@ -313,113 +312,25 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _warm(args: argparse.Namespace, settings: Settings) -> int:
-    """``warm``: sampled sentences answered and spoken into the cache; a report (JSON)."""
-    import secrets
+    """``warm``: see :func:`assistant.ops.warm.warm`; the report as JSON."""
+    from assistant.ops.warm import warm
 
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from assistant.app import App
-    from assistant.ops.warm import ServiceActivity, Warmer, WarmReport, metrics_url
-    from assistant.recognition.sampling import Sample, recognizer_lists, sample_sentences
-    from assistant.speech.tts import Speaker
-
-    service = settings.service
-    metrics = (metrics_url(service.metrics_host, service.metrics_port)
-               if args.idle_only and service.metrics_port else None)
-    # The voice alone (no Whisper: nothing is heard), beside the service's own models.
-    with App(settings, listen=False) as app, contextlib.ExitStack() as stack:
-        engine, cache = app.engine, app.cache
-        assert engine is not None and cache is not None
-        recognizer = engine.recognizer
-        samples = sample_sentences(recognizer.intents, recognizer_lists(recognizer),
-                                   recognizer.home, per_intent=args.per_intent,
-                                   seed=secrets.randbelow(2**31) if args.seed is None
-                                   else args.seed, limit=args.limit)
-        handlers = engine.responder.handlers
-        speaker = None if args.no_speech else stack.enter_context(
-            Speaker(settings.tts, cache=cache, keys=app.keys))
-
-        def respond(sample: Sample) -> Any:
-            answer = engine.respond(sample.text, area=sample.area)
-            if args.show:
-                print(f"warmed: {sample.text!r} -> {answer.text!r}", file=sys.stderr)
-            return answer
-
-        def speak(answer: Any) -> None:
-            assert speaker is not None
-            speaker.speak(answer.text, personal=bool(answer.personal))
-
-        warmer = Warmer(respond, skip=lambda intent: bool(handlers and handlers.handles(intent)),
-                        speak=None if speaker is None else speak, rate=args.rate,
-                        idle=ServiceActivity(metrics).idle if args.idle_only else None)
-        report = WarmReport(tiers_before=_tier_sizes(cache))
-        with Progress(console=Console(stderr=True)) as progress:
-            task = progress.add_task("warming", total=len(samples))
-            warmer.run(samples, report, step=lambda sample: progress.advance(task))
-        report.tiers_after = _tier_sizes(cache)
+    report = warm(settings, per_intent=args.per_intent, limit=args.limit, rate=args.rate,
+                  idle_only=args.idle_only, speech=not args.no_speech, seed=args.seed,
+                  show=args.show)
     print(json.dumps(report.to_json()))
     return 0
 
 
-def _tier_sizes(cache: Any) -> dict[str, Any]:
-    """Items and bytes in each tier (what ``warm`` reports before and after)."""
-    from cache import maintenance
-
-    figures = maintenance.stats(cache)
-    out: dict[str, Any] = {"l1": {"items": figures["l1"]["entries"],
-                                  "bytes": figures["l1"]["bytes"]}}
-    if "l2" in figures:
-        out["l2"] = {"items": figures["l2"].get("keys"), "bytes": figures["l2"].get("used_memory")}
-    if "l3" in figures:
-        out["l3"] = {"items": figures["l3"].get("rows"), "bytes": figures["l3"].get("bytes")}
-    return out
-
-
 def _rotate_db(args: argparse.Namespace, settings: Settings) -> int:
-    """``cache rotate-db``: the process holding the disk tier (the running service) is asked
-    through Redis to rotate it, and acknowledges in the new file. With no answer within
-    three seconds (it reads the event stream every second), this command rotates it, unless
-    a service holds the file (its lock): then it says so and stops (``--force`` goes on)."""
-    import secrets
-    import socket
-    import sqlite3
+    """``cache rotate-db``: see :func:`assistant.ops.rotate.rotate_db`."""
+    from assistant.ops.rotate import NotRotated, rotate_db
 
-    from assistant.app import cache_of, service_lock_held
-    from cache.tiered import ROTATE_DB, ROTATED
-
-    path = settings.sqlite.path.resolve()
-    token = secrets.token_hex(8)
-
-    def acknowledged() -> str | None:
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-                row = conn.execute("SELECT value FROM meta WHERE name = ?",
-                                   (ROTATED,)).fetchone()
-        except sqlite3.Error:
-            return None
-        return str(row[0]) if row and str(row[0]).startswith(token + ":") else None
-
-    cache, _keys = cache_of(settings, listen=False)
-    with cache:
-        if cache.sqlite is None:
-            print("error: there is no disk tier ([sqlite] enabled = false)", file=sys.stderr)
-            return 2
-        told = cache.announce(ROTATE_DB, f"{socket.gethostname()}|{path}|{token}")
-        deadline = time.monotonic() + (3.0 if told else 0.0)
-        while (done := acknowledged()) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if done is not None:
-            print(json.dumps({"rotated": str(path), "by": "the running service",
-                              "dropped": int(done.split(":", 1)[1])}))
-            return 0
-        if service_lock_held(settings) and not args.force:
-            why = "did not answer" if told else "could not be asked (Redis is unreachable)"
-            print(f"error: a running service holds {path} and {why}: nothing rotated "
-                  "(--force rotates it anyway; restart that service after)", file=sys.stderr)
-            return 1
-        dropped = cache.rotate_disk()
-    print(json.dumps({"rotated": str(path), "by": "this command", "dropped": dropped}))
+    try:
+        print(json.dumps(rotate_db(settings, force=args.force)))
+    except NotRotated as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.status
     return 0
 
 

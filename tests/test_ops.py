@@ -314,7 +314,7 @@ def test_rotate_db_gives_the_running_service_a_clean_disk_tier_without_stopping_
     # A service that holds the file but does not answer: nothing rotated, unless forced.
     import fcntl
 
-    from assistant.app import service_lock_path
+    from assistant.ops.rotate import service_lock_path
     from assistant.settings import load_settings
 
     lock = service_lock_path(load_settings(config))
@@ -332,7 +332,8 @@ def test_warming_gives_way_while_the_service_answers() -> None:
     import http.server
     import threading
 
-    from assistant.ops.warm import ServiceActivity, metrics_url
+    from assistant.ops.figures import metrics_url
+    from assistant.ops.warm import ServiceActivity
 
     count = {"n": 0}
 

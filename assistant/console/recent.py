@@ -8,7 +8,11 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from assistant.pipeline import Handled
+    from assistant.protocol import AudioRequest, TextRequest
 
 
 class RecentRequests:
@@ -30,6 +34,14 @@ class RecentRequests:
             self._ring.append({"time": round(time.time(), 3), "site": site, "text": words,
                                "intent": intent, "match": match, "ms": round(ms, 1),
                                "spoken": spoken, "_user": user})
+
+    def answered(self, request: TextRequest | AudioRequest, handled: Handled) -> None:
+        """A request the MQTT service answered (its ``answered`` hook)."""
+        spoken = handled.transcript is not None
+        self.record(site=request.site, user=request.user,
+                    text=handled.transcript if spoken else getattr(request, "text", None),
+                    intent=handled.answer.intent, match=handled.answer.stage,
+                    ms=handled.timings.get("total", 0.0), spoken=spoken)
 
     def forgotten(self, ref: str, ref_of: Callable[[str], str | None]) -> None:
         """A user was forgotten (``cache forget``): their words go from here too."""

@@ -225,6 +225,15 @@ def series(lines: list[dict[str, Any]], *, hours: float | None = None) -> list[P
     return points
 
 
+def metrics_url(host: str, port: int) -> str:
+    """The service's ``/metrics`` (an IPv6 address in brackets)."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, read as this machine
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
 def current(url: str) -> Point:
     """A running service's figures since it started, from its metrics endpoint ``url``."""
     if not url.startswith(("http://", "https://")):

@@ -15,8 +15,11 @@ goes on only once that has not moved for :data:`QUIET_SECONDS`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import secrets
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -24,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from assistant.errors import AssistantError
-from assistant.recognition.sampling import Sample
+from assistant.ops.figures import metrics_url
+from assistant.recognition.sampling import Sample, recognizer_lists, sample_sentences
+from assistant.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +62,6 @@ class WarmReport:
                 "tiers": {tier: {"before": self.tiers_before.get(tier),
                                  "after": self.tiers_after.get(tier)}
                           for tier in sorted({*self.tiers_before, *self.tiers_after})}}
-
-
-def metrics_url(host: str, port: int) -> str:
-    """The service's ``/metrics`` (an IPv6 address in brackets)."""
-    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, read as this machine
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
 
 
 class ServiceActivity:
@@ -160,3 +156,64 @@ class Warmer:
             self._sleep(1.0)
             waited += 1.0
         return waited
+
+
+def warm(settings: Settings, *, per_intent: int, limit: int, rate: float, idle_only: bool,
+         speech: bool, seed: int | None = None, show: bool = False) -> WarmReport:
+    """Sample sentences of the templates over the home and answer them into the cache,
+    with a progress bar on stderr (``show``: each sentence and its answer too). It loads
+    the voice but not Whisper: nothing is heard, and it runs beside the service."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from assistant.app import App
+    from assistant.speech.tts import Speaker
+
+    service = settings.service
+    metrics = metrics_url(service.metrics_host, service.metrics_port) \
+        if idle_only and service.metrics_port else None
+    with App(settings, listen=False) as app, contextlib.ExitStack() as stack:
+        engine, cache = app.engine, app.cache
+        assert engine is not None and cache is not None
+        recognizer = engine.recognizer
+        samples = sample_sentences(recognizer.intents, recognizer_lists(recognizer),
+                                   recognizer.home, per_intent=per_intent,
+                                   seed=secrets.randbelow(2**31) if seed is None else seed,
+                                   limit=limit)
+        handlers = engine.responder.handlers
+        speaker = stack.enter_context(Speaker(settings.tts, cache=cache, keys=app.keys)) \
+            if speech else None
+
+        def respond(sample: Sample) -> Any:
+            answer = engine.respond(sample.text, area=sample.area)
+            if show:
+                print(f"warmed: {sample.text!r} -> {answer.text!r}", file=sys.stderr)
+            return answer
+
+        def speak(answer: Any) -> None:
+            assert speaker is not None
+            speaker.speak(answer.text, personal=bool(answer.personal))
+
+        warmer = Warmer(respond, skip=lambda intent: bool(handlers and handlers.handles(intent)),
+                        speak=None if speaker is None else speak, rate=rate,
+                        idle=ServiceActivity(metrics).idle if idle_only else None)
+        report = WarmReport(tiers_before=tier_sizes(cache))
+        with Progress(console=Console(stderr=True)) as progress:
+            task = progress.add_task("warming", total=len(samples))
+            warmer.run(samples, report, step=lambda sample: progress.advance(task))
+        report.tiers_after = tier_sizes(cache)
+    return report
+
+
+def tier_sizes(cache: Any) -> dict[str, Any]:
+    """Items and bytes in each tier (what ``warm`` reports before and after)."""
+    from cache import maintenance
+
+    figures = maintenance.stats(cache)
+    out: dict[str, Any] = {"l1": {"items": figures["l1"]["entries"],
+                                  "bytes": figures["l1"]["bytes"]}}
+    if "l2" in figures:
+        out["l2"] = {"items": figures["l2"].get("keys"), "bytes": figures["l2"].get("used_memory")}
+    if "l3" in figures:
+        out["l3"] = {"items": figures["l3"].get("rows"), "bytes": figures["l3"].get("bytes")}
+    return out

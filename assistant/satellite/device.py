@@ -41,7 +41,7 @@ from assistant.protocol import ErrorReply, Packet, Response, SpeechChunk, Topics
 from assistant.satellite.listen import Ears, Utterance
 from assistant.satellite.sound import Player, Source, tone, wav_of
 from assistant.settings import MqttSettings, SatelliteSettings
-from assistant.transports.mqtt_client import Asker
+from assistant.transports.mqtt_client import Asked, Asker
 
 STATES = ("idle", "listening", "thinking", "speaking", "error", "offline")
 
@@ -233,13 +233,13 @@ class Satellite:
         self._set("idle")
 
     @staticmethod
-    def _line(utterance: Utterance, asked: object, *, answered: bool) -> dict[str, object]:
-        first = getattr(asked, "first_speech_seconds", None)
+    def _line(utterance: Utterance, asked: Asked | None, *, answered: bool) -> dict[str, object]:
+        first = asked.first_speech_seconds if asked is not None else None
         return {"speech_end": round(utterance.speech_end, 3),
                 "sent_at": round(utterance.sent_at, 3), "why": utterance.why.value,
                 "timed_out": utterance.timed_out,
                 "first_audio_ms": None if first is None else round(first * 1000, 1),
-                "answer_ms": round(getattr(asked, "seconds", 0.0) * 1000, 1),
+                "answer_ms": round(asked.seconds * 1000, 1) if asked is not None else 0.0,
                 "answered": answered}
 
     # -- what else comes (network thread) --------------------------------------------------
