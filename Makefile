@@ -12,7 +12,7 @@ SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
 TEST_PACKAGES := chromium chromium-driver
 TEST_BINARIES := chromium chromedriver
 
-.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding bench-peers clean
+.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding bench-peers test-faults clean
 
 # On a Pi with the AI HAT+ 2: VENV_FLAGS=--system-site-packages, so that hailo_platform
 # (apt's hailo-h10-all) is seen.
@@ -58,6 +58,13 @@ unit: $(STAMP) servers test-tools
 	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
 
 test: lint typecheck unit
+
+# The service broken while requests stream through it (Redis, the broker, the service itself,
+# the disk tier's filesystem and file), each phase FAULT_SECONDS long; `make test` runs the
+# same tests with phases of 3 s. As root: the full disk is a small tmpfs the test mounts.
+FAULT_SECONDS ?= 20
+test-faults: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest tests/test_service_faults.py
 
 # The service: a private mosquitto on loopback when none listens there (the Debian package
 # `servers` installs), Redis used when it answers.

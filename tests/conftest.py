@@ -161,3 +161,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     server = Broker(tmp_path_factory.mktemp("broker")).start()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What each fault cost the requests streaming through it (tests/test_service_faults.py)."""
+    from tests.faults import REPORTS, summary
+
+    if REPORTS:
+        terminalreporter.section("faults")
+        for line in summary(REPORTS):
+            terminalreporter.write_line(line)

@@ -40,6 +40,11 @@ def _no_delay(client: Client, userdata: Any, sock: SocketLike) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+RECONNECT_DELAY = (1, 2)
+"""Seconds between attempts to reach a lost broker: the first, and the most (paho doubles
+the wait after each failed attempt)."""
+
+
 def make_client(settings: MqttSettings, *, client_id_suffix: str = "",
                 client_id: str | None = None, manual_ack: bool = False) -> Client:
     """A client for the broker in ``settings``, not yet connected.
@@ -55,6 +60,9 @@ def make_client(settings: MqttSettings, *, client_id_suffix: str = "",
         protocol=MQTTProtocolVersion.MQTTv5,
         manual_ack=manual_ack,
     )
+    # The broker is on this machine or next to it: after a restart it is back in seconds,
+    # and each second waited beyond that is a second of requests answered late.
+    client.reconnect_delay_set(min_delay=RECONNECT_DELAY[0], max_delay=RECONNECT_DELAY[1])
     if settings.username is not None:
         client.username_pw_set(settings.username, service_password(settings))
     client.on_socket_open = _no_delay
