@@ -92,6 +92,9 @@ bench-satellite: $(STAMP) servers
 bench-peers: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -W ignore bench/bench_peers.py
 
+bench-load: $(STAMP) servers
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench_load.py
+
 # Requests spoken by voices the assistant never answers with: espeak-ng and flite (Debian
 # packages, installed when missing and running as root).
 BENCH_VOICES := espeak-ng flite
