@@ -201,7 +201,7 @@ class Sent:
         for source in ("computed", "fallback", "uncached", "waited", "l3", "l2", "l1"):
             if source in sources:
                 return source
-        return next(iter(sources), "none")
+        return next(iter(sources), "no_fragments")
 
     def stages(self) -> dict[str, float]:
         """Milliseconds per stage: the reply's own timings, the wait in the service
@@ -486,6 +486,9 @@ def summary(phase: Phase, prefix: str = "") -> dict[str, Any]:
                                and s.reply_at - s.at > SERVICE_TIMEOUT)
     out[f"{prefix}strays"] = phase.ledger.strays
     out[f"{prefix}answers_by_tier"] = dict(sorted(Counter(s.tier for s in answered).items()))
+    out[f"{prefix}no_fragments_examples"] = sorted(
+        {f"{s.ask.text} -> {s.response.text}" for s in answered  # type: ignore[union-attr]
+         if s.tier == "no_fragments"})[:3]
     spoken = [s for s in answered if s.ask.spoken]
     out[f"{prefix}spoken_without_speech"] = sum(1 for s in spoken if s.speech_at is None)
     speech = [(s.speech_at - s.at) * 1000 for s in spoken if s.speech_at is not None]
