@@ -191,6 +191,20 @@ class Codec:
         except (IndexError, UnicodeDecodeError, ValueError) as error:
             raise BlobError(f"blob body is malformed: {error}") from None
 
+    def decode_kept(self, key: str, blob: bytes, user: str | None
+                    ) -> tuple[Any, Any, tuple[str, ...], int]:
+        """Like :meth:`decode`, and the value as memory keeps it (:func:`frozen`) too, taken
+        from the blob's bytes: a JSON value is parsed for the caller, never encoded again."""
+        body = self.open(key, blob, user)
+        try:
+            tags, offset = _unpack_tags(body)
+            data = body[offset:]
+            value = deserialize(data)
+            kept = _Frozen(bytes(data)) if data[0] == 0x6A else value
+            return value, kept, tags, len(body)
+        except (IndexError, UnicodeDecodeError, ValueError) as error:
+            raise BlobError(f"blob body is malformed: {error}") from None
+
     @staticmethod
     def key_id(blob: bytes) -> int:
         """The master key id a blob is sealed under."""

@@ -9,6 +9,7 @@ confirmed by hashing a guessed prompt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -16,7 +17,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cache.errors import CacheError, NonDeterministicError
 from cache.scope import check_user, is_scope, tag_user, user_tag
@@ -26,6 +27,22 @@ _LENGTH = struct.Struct(">I")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 Field = str | bytes | int | float | bool | None
+
+
+class _Slot:
+    """The place of a free field in a :class:`KeySpace`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SLOT"
+
+
+SLOT: Final = _Slot()
+"""Marks a free field among a key space's fields (:meth:`KeyBuilder.space`)."""
+
+MEMO_SIZE = 16384
+"""How many names of free values a key space remembers by default."""
 
 
 def _encode_float(field: float) -> tuple[bytes, bytes]:
@@ -82,10 +99,24 @@ class KeyBuilder:
 
     def key(self, kind: str, *fields: Field) -> str:
         """The key of ``fields`` in the namespace ``kind`` (lower-case word, e.g. ``stt``)."""
-        if not _KIND.fullmatch(kind):
-            raise CacheError(f"invalid key kind {kind!r}: lower-case letters, digits, underscore")
+        _check_kind(kind)
         mac = hmac.new(self._secret, encode_fields((KEY_VERSION, kind, *fields)), hashlib.sha256)
         return f"{KEY_VERSION}:{kind}:{mac.hexdigest()}"
+
+    def space(self, kind: str, *fields: Field | _Slot, memo: int = MEMO_SIZE) -> KeySpace:
+        """The keys of ``kind`` whose ``fields`` are fixed but where :data:`SLOT` stands:
+        ``space.key(a)`` is ``key(kind, *fields)`` with ``a`` in the slot (see :class:`KeySpace`)."""
+        return KeySpace(self._secret, kind, fields, memo=memo)
+
+    def generation_space(self, request: GenerationKey, *, memo: int = MEMO_SIZE) -> KeySpace:
+        """The generation keys of everything ``request`` says but its prompt (which is ignored):
+        ``space.key(prompt)`` is :meth:`generation_key` of ``request`` with that prompt.
+
+        Refuses requests that are not reproducible, once, here."""
+        request.check_deterministic()
+        fields: list[Field | _Slot] = list(request.fields())
+        fields[_PROMPT_FIELD] = SLOT
+        return self.space("gen", *fields, memo=memo)
 
     def name(self, namespace: str, value: str) -> str:
         """An opaque Redis name for a non-key object (a tag set), e.g. ``v1:tag:<digest>``."""
@@ -147,7 +178,7 @@ class GenerationKey:
             raise CacheError(f"scope must be 'shared' or 'user:<id>', not {self.scope!r}")
 
     def fields(self) -> tuple[Field, ...]:
-        """The key fields in a fixed order."""
+        """The key fields in a fixed order (the prompt is the eighth)."""
         return (
             self.backend,
             self.model_id,
@@ -164,6 +195,70 @@ class GenerationKey:
             self.seed,
             self.scope,
         )
+
+
+def _check_kind(kind: str) -> None:
+    if not _KIND.fullmatch(kind):
+        raise CacheError(f"invalid key kind {kind!r}: lower-case letters, digits, underscore")
+
+
+class KeySpace:
+    """Keys of one kind whose fields are fixed but for a few free ones (a prompt, say).
+
+    ``space.key(*free)`` is the key :meth:`KeyBuilder.key` gives for the whole field list,
+    the same HMAC-named string: the fixed fields are encoded and fed to the HMAC once, here,
+    so a new name costs the free fields and the hash's finish (about a microsecond, not
+    seven). The names of the last ``memo`` free values seen are remembered: a caller that
+    asks again (an answer kept in memory, asked for again) gets its name by a dictionary
+    lookup. Only names of ``str`` values are remembered: numbers that compare equal are
+    different fields (``1``, ``1.0``, ``True``; ``0.0`` and ``-0.0``), so they are hashed
+    every time. Thread-safe.
+    """
+
+    def __init__(self, secret: bytes, kind: str, fields: tuple[Field | _Slot, ...], *,
+                 memo: int = MEMO_SIZE) -> None:
+        _check_kind(kind)
+        if len(secret) < 32:
+            raise CacheError("the key naming secret must be at least 32 bytes")
+        runs: list[list[Field]] = [[KEY_VERSION, kind]]
+        for field in fields:
+            if field is SLOT:
+                runs.append([])
+            elif isinstance(field, _Slot):
+                raise CacheError("a key space's slot is cache.keys.SLOT")
+            else:
+                runs[-1].append(field)
+        if len(runs) < 2:
+            raise CacheError("a key space needs at least one SLOT among its fields")
+        self.kind = kind
+        self.slots = len(runs) - 1
+        """How many free fields a key of this space takes."""
+        self._prefix = f"{KEY_VERSION}:{kind}:"
+        self._head = hmac.new(secret, encode_fields(runs[0]), hashlib.sha256)
+        self._runs = tuple(encode_fields(run) for run in runs[1:])
+        self._remembered = functools.lru_cache(maxsize=max(memo, 0))(self._name)
+
+    def key(self, *free: Field) -> str:
+        """The key with ``free`` in the slots, in order."""
+        if len(free) == 1:
+            if type(free[0]) is str:
+                return self._remembered(free[0])
+        elif len(free) == self.slots and all(type(field) is str for field in free):
+            return self._remembered(*free)
+        return self._name(*free)
+
+    def _name(self, *free: Field) -> str:
+        if len(free) != self.slots:
+            raise CacheError(f"this key space takes {self.slots} free field(s), not {len(free)}")
+        mac = self._head.copy()
+        for field, run in zip(free, self._runs, strict=True):
+            mac.update(encode_fields((field,)))
+            mac.update(run)
+        return self._prefix + mac.hexdigest()
+
+
+_PROMPT_FIELD = 7
+"""Where :meth:`GenerationKey.fields` puts the prompt."""
 
 
 class UserRefs:

@@ -179,29 +179,55 @@ class TieredCache:
         ``redis=False`` skips Redis, for items that are never stored there (see :meth:`set`).
         """
         started = time.perf_counter()
-        ref = self.ref_of(user)
         generation = self.memory.generation
         record = self.memory.get(key)
-        m = self._m["l1"]
         if record is not None:
-            m.hits += 1
+            self._l1.hits += 1
             return Outcome(thawed(record.payload), "l1", time.perf_counter() - started)
-        m.misses += 1
-        for tier in (self.redis if redis else None, self.sqlite):
-            if tier is None:
-                continue
-            found = self._read(tier, key, ref)
-            if found is not None:
-                value, record = found
-                self._promote(tier, key, value, record, user, generation)
-                return Outcome(value, tier.name, time.perf_counter() - started)
-        return None
+        return self._below(key, user, redis, started, generation, None)[0]
 
-    def _read(self, tier: Tier, key: str, ref: str | None) -> tuple[Any, Record] | None:
+    def _below(self, key: str, user: str | None, redis: bool, started: float, generation: int,
+               tags: tuple[str, ...] | None) -> tuple[Outcome | None, list[str] | None]:
+        """After an L1 miss: L2, then L3. With ``tags`` (a compute may follow), the purge
+        epochs of the item's tags are read in the same round trip as the L2 read; they
+        come back with a miss (None: not read, or Redis is not used)."""
+        self._l1.misses += 1
+        ref = self.ref_of(user)
+        epochs: list[str] | None = None
+        shared = self.redis if redis else None
+        if shared is not None:
+            if tags is None:
+                found = self._read(shared, key, ref)
+            else:
+                wanted = RedisTier.all_tags(tuple(self.ref_of.tag(t) for t in tags), ref)
+                read: list[list[str]] = []
+
+                def get() -> Record | None:
+                    record, now = shared.get_with_epochs(key, wanted)
+                    read.append(now)
+                    return record
+
+                found = self._read(shared, key, ref, get)
+                epochs = read[0] if read else None
+            if found is not None:
+                self._promote(shared, key, found[1], user, generation)
+                return Outcome(found[0], shared.name, time.perf_counter() - started), None
+        if self.sqlite is not None:
+            found = self._read(self.sqlite, key, ref)
+            if found is not None:
+                self._promote(self.sqlite, key, found[1], user, generation)
+                return Outcome(found[0], "l3", time.perf_counter() - started), None
+        return None, epochs
+
+    def _read(self, tier: Tier, key: str, ref: str | None,
+              get: Callable[[], Record | None] | None = None) -> tuple[Any, Record] | None:
+        """The value at ``key`` in ``tier`` and its record, the record's payload the value as
+        memory keeps it (:func:`~cache.codec.frozen`); None for a miss, the tier down or an
+        unreadable blob."""
         m = self._m[tier.name]
         started = time.perf_counter()
         try:
-            record = tier.get(key)
+            record = tier.get(key) if get is None else get()
         except TierUnavailable as error:
             m.error("unavailable")
             log.debug("%s skipped: %s", tier.name, error)
@@ -218,7 +244,8 @@ class TieredCache:
             m.misses += 1
             return None
         try:
-            value, tags, size = self.codec.decode(key, record.payload, ref)
+            value, record.payload, record.tags, record.size = self.codec.decode_kept(
+                key, record.payload, ref)
         except BlobError as error:
             m.error("corrupt")
             m.misses += 1
@@ -230,11 +257,13 @@ class TieredCache:
                     tier.delete(key)
             return None
         m.hits += 1
-        record.tags, record.user, record.size = tags, ref, size
+        record.user = ref
         return value, record
 
-    def _promote(self, tier: Tier, key: str, value: Any, record: Record,
-                 user: str | None, generation: int) -> None:
+    def _promote(self, tier: Tier, key: str, record: Record, user: str | None,
+                 generation: int) -> None:
+        """Copy what was read below into memory, as it was decoded (a JSON value stays
+        serialized: it is parsed once, for the caller, not parsed and encoded again)."""
         policy = self.policies.for_user(user)
         if tier is self.sqlite and not policy.persist and self.sqlite is not None:
             # The user no longer allows disk: this copy goes now, not when it expires.
@@ -242,9 +271,8 @@ class TieredCache:
                 self.sqlite.delete(key)
         # A policy tightened since the item was stored applies from now on. Not stored if a
         # purge ran since the read began: the copy read may be what it purged.
-        expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
-        self.memory.set(key, Record(frozen(value), expires_at, record.tags, record.user,
-                                    record.size), generation)
+        record.expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
+        self.memory.set(key, record, generation)
 
     def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
@@ -337,7 +365,12 @@ class TieredCache:
         all four of ``ttl``, ``user``, ``redis`` and ``disk``)."""
         started = time.perf_counter()
         generation = self.memory.generation
-        found = self.lookup(key, user=user, redis=redis)
+        record = self.memory.get(key)
+        if record is not None:
+            self._l1.hits += 1
+            return Outcome(thawed(record.payload), "l1", time.perf_counter() - started)
+        tags = tuple(tags)
+        found, epochs = self._below(key, user, redis, started, generation, tags)
         if found is not None:
             return found
         with self._flight_lock:
@@ -356,9 +389,9 @@ class TieredCache:
             if again is not None:
                 flight.value = thawed(again.payload)
                 return Outcome(flight.value, "l1", time.perf_counter() - started)
-            tags = tuple(tags)
-            epochs = self._epochs(tuple(self.ref_of.tag(t) for t in tags),
-                                  self.ref_of(user)) if redis else None
+            if epochs is None and redis:  # not read with the miss (Redis was down then)
+                epochs = self._epochs(tuple(self.ref_of.tag(t) for t in tags),
+                                      self.ref_of(user))
             self.metrics.computes.inc()
             try:
                 value = compute()

@@ -6,11 +6,18 @@ there; entries nobody reads again age out through LRU order like any other, so
 the byte budget holds either way. (``TLRUCache`` keeps a heap of expiries and
 calls the timer several times per operation: on a hit-heavy tier that
 bookkeeping costs more than it saves.)
+
+A hit takes no lock: it reads the store's own dict and moves the key to the end of its
+recency order, two operations of C code that the interpreter runs whole, so a
+concurrent write or eviction is seen either before or after, never half done. (That
+reaches into cachetools' ``LRUCache``; a release laid out otherwise is detected and
+read through its public interface, under the lock, as before.)
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Self
@@ -30,6 +37,13 @@ class _Store(LRUCache[str, Record]):
     def __init__(self, maxsize: int, on_evict: Callable[[str, Record], None]) -> None:
         super().__init__(maxsize, getsizeof=lambda record: record.size + ENTRY_OVERHEAD)
         self._on_evict = on_evict
+        data = getattr(self, "_Cache__data", None)
+        order = getattr(self, "_LRUCache__order", None)
+        self.direct: tuple[dict[str, Record], OrderedDict[str, None]] | None = (
+            (data, order) if isinstance(data, dict) and isinstance(order, OrderedDict)
+            and type(self).__getitem__ is LRUCache.__getitem__ else None)
+        """The store's dict and recency order, for reads without the lock (None: not
+        laid out as expected)."""
 
     def popitem(self) -> tuple[str, Record]:
         key, record = super().popitem()
@@ -83,6 +97,21 @@ class MemoryTier:
         self.evictions += 1
 
     def get(self, key: str) -> Record | None:
+        direct = self._store.direct
+        if direct is None:
+            return self._get_locked(key)
+        record = direct[0].get(key)
+        if record is None:
+            return None
+        if record.expires_at <= self._clock():
+            return self._get_locked(key)  # expired: dropped under the lock
+        try:  # noqa: SIM105 (contextlib.suppress costs more than the rest of a hit)
+            direct[1].move_to_end(key)
+        except KeyError:  # removed since it was read: this read came first
+            pass
+        return record
+
+    def _get_locked(self, key: str) -> Record | None:
         with self._lock:
             try:
                 record = self._store[key]

@@ -8,7 +8,9 @@ round trip each (Lua). A purge removes a member only if the item still names
 that tag set in its own header: an item overwritten without the tag survives,
 and since header and item are one Redis key, eviction can never split them. A circuit
 breaker skips Redis while it is failing; redis-py reconnects by itself when it
-is back. Item reads use one held connection per thread (the rest use the pool).
+is back. Item reads and writes go over one connection held per thread, as commands packed
+here (the rest use the pool); a read that may lead to a compute fetches the purge
+epochs of the item's tags in the same round trip.
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
@@ -45,6 +47,7 @@ from cache.tiers.breaker import CircuitBreaker
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">dH")
+_GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
 EVENTS_STREAM = "v1:events"
 SALTS_HASH = "v1:salts"
 
@@ -167,6 +170,8 @@ class RedisTier:
         self._readers_lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._epoch_names: dict[str, str] = {}
+        self._tag_names: dict[str, str] = {}
 
     def start(self) -> Self:
         """Make the connection pool and register the scripts (connections open on first use:
@@ -202,8 +207,13 @@ class RedisTier:
         return result
 
     def tag_name(self, tag: str) -> str:
-        """The Redis set holding the keys of ``tag``."""
-        return self._namer("tag", tag)
+        """The Redis set holding the keys of ``tag`` (names are remembered)."""
+        name = self._tag_names.get(tag)
+        if name is None:
+            if len(self._tag_names) >= 4096:
+                self._tag_names.clear()
+            name = self._tag_names[tag] = self._namer("tag", tag)
+        return name
 
     def _reader(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -215,25 +225,72 @@ class RedisTier:
                 self._readers.add(conn)
         return conn
 
-    def _read(self, key: str) -> bytes | None:
+    def _exchange(self, packed: list[bytes], replies: int = 1) -> list[Any]:
+        """Send ``packed`` commands over this thread's held connection at once; their replies.
+
+        A reply that is an error is raised (after every reply was read)."""
         conn = self._reader()
         for attempt in (1, 2):
             try:
-                conn.send_command("GET", key)
-                return cast("bytes | None", conn.read_response())
+                conn.send_packed_command(packed, check_health=False)
+                out = []
+                failed: Exception | None = None
+                for _ in range(replies):
+                    try:
+                        out.append(conn.read_response())
+                    except redis.ResponseError as error:  # read; the next reply follows
+                        failed = failed or error
+                        out.append(None)
+                if failed is not None:
+                    raise failed
+                return out
             except redis.ConnectionError:
                 # The server closed this held connection (a restart, an idle timeout): as
                 # the pool would, connect again once before calling it a failure.
                 conn.disconnect()
                 if attempt == 2:
                     raise
+            except redis.ResponseError:
+                raise
             except BaseException:
                 conn.disconnect()  # a half-read reply must not meet the next command
                 raise
         raise AssertionError("unreachable")
 
+    def _command(self, *args: Any) -> Any:
+        """One command over the held connection (see :meth:`_exchange`)."""
+        return self._exchange([b"".join(self._reader().pack_command(*args))])[0]
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """A registered script run over the held connection (loaded first if Redis has
+        forgotten it: a restart, ``SCRIPT FLUSH``)."""
+        script = self._scripts[name]
+        try:
+            return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._command("SCRIPT", "LOAD", script.script)
+            return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _read(self, key: str) -> bytes | None:
+        encoded = key.encode()
+        return cast("bytes | None", self._exchange([_GET % (len(encoded), encoded)])[0])
+
     def get(self, key: str) -> Record | None:
-        raw = self._call(lambda: self._read(key))
+        return self._record(self._call(lambda: self._read(key)))
+
+    def get_with_epochs(self, key: str, tags: list[str]) -> tuple[Record | None, list[str]]:
+        """The live record at ``key`` and the purge epochs of ``tags`` (as from
+        :meth:`all_tags`, for :meth:`set_unless_purged` after a miss), in one round trip."""
+        if not tags:
+            return self.get(key), []
+        encoded = key.encode()
+        conn = self._reader()
+        packed = [_GET % (len(encoded), encoded),
+                  b"".join(conn.pack_command("MGET", *(self.epoch_name(t) for t in tags)))]
+        raw, values = self._call(lambda: self._exchange(packed, 2))
+        return self._record(raw), [v.decode() if v is not None else "0" for v in values]
+
+    def _record(self, raw: bytes | None) -> Record | None:
         if raw is None or len(raw) < _HEADER.size:
             return None
         expires_at, names = _HEADER.unpack_from(raw)
@@ -241,6 +298,15 @@ class RedisTier:
             return None
         blob = memoryview(raw)[_HEADER.size + names :]
         return Record(blob, expires_at, size=len(blob))
+
+    def epoch_name(self, tag: str) -> str:
+        """The Redis key holding the purge epoch of ``tag`` (names are remembered)."""
+        name = self._epoch_names.get(tag)
+        if name is None:
+            if len(self._epoch_names) >= 4096:
+                self._epoch_names.clear()
+            name = self._epoch_names[tag] = self._namer("epoch", tag)
+        return name
 
     @staticmethod
     def all_tags(tags: tuple[str, ...], user: str | None) -> list[str]:
@@ -254,7 +320,7 @@ class RedisTier:
         """The current purge epochs of ``tags`` (as from :meth:`all_tags`), for :meth:`set`."""
         if not tags:
             return []
-        names = [self._namer("epoch", t) for t in tags]
+        names = [self.epoch_name(t) for t in tags]
         values = cast("list[bytes | None]", self._call(lambda: self.client.mget(names)))
         return [v.decode() if v is not None else "0" for v in values]
 
@@ -274,28 +340,27 @@ class RedisTier:
         names = [self.tag_name(t) for t in tags]
         joined = " ".join(names).encode()
         value = _HEADER.pack(record.expires_at, len(joined)) + joined + bytes(record.payload)
-        script = self._scripts["set"]
         if epochs is not None and tags:
-            keys = [key, *names, *(self._namer("epoch", t) for t in tags)]
+            keys = [key, *names, *(self.epoch_name(t) for t in tags)]
             args: list[bytes | str | int] = [value, ttl_ms, "cas", *epochs]
-            return bool(self._call(lambda: script(keys=keys, args=args)))
+            return bool(self._call(lambda: self._script("set", keys, args)))
         if names:
-            self._call(lambda: script(keys=[key, *names], args=[value, ttl_ms, "set"]))
+            self._call(lambda: self._script("set", [key, *names], [value, ttl_ms, "set"]))
         else:
-            self._call(lambda: self.client.set(key, value, px=ttl_ms))
+            self._call(lambda: self._command("SET", key, value, "PX", ttl_ms))
         return True
 
     def delete(self, key: str) -> bool:
         return bool(self._call(lambda: self.client.unlink(key)))
 
     def invalidate_tag(self, tag: str) -> int:
-        keys = [self.tag_name(tag), self._namer("epoch", tag)]
+        keys = [self.tag_name(tag), self.epoch_name(tag)]
         purge = self._scripts["purge"]
         return int(self._call(lambda: purge(keys=keys, args=[self._epoch_ms])))
 
     def forget_user(self, user: str) -> int:
         tag = user_tag(user)
-        keys = [self.tag_name(tag), self._namer("epoch", tag), SALTS_HASH,
+        keys = [self.tag_name(tag), self.epoch_name(tag), SALTS_HASH,
                 self._namer("forgotten", user)]
         args = [self._epoch_ms, self._namer("salt", user), self._tombstone_ms]
         purge = self._scripts["purge"]

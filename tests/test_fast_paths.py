@@ -1,0 +1,239 @@
+"""The cache's fast paths: key spaces (a name for a prompt seen before without an HMAC), hits
+in memory without the lock, the epochs read with the L2 miss, promotion without encoding
+again. Each keeps what the slow path promised."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cache import CacheError, GenerationKey, KeyBuilder, MemoryTier, NonDeterministicError, TieredCache
+from cache.keys import SLOT, Field
+from cache.tiers.base import Record
+from tests.conftest import FakeClock
+
+REQUEST = GenerationKey(
+    backend="llama_cpp", model_id="m.gguf", model_version="a" * 32, tokenizer_version="t",
+    template_id="unmatched", template_version="1", system_prompt="You are a voice assistant.",
+    prompt="", temperature=0.0, top_p=1.0, top_k=40, max_tokens=64, seed=None, scope="shared")
+
+fields = st.one_of(st.none(), st.booleans(), st.integers(),
+                   st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),
+                   st.binary(max_size=6))
+
+
+# ---------------------------------------------------------------- key spaces
+
+
+@given(before=st.lists(fields, max_size=3), after=st.lists(fields, max_size=3),
+       free=st.lists(fields, min_size=1, max_size=2))
+def test_a_space_names_what_the_builder_names(before: list[Field], after: list[Field],
+                                             free: list[Field]) -> None:
+    names = KeyBuilder(b"s" * 32)
+    slots: list[Field | Any] = [*before, SLOT, *after] if len(free) == 1 else \
+        [*before, SLOT, *after, SLOT]
+    space = names.space("k", *slots)
+    whole = [*before, free[0], *after] if len(free) == 1 else [*before, free[0], *after, free[1]]
+    expected = names.key("k", *whole)
+    assert space.key(*free) == expected
+    assert space.key(*free) == expected  # remembered, the same
+
+
+def test_a_generation_space_names_what_generation_key_names() -> None:
+    names = KeyBuilder(b"s" * 32)
+    space = names.generation_space(dataclasses.replace(REQUEST, prompt="ignored"))
+    for prompt in ("turn on the light", "", "ab", "a" * 5000, "Grüß dich"):
+        assert space.key(prompt) == names.generation_key(dataclasses.replace(REQUEST,
+                                                                             prompt=prompt))
+    with pytest.raises(NonDeterministicError):
+        names.generation_space(dataclasses.replace(REQUEST, temperature=0.7))
+
+
+def test_remembered_names_are_never_confused() -> None:
+    names = KeyBuilder(b"s" * 32)
+    a = names.space("gen", "model-a", SLOT)
+    b = names.space("gen", "model-b", SLOT)
+    c = names.space("frag", "model-a", SLOT)
+    user = names.space("gen", "model-a", SLOT, "user:ann")
+    two = names.space("gen", "model-a", SLOT, SLOT)
+    for space in (a, b, c, user):
+        space.key("hello")  # every space has now seen the prompt
+    assert len({a.key("hello"), b.key("hello"), c.key("hello"), user.key("hello")}) == 4
+    # Equal in Python, different fields: 1, 1.0 and True; 0.0 and -0.0; "1" and b"1".
+    assert len({a.key(1), a.key(1.0), a.key(True), a.key("1"), a.key(b"1")}) == 5
+    assert a.key(0.0) != a.key(-0.0)
+    assert a.key(0.0) == names.key("gen", "model-a", 0.0)
+    assert two.key("ab", "c") != two.key("a", "bc")
+    assert two.key("ab", "c") == names.key("gen", "model-a", "ab", "c")
+    other = KeyBuilder(b"t" * 32).space("gen", "model-a", SLOT)
+    assert other.key("hello") != a.key("hello")  # another secret, other names
+    with pytest.raises(CacheError):
+        a.key("one", "too many")
+    with pytest.raises(CacheError):
+        names.space("gen", "no slot")
+    with pytest.raises(CacheError):
+        names.space("Bad Kind", SLOT)
+    with pytest.raises(CacheError):
+        a.key(float("nan"))
+
+
+def test_a_space_remembers_only_as_many_names_as_it_is_told() -> None:
+    space = KeyBuilder(b"s" * 32).space("gen", SLOT, memo=4)
+    first = [space.key(str(n)) for n in range(100)]
+    assert first == [space.key(str(n)) for n in range(100)]
+    assert space._remembered.cache_info().currsize == 4  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- memory without the lock
+
+
+def test_memory_hits_read_the_store_directly() -> None:
+    clock = FakeClock()
+    memory = MemoryTier(10_000, clock=clock)
+    assert memory._store.direct is not None  # this cachetools is laid out as expected
+    memory.set("a", Record("A", clock() + 10, size=100))
+    memory.set("b", Record("B", clock() + 10, size=100))
+    assert memory.get("a").payload == "A"  # type: ignore[union-attr]
+    # A hit moves its key to the recent end: "b", not "a", goes first when room is needed.
+    for n in range(30):
+        memory.set(f"filler{n}", Record("x", clock() + 10, size=100))
+        memory.get("a")
+    assert memory.get("a") is not None and memory.get("b") is None
+    clock.advance(11)
+    assert memory.get("a") is None and len(memory) < 30  # expired: dropped on read
+
+
+def test_memory_hits_and_writes_from_many_threads_keep_the_budget() -> None:
+    memory = MemoryTier(50 * (100 + 256))
+    stop = time.monotonic() + 1.0
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            i = 0
+            while time.monotonic() < stop:
+                key = f"k{(i * 7 + n) % 200}"
+                if i % 3:
+                    found = memory.get(key)
+                    assert found is None or found.payload == key
+                else:
+                    memory.set(key, Record(key, time.time() + 60, size=100))
+                if i % 50 == 0:
+                    memory.delete(key)
+                i += 1
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert memory.bytes_used <= memory.max_bytes and len(memory) <= 50
+
+
+def test_memory_falls_back_to_the_lock_when_cachetools_is_laid_out_otherwise() -> None:
+    memory = MemoryTier(10_000)
+    memory._store.direct = None
+    memory.set("a", Record("A", time.time() + 10, size=1))
+    assert memory.get("a").payload == "A"  # type: ignore[union-attr]
+    assert memory.get("b") is None
+
+
+# ---------------------------------------------------------------- through the tiers
+
+
+def test_items_named_by_a_space_are_purged_and_forgotten_everywhere(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    space = names.generation_space(REQUEST)
+    tiered.set(space.key("lights on"), "Done.", ttl=60, tags=["intent:HassTurnOn"])
+    tiered.set(space.key("lights off"), "Off.", ttl=60, tags=["intent:HassTurnOff"])
+    ann = names.generation_space(dataclasses.replace(REQUEST, scope="user:ann"))
+    tiered.set(ann.key("my alarm"), "At six.", ttl=60, user="ann")
+    assert tiered.get(space.key("lights on")) == "Done."
+    assert tiered.invalidate_tag("intent:HassTurnOn") == {"l3": 1, "l2": 1, "l1": 1}
+    assert tiered.get(space.key("lights on")) is None
+    assert tiered.lookup(space.key("lights on")) is None
+    assert tiered.get(space.key("lights off")) == "Off."
+    tiered.forget_user("ann")
+    assert tiered.lookup(ann.key("my alarm"), user="ann") is None
+    tiered.delete(space.key("lights off"))
+    assert tiered.lookup(space.key("lights off")) is None
+
+
+def test_a_miss_reads_the_epochs_with_the_l2_read(tiered: TieredCache, names: KeyBuilder,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tiered.redis
+    assert shared is not None
+    sent: list[int] = []
+    real = shared._exchange
+
+    def counted(packed: list[bytes], replies: int = 1) -> list[Any]:
+        sent.append(replies)
+        return real(packed, replies)
+
+    monkeypatch.setattr(shared, "_exchange", counted)
+    monkeypatch.setattr(shared, "epochs", lambda tags: pytest.fail("a second round trip"))
+    key = names.key("answer", "weather")
+    value = tiered.get_or_compute(key, lambda: "sunny", ttl=60, tags=["weather"], user="ann")
+    assert value == "sunny"
+    # The read and the epochs of its two tags (weather, user:ann) in one exchange, then the
+    # write (a compare-and-set on those epochs).
+    assert sent == [2, 1]
+    tiered.memory.clear()
+    assert tiered.lookup(key, user="ann").source == "l2"  # type: ignore[union-attr]
+
+
+def test_a_purge_between_the_miss_and_the_write_still_wins(
+        tiered: TieredCache, names: KeyBuilder, redis_url: str) -> None:
+    key = names.key("answer", "raced")
+
+    def compute() -> str:
+        # Another node purges the tag while this one computes: only Redis's epoch says so.
+        other = redis.Redis.from_url(redis_url)
+        assert tiered.redis is not None
+        other.incr(tiered.redis.epoch_name("entities"))
+        other.close()
+        return "from old entities"
+
+    assert tiered.get_or_compute(key, compute, ttl=60, tags=["entities"]) == "from old entities"
+    tiered.memory.clear()
+    assert tiered.lookup(key) is None
+
+
+def test_a_miss_with_redis_down_still_computes_and_is_answered(
+        tiered: TieredCache, names: KeyBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache.errors import TierUnavailable
+
+    assert tiered.redis is not None
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise TierUnavailable("down")
+
+    monkeypatch.setattr(tiered.redis, "get_with_epochs", down)
+    key = names.key("answer", "no redis")
+    assert tiered.get_or_compute(key, lambda: "still", ttl=60, tags=["t"]) == "still"
+    assert tiered.get(key) == "still"
+
+
+def test_json_promoted_from_below_is_kept_serialized_and_safe_from_callers(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    key = names.key("answer", "plan")
+    tiered.set(key, {"fragments": ["a", "b"]}, ttl=60)
+    for below in ("l2", "l3"):
+        tiered.memory.clear()
+        if below == "l3":
+            tiered.redis.delete(key)  # type: ignore[union-attr]
+        found = tiered.lookup(key)
+        assert found is not None and found.source == below
+        found.value["fragments"].append("mutated")
+        assert tiered.get(key) == {"fragments": ["a", "b"]}
+        assert type(tiered.memory.get(key).payload).__name__ == "_Frozen"  # type: ignore[union-attr]
