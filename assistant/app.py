@@ -36,6 +36,7 @@ from assistant.settings import (
     Settings,
     SqliteSettings,
 )
+from assistant.speech.audio import AudioLimits
 from assistant.speech.stt import STT_TAG, Transcriber
 from assistant.speech.tts import TTS_TAG, Speaker
 from assistant.templates.model import intent_tag
@@ -290,6 +291,8 @@ class App:
                     pipeline=Pipeline(self.engine, transcriber=self.transcriber,
                                       speaker=self.speaker),
                     max_audio_bytes=s.stt.max_bytes, speech=self._speech, timers=self.timers,
+                    audio_limits=AudioLimits(max_seconds=s.stt.max_seconds,
+                                             max_bytes=s.stt.max_bytes),
                     satellites=self.satellites,
                     heard=None if device is None else device.heard,
                     answered=recent.answered))

@@ -150,6 +150,9 @@ class ServiceSettings(_Section):
     sites: list[str] = Field([], description="the sites served (empty: any)")
     workers: int = Field(4, ge=1, le=64, description="requests handled at once")
     queue_size: int = Field(64, ge=1, description="requests waiting; beyond it: busy")
+    queue_per_user: int = Field(16, ge=1, description="requests of one person waiting; beyond "
+                                                      "it: busy (a flood from one leaves room "
+                                                      "for the others)")
     timeout: float = Field(15.0, gt=0, description="seconds a request may take; then timeout")
     replay_ttl: float = Field(600.0, gt=0, description="seconds an answer is kept to answer a "
                                                        "redelivered request again")
@@ -273,6 +276,13 @@ class WyomingSettings(_Section):
                                                    "policies (Wyoming names no user)")
     max_event_bytes: int = Field(1024 * 1024, gt=0,
                                  description="largest event (header, data or payload) accepted")
+    max_connections: int = Field(32, ge=1, description="clients connected at once; more are "
+                                                       "told busy and closed")
+    idle_timeout: float = Field(300.0, gt=0, description="seconds a connection may wait "
+                                                          "between events before it is closed")
+    event_timeout: float = Field(10.0, gt=0, description="seconds an event may take to arrive "
+                                                          "once it has begun (a slow sender is "
+                                                          "closed)")
 
 
 class HomeAssistantSettings(_Section):

@@ -16,6 +16,7 @@ to one of them); without one, each request is claimed in Redis by the first to t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -34,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from assistant.answers import Answer
 from assistant.broadcast import Satellites
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, AudioError
 from assistant.ops.metrics import ServiceMetrics
 from assistant.pipeline import Handled, Pipeline, response_of
 from assistant.protocol import (
@@ -50,6 +51,7 @@ from assistant.protocol import (
     reply_packet,
 )
 from assistant.settings import MqttSettings, ServiceSettings
+from assistant.speech.audio import AudioLimits, probe
 from assistant.timers import TimerManager
 from assistant.transports.announcements import Announcer
 from assistant.transports.deliveries import Acks, Deadlines, Delivery
@@ -95,8 +97,8 @@ class MqttService:
                  timers: TimerManager | None = None,
                  satellites: Satellites | None = None,
                  heard: Callable[[str, str, str], None] | None = None,
-                 answered: Callable[[TextRequest | AudioRequest, Handled], None] | None = None
-                 ) -> None:
+                 answered: Callable[[TextRequest | AudioRequest, Handled], None] | None = None,
+                 audio_limits: AudioLimits | None = None) -> None:
         """
         Args:
             mqtt: the broker.
@@ -111,6 +113,8 @@ class MqttService:
             satellites: told every site a request comes from (where broadcasts go).
             heard: told (site, user, transcript) of each spoken request answered.
             answered: told of each request answered (the console's recent requests).
+            audio_limits: what audio is accepted, checked from its header before a request
+                is queued (None: checked by the pipeline alone).
         """
         self._mqtt = mqtt
         self.settings = settings
@@ -120,6 +124,7 @@ class MqttService:
         self._keys = keys
         self.metrics = metrics
         self._max_audio = max_audio_bytes
+        self._audio_limits = audio_limits if speech else None
         self._speech = speech
         self._timers = timers
         self._satellites = satellites
@@ -131,6 +136,8 @@ class MqttService:
                                   audio_seconds_per_minute=settings.audio_seconds_per_minute)
         self._queue: queue.Queue[_Job | None] = queue.Queue(settings.queue_size)
         self._jobs: dict[_Key, _Job] = {}
+        self._waiting: collections.Counter[str] = collections.Counter()
+        """Requests queued per user (a flood from one fills their share, not the queue)."""
         self._lock = threading.Lock()
         self._acks = Acks(self._ack)
         self._deadlines = Deadlines(self._expire)
@@ -303,6 +310,12 @@ class MqttService:
             return False
         if self._satellites is not None:
             self._satellites.heard(request.site)
+        if isinstance(request, AudioRequest) and self._audio_limits is not None:
+            try:  # the header alone: a file too long or not WAV never waits in the queue
+                probe(request.audio, self._audio_limits)
+            except AudioError as error:
+                self._refuse(packet, ProtocolError(error.code, str(error), request_id=request.id))
+                return False
         key = (request.user, request.id, digest)
         sent: Reply | None = None
         with self._lock:
@@ -319,17 +332,20 @@ class MqttService:
             return False
         job = _Job(request, key, time.monotonic() + self.settings.timeout, bool(message.dup),
                    [delivery])
+        busy = None
         with self._lock:
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
-                busy = True
+            if self._waiting[request.user] >= self.settings.queue_per_user:
+                busy = f"{self._waiting[request.user]} of your requests are waiting already"
             else:
-                busy = False
-                self._jobs[key] = job
-        if busy:
-            self._finish(job, ErrorReply(request.id, "busy", "too many requests are waiting; "
-                                                              "try again in a moment"))
+                try:
+                    self._queue.put_nowait(job)
+                except queue.Full:
+                    busy = "too many requests are waiting"
+                else:
+                    self._waiting[request.user] += 1
+                    self._jobs[key] = job
+        if busy is not None:
+            self._finish(job, ErrorReply(request.id, "busy", f"{busy}; try again in a moment"))
             return False
         self.metrics.queue.set(self._queue.qsize())
         self._deadlines.add(key, job.deadline)
@@ -428,6 +444,10 @@ class MqttService:
             self.metrics.queue.set(self._queue.qsize())
             if job is None:
                 return
+            with self._lock:
+                self._waiting[job.request.user] -= 1
+                if self._waiting[job.request.user] <= 0:
+                    del self._waiting[job.request.user]
             try:
                 self._handle(job)
             except Exception as error:

@@ -99,12 +99,32 @@ def _length(header: dict[str, Any], key: str) -> int:
     return value
 
 
-async def read_event(reader: asyncio.StreamReader, limit: int) -> Event | None:
+class TooSlow(Exception):
+    """An event begun and not finished in time."""
+
+
+async def read_event(reader: asyncio.StreamReader, limit: int, *, idle: float | None = None,
+                     within: float | None = None) -> Event | None:
     """The next event, None at the end of the stream; :class:`EventTooLarge` when its data or
-    payload would be over ``limit`` bytes, ValueError when the line is no event."""
-    line = await reader.readline()
-    if not line:
+    payload would be over ``limit`` bytes, ValueError when the line is no event.
+
+    ``idle``: seconds to wait for an event to begin (then :class:`TimeoutError`);
+    ``within``: seconds it may take to arrive once begun (then :class:`TooSlow`): a client
+    that trickles bytes cannot hold a connection open for ever.
+    """
+    try:
+        first = await asyncio.wait_for(reader.readexactly(1), idle)
+    except asyncio.IncompleteReadError:
         return None
+    try:
+        async with asyncio.timeout(within):
+            return await _rest_of_event(reader, first, limit)
+    except TimeoutError:
+        raise TooSlow(f"an event took more than {within:g} s to arrive") from None
+
+
+async def _rest_of_event(reader: asyncio.StreamReader, first: bytes, limit: int) -> Event:
+    line = first if first == b"\n" else first + await reader.readline()
     header = json.loads(line)
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ValueError("an event is a JSON object with a type")
@@ -231,14 +251,29 @@ class WyomingServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         connection = _Connection(self, writer)
+        if len(self._connections) >= self.settings.max_connections:
+            await connection.error(f"{len(self._connections)} clients are connected already; "
+                                   "try again later", "busy")
+            writer.close()
+            return
+        self._connections.add(task)
+        settings = self.settings
         try:
             while True:
                 try:
-                    event = await read_event(reader, self.settings.max_event_bytes)
+                    event = await read_event(reader, settings.max_event_bytes,
+                                             idle=settings.idle_timeout,
+                                             within=settings.event_timeout)
                 except EventTooLarge as error:
                     await connection.error(str(error), "too_large")
+                    break
+                except TooSlow as error:
+                    await connection.error(str(error), "too_slow")
+                    break
+                except TimeoutError:
+                    await connection.error(f"nothing came for {settings.idle_timeout:g} s",
+                                           "idle")
                     break
                 except (ValueError, asyncio.LimitOverrunError) as error:
                     await connection.error(f"not a Wyoming event: {error}", "bad_event")
