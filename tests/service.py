@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 PEOPLE = ("homeassistant", "ann", "cal", "dan", "eve", "fay", "gus", "hal", "ida", "jo", "kim",
-          "lu", "mo", "ned", "ola", "pam", "per", "quinn", "rex")
+          "lu", "mo", "ned", "ola", "pam", "per", "quinn", "rex", "bartholomew", "wilhelmina")
 """The test users, each with an account of their own (password: ``<name>-pw``)."""
 
 
