@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         NonDeterministicError,
         TierUnavailable,
     )
-    from cache.keys import GenerationKey, KeyBuilder
+    from cache.keys import SLOT, GenerationKey, KeyBuilder, KeySpace
     from cache.metrics import CacheMetrics
     from cache.policy import Placement, PolicyBook, PrivacyPolicy
     from cache.scope import SHARED, check_user, scope_of, user_tag
@@ -44,6 +44,8 @@ _WHERE = {
     "TierUnavailable": "cache.errors",
     "GenerationKey": "cache.keys",
     "KeyBuilder": "cache.keys",
+    "KeySpace": "cache.keys",
+    "SLOT": "cache.keys",
     "CacheMetrics": "cache.metrics",
     "Placement": "cache.policy",
     "PolicyBook": "cache.policy",
@@ -74,6 +76,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "SHARED",
+    "SLOT",
     "BlobError",
     "CacheError",
     "CacheMetrics",
@@ -82,6 +85,7 @@ __all__ = [
     "GenerationKey",
     "KeyBuilder",
     "KeySource",
+    "KeySpace",
     "Keyring",
     "KeyringError",
     "MemoryTier",
