@@ -101,3 +101,39 @@ def test_gptcache_keys_on_the_prompt_alone_ours_on_the_model_too(
     assert cache.lookup(key(names, "what is the weather like", version="v2")) is None
     found = cache.lookup(key(names, "what is the weather like"))
     assert found is not None and found.value == "model A: sunny"
+
+
+def test_gptcache_exact_mode_on_sqlite_serves_one_models_answer_for_another_ours_does_not(
+        tmp_path: Path, ours: Any) -> None:
+    # As bench/bench_peers.py runs it: sqlite, a faiss index beside it, exact matching.
+    pytest.importorskip("faiss")
+    from gptcache import Cache
+    from gptcache.adapter.api import get, put
+    from gptcache.manager import CacheBase, VectorBase, get_data_manager
+    from gptcache.processor.pre import get_prompt
+    from gptcache.similarity_evaluation.exact_match import ExactMatchEvaluation
+
+    from bench.bench_peers import GPTCACHE_DIM, prompt_vector
+
+    manager = get_data_manager(
+        CacheBase("sqlite", sql_url=f"sqlite:///{tmp_path}/gptcache.db"),
+        VectorBase("faiss", dimension=GPTCACHE_DIM, index_path=str(tmp_path / "faiss.index")))
+    peer = Cache()
+    peer.init(pre_embedding_func=get_prompt, embedding_func=prompt_vector,
+              data_manager=manager, similarity_evaluation=ExactMatchEvaluation())
+    prompt, answer = "my neighbour's door code is 4711", "model A: noted"
+    put(prompt, answer, cache_obj=peer)
+    assert get(prompt, cache_obj=peer) == answer  # for any model: it cannot be told
+    assert get(prompt + "?", cache_obj=peer) is None  # exact: another prompt misses
+    on_disk = (tmp_path / "gptcache.db").read_bytes()
+    assert prompt.encode() in on_disk and answer.encode() in on_disk  # in clear
+    manager.close()
+    cache, names = ours
+    space = names.generation_space(GenerationKey(
+        backend="llama_cpp", model_id="model-a", model_version="v1", tokenizer_version="t",
+        template_id="unmatched", template_version="1", system_prompt="", prompt="",
+        temperature=0.0, top_p=1.0, top_k=40, max_tokens=64, seed=None, scope="shared"))
+    cache.set(space.key(prompt), answer, ttl=600)
+    assert cache.get(space.key(prompt)) == answer
+    assert cache.lookup(key(names, prompt, model="model-b")) is None
+    assert space.key(prompt) == key(names, prompt)  # the same name as a key built whole
