@@ -363,7 +363,8 @@ class RssSampler:
 def rss_growth(samples: Sequence[tuple[float, float]], seconds: float,
                warmup: float) -> dict[str, float]:
     """Memory after warm-up: its level then (median of its first 10 s), at the end (median of
-    the last 10 s), the growth between them and the fitted slope."""
+    the last 10 s), the growth between them, the growth over the run's second half and the
+    slope fitted after warm-up."""
     after = [(t, mb) for t, mb in samples if t >= warmup]
     if len(after) < 4:
         return {}
@@ -373,9 +374,11 @@ def rss_growth(samples: Sequence[tuple[float, float]], seconds: float,
     times = [t for t, _ in after]
     values = [mb for _, mb in after]
     slope = statistics.linear_regression(times, values).slope if len(set(times)) > 1 else 0.0
+    half = statistics.median(mb for t, mb in after if abs(t - seconds / 2) <= window / 2)
     return {"rss_warm_mb": round(first, 1), "rss_end_mb": round(last, 1),
             "rss_max_mb": round(max(values), 1),
             "rss_growth_pct": round((last / first - 1) * 100, 2),
+            "rss_growth_second_half_pct": round((last / half - 1) * 100, 2),
             "rss_slope_mb_per_min": round(slope * 60, 3)}
 
 
@@ -480,6 +483,9 @@ def summary(phase: Phase, prefix: str = "") -> dict[str, Any]:
     out[f"{prefix}answers"] = len(answered)
     out[f"{prefix}errors"] = sum(errors.values())
     out[f"{prefix}errors_by_code"] = dict(sorted(errors.items()))
+    out[f"{prefix}error_examples"] = [
+        f"{s.ask.text} ({'spoken' if s.ask.spoken else 'text'}): {s.code} after "
+        f"{s.ms:.0f} ms" for s in items if s.code is not None][:5]
     out[f"{prefix}duplicates"] = sum(1 for s in items if s.replies > 1)
     out[f"{prefix}missing"] = sum(1 for s in items if s.replies == 0)
     out[f"{prefix}late"] = sum(1 for s in items if s.reply_at is not None
@@ -516,7 +522,8 @@ def summary(phase: Phase, prefix: str = "") -> dict[str, Any]:
 
 
 def start_nodes(count: int, folder: Path, broker: Broker, redis_url: str,
-                intents: Path | None) -> tuple[list[ServiceProcess], list[int]]:
+                intents: Path | None, env: dict[str, str]
+                ) -> tuple[list[ServiceProcess], list[int]]:
     """``count`` service processes with every model loaded, sharing one Redis, one broker,
     one master key and one templates folder; each with a metrics endpoint of its own."""
     nodes: list[ServiceProcess] = []
@@ -528,8 +535,8 @@ def start_nodes(count: int, folder: Path, broker: Broker, redis_url: str,
             ports.append(free_port())
             config = service_config(own, broker=broker, redis_url=redis_url, intents=intents,
                                     metrics_port=ports[-1], key_file=folder / "master.key")
-            nodes.append(ServiceProcess(config, speech=True,
-                                        client_id=f"assistant-node{n + 1}").start(timeout=240))
+            nodes.append(ServiceProcess(config, speech=True, client_id=f"assistant-node{n + 1}",
+                                        env=env).start(timeout=240))
     except BaseException:
         for node in nodes:
             node.stop()
@@ -547,7 +554,8 @@ def soak(args: argparse.Namespace, workdir: Path, broker: Broker, voices: dict[s
     """One node for ``args.seconds``: the figures, the phase and the memory samples."""
     redis_server = RedisServer(workdir / "redis-soak").start()
     try:
-        nodes, ports = start_nodes(1, workdir / "soak", broker, redis_server.url, None)
+        nodes, ports = start_nodes(1, workdir / "soak", broker, redis_server.url, None,
+                                   args.service_env)
         node = nodes[0]
         pool = Pool(rng, new_share=args.new_share, audio_share=args.audio_share)
         phase = Phase("soak", args.seconds)
@@ -568,6 +576,8 @@ def soak(args: argparse.Namespace, workdir: Path, broker: Broker, voices: dict[s
     results["service_answers"] = int(summed(seen, "assistant_answers_total"))
     results["service_errors"] = int(summed(seen, "assistant_errors_total"))
     results["service_alive_at_end"] = alive
+    results["service_l1_sets"] = int(seen.get('cache_sets_total{tier="l1"}', 0))
+    results["service_l1_evictions"] = int(seen.get('cache_evictions_total{tier="l1"}', 0))
     return results, phase, samples
 
 
@@ -581,7 +591,8 @@ def multi(count: int, args: argparse.Namespace, workdir: Path, broker: Broker,
     redis_server = RedisServer(folder / "redis").start()
     phase = Phase(f"nodes{count}", args.multi_seconds)
     try:
-        nodes, ports = start_nodes(count, folder, broker, redis_server.url, intents)
+        nodes, ports = start_nodes(count, folder, broker, redis_server.url, intents,
+                                   args.service_env)
         try:
             baseline = [metrics(p).get(OWN_PURGES, 0.0) for p in ports]
             phase.node_settled = [None] * count
@@ -685,6 +696,10 @@ def plot(folder: Path, soak_samples: list[tuple[float, float]], warmup: float,
         ax.set_title("several nodes")
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    with (folder / "load_rss.csv").open("w") as table:
+        table.write("seconds,soak_rss_mb\n")
+        table.writelines(f"{t:.1f},{mb:.1f}\n" for t, mb in soak_samples)
+    written.append(folder / "load_rss.csv")
     written.append(folder / "load_rss.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
@@ -730,6 +745,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "results",
                         help="where the PNGs go")
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every service process (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 10 s on one node, 10 s on two")
     args = parser.parse_args()
@@ -738,6 +755,7 @@ def main() -> None:
         args.satellites = min(args.satellites, 8)
         args.interval = min(args.interval, 2.0)
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
+    args.service_env = dict(item.split("=", 1) for item in args.service_env)
     rng = random.Random(args.seed)
 
     print(f"bench_load{' (--quick)' if args.quick else ''}: python "
@@ -750,7 +768,9 @@ def main() -> None:
     results: dict[str, Any] = {"satellites": args.satellites, "seconds": args.seconds,
                                "multi_seconds": args.multi_seconds, "interval_s": args.interval,
                                "new_share": args.new_share, "audio_share": args.audio_share,
-                               "cores": os.cpu_count(), "machine": platform.machine()}
+                               "cores": os.cpu_count(), "machine": platform.machine(),
+                               "service_env": " ".join(f"{k}={v}" for k, v in
+                                                       args.service_env.items())}
     multis: list[tuple[int, list[tuple[float, list[float]]]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-load-") as folder:
         workdir = Path(folder)
