@@ -33,9 +33,14 @@ class _Loader(yaml.SafeLoader):
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> YamlMap:
     loader.flatten_mapping(node)
-    result = YamlMap(loader.construct_pairs(node, deep=True))
+    try:
+        result = YamlMap(loader.construct_pairs(node, deep=True))
+        result.key_lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    except TypeError:  # a list or mapping as a key ("? [a]"): nothing here means that
+        raise yaml.constructor.ConstructorError(
+            "while reading a mapping", node.start_mark, "found a key that is not a single "
+            "value", node.start_mark) from None
     result.line = node.start_mark.line + 1
-    result.key_lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
     return result
 
 

@@ -14,6 +14,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,6 +129,19 @@ def test_the_template_loader_reports_any_bad_file_as_a_template_error(text: str)
         path = Path(folder) / "fuzz.yaml"
         path.write_text(text, encoding="utf-8")
         with contextlib.suppress(TemplateError):
+            load_file(path, folder=Path(folder), builtin={"HassTurnOn"})
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("?\n\n-", "not a single value"), ("? [a, b]\n: c\n", "not a single value"),
+    ("{? {a: 1}: 2}", "not a single value"), ("5:\n-:\n", "unknown key")])
+def test_keys_of_any_kind_are_a_template_error(text: str, error: str) -> None:
+    # Found by make fuzz: the loader raised TypeError (a list as a key; keys of several
+    # types, which could not be sorted to be named).
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.yaml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(TemplateError, match=error):
             load_file(path, folder=Path(folder), builtin={"HassTurnOn"})
 
 

@@ -36,7 +36,7 @@ def load_home(path: Path) -> Home:
         raise ConfigError(f"{path}, line 1: expected a mapping with floors, areas, entities")
     unknown = set(data) - {"floors", "areas", "entities"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown, key=str)}")
 
     def items(section: str) -> list[tuple[int, dict[str, Any]]]:
         value = data.get(section) or []
@@ -79,7 +79,7 @@ def load_home(path: Path) -> Home:
         where = f"{path}, line {line}"
         extra = set(item) - allowed
         if extra:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+            raise ConfigError(f"{where}: unknown key(s) {sorted(extra, key=str)}")
         entity_id = text_field(item, "id", where)
         if "." not in entity_id:
             raise ConfigError(f"{where}: entity id {entity_id!r} must be <domain>.<object id>")

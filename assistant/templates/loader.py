@@ -46,7 +46,7 @@ def _unknown(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
         lines = [line for line in (key_line(section, k) for k in extra) if line]
         if lines:  # name the line of the first unknown key, not of its mapping
             where = re.sub(r", line \d+", f", line {min(lines)}", where, count=1)
-        raise TemplateError(f"{where}: unknown key(s) {sorted(extra)}; expected {sorted(allowed)}")
+        raise TemplateError(f"{where}: unknown key(s) {sorted(extra, key=str)}; expected {sorted(allowed)}")
 
 
 def _number(value: Any, where: str, key: str, *, minimum: float, integer: bool = False,
