@@ -12,7 +12,7 @@ SERVER_BINARIES := redis-server mosquitto arecord aplay systemd-analyze
 TEST_PACKAGES := chromium chromium-driver
 TEST_BINARIES := chromium chromedriver
 
-.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding bench-peers test-faults clean
+.PHONY: test run lint typecheck unit servers test-tools install-systemd bench-cache bench-intents bench-speech bench-generate bench-e2e bench-satellite bench-understanding bench-peers test-faults fuzz clean
 
 # On a Pi with the AI HAT+ 2: VENV_FLAGS=--system-site-packages, so that hailo_platform
 # (apt's hailo-h10-all) is seen.
@@ -65,6 +65,20 @@ test: lint typecheck unit
 FAULT_SECONDS ?= 20
 test-faults: $(STAMP) servers
 	PATH="$$PATH:/usr/sbin" FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest tests/test_service_faults.py
+
+# Coverage-guided fuzzing (atheris) of the request decoder, the Wyoming reader, the WAV
+# reader and the template loader, FUZZ_SECONDS each; a crash stops it with its input saved.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request wyoming wav template
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	@for target in $(FUZZ_TARGETS); do \
+	    echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+	    $(BIN)/python -m tests.fuzz_atheris $$target -max_total_time=$(FUZZ_SECONDS) \
+	        -rss_limit_mb=2048 -artifact_prefix=$(VENV)/fuzz-$$target- \
+	        > $(VENV)/fuzz-$$target.log 2>&1 || { tail -40 $(VENV)/fuzz-$$target.log; exit 1; }; \
+	    tail -1 $(VENV)/fuzz-$$target.log; \
+	done
 
 # The service: a private mosquitto on loopback when none listens there (the Debian package
 # `servers` installs), Redis used when it answers.
