@@ -44,7 +44,9 @@ SECONDS = float(os.environ.get("FAULT_SECONDS", "3"))
 LATE = 2.0
 """Seconds after which an answer counts as late."""
 RATE = 8.0
-"""Requests a second."""
+"""Requests a second, from PEOPLE between them."""
+PEOPLE = ("ann", "cal", "dan", "eve", "fay", "gus", "hal", "ida")
+"""Who asks: a satellite each, a request a second each."""
 
 REPORTS: list[FaultReport] = []
 """Every fault's report in this test run, printed at its end (tests/conftest.py)."""
@@ -100,38 +102,44 @@ class FaultReport:
 
 
 class Stream:
-    """One person's requests at a steady rate, over a session the broker keeps (replies
-    published while the client is away are delivered when it is back)."""
+    """People asking at a steady rate between them (a home's satellites), each over a
+    session the broker keeps (replies published while a client is away are delivered when
+    it is back)."""
 
-    def __init__(self, broker: Broker, *, user: str, site: str = "hall",
+    def __init__(self, broker: Broker, *, users: Sequence[str], site: str = "hall",
                  topics: Topics | None = None, rate: float = RATE,
                  sentences: Callable[[int], str] = sentence) -> None:
         self.topics = topics or Topics()
-        self.user, self.site, self.rate, self.sentences = user, site, rate, sentences
+        self.site, self.rate, self.sentences = site, rate, sentences
         self.asked: dict[str, Asked] = {}
         self.marks: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
         self._run = secrets.token_hex(3)
+        self.clients = [(user, self._connect(broker, user)) for user in users]
+
+    def _connect(self, broker: Broker, user: str) -> Client:
         settings = broker.settings(user)
-        self.client: Client = make_client(settings, client_id=f"faults-{user}-{self._run}")
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *args: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 1)
+        subscribed = threading.Event()
+        client = make_client(settings, client_id=f"faults-{user}-{self._run}")
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *args: subscribed.set()
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.1, 1)
+        client.user_data_set(user)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600
-        connect_and_wait(self.client, settings, clean_start=False, properties=props)
-        if not self._subscribed.wait(5):
+        connect_and_wait(client, settings, clean_start=False, properties=props)
+        if not subscribed.wait(5):
             raise RuntimeError("the broker did not grant the reply topics")
+        return client
 
-    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags,
+    def _on_connect(self, client: Client, user: str, flags: ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
         if not reason.is_failure:
-            client.subscribe([(self.topics.response(self.site, self.user), 1),
-                              (self.topics.error(self.site, self.user), 1)])
+            client.subscribe([(self.topics.response(self.site, user), 1),
+                              (self.topics.error(self.site, user), 1)])
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
         reply = decode_reply(packet_of(message))
@@ -155,9 +163,9 @@ class Stream:
                 self.asked[request_id] = Asked(request_id, text, time.monotonic())
             # Published while the broker is away too: paho keeps a QoS 1 message until it
             # is acknowledged, and sends it again once connected.
-            publish(self.client, encode_text_request(self.topics, site=self.site,
-                                                     user=self.user, text=text,
-                                                     request_id=request_id), qos=1)
+            user, client = self.clients[n % len(self.clients)]
+            publish(client, encode_text_request(self.topics, site=self.site, user=user,
+                                                text=text, request_id=request_id), qos=1)
             n += 1
             self._stop.wait(max(0.0, began + n / self.rate - time.monotonic()))
 
@@ -180,8 +188,9 @@ class Stream:
             return [a for a in self.asked.values() if not a.replies]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        for _user, client in self.clients:
+            client.disconnect()
+            client.loop_stop()
 
     def report(self, fault: str) -> FaultReport:
         """What the fault cost (``mark("fault")`` and ``mark("healed")`` called)."""

@@ -263,11 +263,11 @@ def test_a_request_past_its_deadline_gets_timeout_once(tmp_path: Path, broker: B
         node.stop()
 
 
-def test_a_flood_gets_busy_beyond_the_queue_and_nothing_twice(tmp_path: Path, broker: Broker,
+def test_a_flood_gets_busy_beyond_its_share_and_nothing_twice(tmp_path: Path, broker: Broker,
                                                               redis_server: RedisServer) -> None:
     config = service_config(tmp_path, broker=broker, redis_url=redis_server.url,
                             extra='topic_prefix = "flood"\nworkers = 1\nqueue_size = 3\n'
-                                  "requests_per_minute = 0\ntimeout = 60")
+                                  "queue_per_user = 2\nrequests_per_minute = 0\ntimeout = 60")
     node = ServiceProcess(config).start()
     client = Listener(broker.settings("assistant"),
                       "flood/+/response/+", "flood/+/error/+")

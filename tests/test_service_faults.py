@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from assistant.protocol import Response
-from tests.faults import SECONDS, FaultReport, Stream, integrity
+from tests.faults import PEOPLE, SECONDS, FaultReport, Stream, integrity
 from tests.helpers import until
 from tests.servers import RedisServer, admin_url
 from tests.service import Broker, ServiceProcess, service_config
@@ -49,7 +49,7 @@ def test_redis_killed_and_started_again(tmp_path: Path) -> None:
     own = RedisServer(tmp_path / "redis").start()
     try:
         with running(tmp_path, broker=broker, redis_url=own.url) as node:
-            stream = Stream(broker, user="quinn").start()
+            stream = Stream(broker, users=PEOPLE).start()
             time.sleep(SECONDS)
             stream.mark("fault")
             own.kill()
@@ -76,7 +76,7 @@ def test_the_broker_restarted(tmp_path: Path, redis_server: RedisServer) -> None
     broker = Broker(tmp_path / "broker").start()
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url) as node:
-            stream = Stream(broker, user="rex").start()
+            stream = Stream(broker, users=PEOPLE).start()
             time.sleep(SECONDS)
             stream.mark("fault")
             broker.stop()
@@ -102,7 +102,7 @@ def test_the_service_killed_while_writing_to_disk(tmp_path: Path,
                             extra="requests_per_minute = 0\ntimeout = 30")
     node = ServiceProcess(config, client_id="assistant-crash").start()
     try:
-        stream = Stream(broker, user="pam").start()
+        stream = Stream(broker, users=PEOPLE).start()
         time.sleep(SECONDS)
         until(lambda: Path(f"{db}-wal").exists(), "the disk tier writing")
         stream.mark("fault")
@@ -139,13 +139,12 @@ def test_the_disk_full(tmp_path: Path, redis_server: RedisServer) -> None:
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url,
                      env={"ASSISTANT_SQLITE__PATH": str(disk / "cache.db")}) as node:
-            stream = Stream(broker, user="per").start()
+            stream = Stream(broker, users=PEOPLE).start()
             time.sleep(SECONDS)
             stream.mark("fault")
-            with filler.open("wb") as out, contextlib.suppress(OSError):
+            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
                 while True:
                     out.write(b"\0" * 65536)
-                    out.flush()
             assert os.statvfs(disk).f_bavail == 0
             time.sleep(SECONDS)
             filler.unlink()
@@ -168,7 +167,7 @@ def test_the_disk_file_overwritten(tmp_path: Path, redis_server: RedisServer) ->
     db = tmp_path / "cache.db"
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url) as node:
-            stream = Stream(broker, user="ida").start()
+            stream = Stream(broker, users=PEOPLE).start()
             time.sleep(SECONDS)
             until(lambda: Path(f"{db}-wal").exists(), "the disk tier writing")
             stream.mark("fault")
@@ -195,7 +194,7 @@ def test_each_reply_is_a_real_answer(tmp_path: Path, redis_server: RedisServer) 
     broker = Broker(tmp_path / "broker").start()
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url):
-            stream = Stream(broker, user="kim").start()
+            stream = Stream(broker, users=PEOPLE).start()
             stream.mark("fault")
             time.sleep(SECONDS)
             stream.stop()

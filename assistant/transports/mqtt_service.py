@@ -176,7 +176,10 @@ class MqttService:
         client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._mqtt.session_expiry
-        props.ReceiveMaximum = 65535
+        # The broker sends no more unacknowledged requests than the service can hold (its
+        # queue and its workers): a burst, or the backlog of a restart, waits at the broker
+        # in order instead of being refused busy.
+        props.ReceiveMaximum = self.settings.queue_size + self.settings.workers
         self._client = client
         try:
             connect_and_wait(client, self._mqtt, clean_start=False, properties=props)
