@@ -64,7 +64,7 @@ test: lint typecheck unit
 # same tests with phases of 3 s. As root: the full disk is a small tmpfs the test mounts.
 FAULT_SECONDS ?= 20
 test-faults: $(STAMP) servers
-	PATH="$$PATH:/usr/sbin" FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest tests/test_service_faults.py
+	PATH="$$PATH:/usr/sbin" FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest --timeout 900 tests/test_service_faults.py
 
 # Coverage-guided fuzzing (atheris) of the request decoder, the Wyoming reader, the WAV
 # reader and the template loader, FUZZ_SECONDS each; a crash stops it with its input saved.

@@ -149,7 +149,8 @@ class ServiceSettings(_Section):
     topic_prefix: str = "assistant"
     sites: list[str] = Field([], description="the sites served (empty: any)")
     workers: int = Field(4, ge=1, le=64, description="requests handled at once")
-    queue_size: int = Field(64, ge=1, description="requests waiting; beyond it: busy")
+    queue_size: int = Field(64, ge=1, description="requests waiting to be handled; more wait "
+                                                  "at the broker (MQTT Receive Maximum)")
     queue_per_user: int = Field(16, ge=1, description="requests of one person waiting; beyond "
                                                       "it: busy (a flood from one leaves room "
                                                       "for the others)")

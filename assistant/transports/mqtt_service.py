@@ -134,7 +134,12 @@ class MqttService:
         self._limits = UserLimits(cache.redis, keys,
                                   requests_per_minute=settings.requests_per_minute,
                                   audio_seconds_per_minute=settings.audio_seconds_per_minute)
-        self._queue: queue.Queue[_Job | None] = queue.Queue(settings.queue_size)
+        # Room for two of the broker's windows (Receive Maximum, below): after a reconnect
+        # it sends the unacknowledged window again (the requests it holds as new to a
+        # restarted process, the answered ones to be answered from their record) besides
+        # a new one.
+        self._queue: queue.Queue[_Job | None] = queue.Queue(
+            2 * (settings.queue_size + settings.workers))
         self._jobs: dict[_Key, _Job] = {}
         self._waiting: collections.Counter[str] = collections.Counter()
         """Requests queued per user (a flood from one fills their share, not the queue)."""
