@@ -743,8 +743,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.2,
                         help="share of the soak left out of the memory's growth")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "results",
-                        help="where the PNGs go")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="where the PNGs and the memory samples go (default: "
+                             "bench/results, none with --quick)")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every service process (repeatable)")
     parser.add_argument("--quick", action="store_true",
@@ -754,6 +755,8 @@ def main() -> None:
         args.seconds, args.multi_seconds, args.nodes = 10.0, 10.0, "2"
         args.satellites = min(args.satellites, 8)
         args.interval = min(args.interval, 2.0)
+    if args.plot is None and not args.quick:
+        args.plot = ROOT / "bench" / "results"
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
     args.service_env = dict(item.split("=", 1) for item in args.service_env)
     rng = random.Random(args.seed)
