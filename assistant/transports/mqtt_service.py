@@ -1,7 +1,10 @@
 """The MQTT service: requests in, answers, speech, device commands and errors out.
 
 paho's network thread only decodes a request and queues it (or answers ``busy`` at once
-when the queue is full); a pool of workers runs the pipeline. Every request gets exactly one
+when the asker's share of the queue is full); a pool of workers runs the pipeline, one of
+them kept for requests answered quickly before (:mod:`~assistant.transports.lanes`). The
+broker sends no more requests than the queue and the workers hold (MQTT Receive Maximum);
+the rest wait there. Every request gets exactly one
 final reply, an answer or an error: the first of the worker's result and the deadline's
 ``timeout`` wins, and once a request's device commands are going out its deadline no longer
 applies. Requests are acknowledged to the broker (QoS 1, in the order they came) only once
@@ -21,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -55,6 +57,7 @@ from assistant.speech.audio import AudioLimits, probe
 from assistant.timers import TimerManager
 from assistant.transports.announcements import Announcer
 from assistant.transports.deliveries import Acks, Deadlines, Delivery
+from assistant.transports.lanes import Lanes, QuickAnswers
 from assistant.transports.limits import UserLimits
 from assistant.transports.mqtt import connect_and_wait, make_client, packet_of, publish
 from assistant.transports.replies import Claims, Replies
@@ -138,8 +141,8 @@ class MqttService:
         # it sends the unacknowledged window again (the requests it holds as new to a
         # restarted process, the answered ones to be answered from their record) besides
         # a new one.
-        self._queue: queue.Queue[_Job | None] = queue.Queue(
-            2 * (settings.queue_size + settings.workers))
+        self._lanes: Lanes[_Job] = Lanes(2 * (settings.queue_size + settings.workers))
+        self._quick = QuickAnswers()
         self._jobs: dict[_Key, _Job] = {}
         self._waiting: collections.Counter[str] = collections.Counter()
         """Requests queued per user (a flood from one fills their share, not the queue)."""
@@ -160,9 +163,11 @@ class MqttService:
     def start(self) -> Self:
         """Start the workers, connect (persistent session), subscribe; return when ready."""
         self._stopping.clear()
+        self._lanes = Lanes(self._lanes.capacity)
         for n in range(self.settings.workers):
-            worker = threading.Thread(target=self._work, name=f"service-worker-{n}",
-                                      daemon=True)
+            express = n == 0 and self.settings.workers > 1  # one kept for quick answers
+            worker = threading.Thread(target=self._work, args=(express,), daemon=True,
+                                      name=f"service-worker-{n}{'-express' if express else ''}")
             worker.start()
             self._workers.append(worker)
         self._deadlines.start()
@@ -208,11 +213,7 @@ class MqttService:
         """Take no more requests, let the workers answer what they hold while still
         connected, say offline, disconnect. What was not taken is delivered again later."""
         self._stopping.set()
-        for _ in self._workers:
-            try:
-                self._queue.put(None, timeout=self.settings.timeout + 5)
-            except queue.Full:
-                break
+        self._lanes.close()
         deadline = time.monotonic() + self.settings.timeout + 5
         for worker in self._workers:
             worker.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -345,9 +346,9 @@ class MqttService:
             if self._waiting[request.user] >= self.settings.queue_per_user:
                 busy = f"{self._waiting[request.user]} of your requests are waiting already"
             else:
-                try:
-                    self._queue.put_nowait(job)
-                except queue.Full:
+                express = isinstance(request, TextRequest) and \
+                    self._quick.expected(request.user, request.text)
+                if not self._lanes.put(job, express=express):
                     busy = "too many requests are waiting"
                 else:
                     self._waiting[request.user] += 1
@@ -355,7 +356,7 @@ class MqttService:
         if busy is not None:
             self._finish(job, ErrorReply(request.id, "busy", f"{busy}; try again in a moment"))
             return False
-        self.metrics.queue.set(self._queue.qsize())
+        self.metrics.queue.set(len(self._lanes))
         self._deadlines.add(key, job.deadline)
         return True
 
@@ -446,10 +447,11 @@ class MqttService:
 
     # -- the workers ---------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, express: bool) -> None:
+        """Answer requests until closed; ``express``: only those expected to be quick."""
         while True:
-            job = self._queue.get()
-            self.metrics.queue.set(self._queue.qsize())
+            job = self._lanes.get(express_only=express)
+            self.metrics.queue.set(len(self._lanes))
             if job is None:
                 return
             with self._lock:
@@ -492,6 +494,7 @@ class MqttService:
         if limited is not None:
             self._finish(job, ErrorReply(request.id, "rate_limited", limited))
             return
+        started = time.perf_counter()
         try:
             handled = self._pipeline.handle(request)
         except AssistantError as error:
@@ -501,6 +504,8 @@ class MqttService:
             log.error("request %s: the cache failed: %s", request.id, error)
             self._finish(job, ErrorReply(request.id, "internal", "the cache failed"))
             return
+        if isinstance(request, TextRequest):
+            self._quick.took(request.user, request.text, (time.perf_counter() - started) * 1000)
         if handled.audio_seconds:
             self._limits.heard(request.user, handled.audio_seconds)
         answer = handled.answer

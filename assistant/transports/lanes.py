@@ -1,0 +1,97 @@
+"""Requests waiting for a worker, in two lanes, so that an answer the cache holds is not kept
+waiting behind speech to transcribe or a sentence to generate.
+
+A request that was answered quickly the last time it was asked (the same words from the same
+person, a text request; :class:`QuickAnswers` remembers which) goes in the express lane, the
+rest in the main lane. Every worker takes the express lane first; one worker (when there are
+two or more) takes nothing else, so one is free for quick answers even while the others are
+all transcribing or generating.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import secrets
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+QUICK_MS = 50.0
+"""An answer that took less than this (milliseconds, the pipeline alone) was quick."""
+
+
+class Lanes(Generic[T]):
+    """A bounded two-lane queue of jobs for a pool of workers."""
+
+    def __init__(self, capacity: int) -> None:
+        """``capacity``: jobs waiting in both lanes together."""
+        self.capacity = capacity
+        self._express: collections.deque[T] = collections.deque()
+        self._main: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: T, *, express: bool) -> bool:
+        """Queue ``item``; false when both lanes together are full."""
+        with self._cond:
+            if self._closed or len(self._express) + len(self._main) >= self.capacity:
+                return False
+            (self._express if express else self._main).append(item)
+            self._cond.notify_all()  # the express-only worker may be the one waiting
+            return True
+
+    def get(self, *, express_only: bool = False) -> T | None:
+        """The next job a worker may take (the express lane first; ``express_only``: no
+        other), waiting for one; None once closed and nothing it may take is left."""
+        with self._cond:
+            while True:
+                if self._express:
+                    return self._express.popleft()
+                if self._main and not express_only:
+                    return self._main.popleft()
+                if self._closed:
+                    return None
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Take nothing more; the workers finish what waits, then :meth:`get` gives None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._express) + len(self._main)
+
+
+class QuickAnswers:
+    """Which requests were answered quickly the last time they were asked: a digest of the
+    person and their words (keyed with a secret of this process, so nothing in memory
+    repeats what was said), most recent first, at most ``size`` of them."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._secret = secrets.token_bytes(16)
+        self._quick: collections.OrderedDict[bytes, bool] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, user: str, text: str) -> bytes:
+        words = " ".join(text.casefold().split())
+        return hashlib.blake2b(f"{user}\0{words}".encode(), key=self._secret,
+                               digest_size=16).digest()
+
+    def expected(self, user: str, text: str) -> bool:
+        """Was this answered quickly the last time?"""
+        with self._lock:
+            return self._quick.get(self._key(user, text), False)
+
+    def took(self, user: str, text: str, ms: float) -> None:
+        """It was answered in ``ms`` milliseconds."""
+        key = self._key(user, text)
+        with self._lock:
+            self._quick[key] = ms < QUICK_MS
+            self._quick.move_to_end(key)
+            if len(self._quick) > self._size:
+                self._quick.popitem(last=False)

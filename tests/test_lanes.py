@@ -1,0 +1,62 @@
+"""The service's two lanes of waiting requests, and what it remembers of quick answers."""
+
+from __future__ import annotations
+
+import threading
+
+from assistant.transports.lanes import QUICK_MS, Lanes, QuickAnswers
+
+
+def test_every_worker_takes_the_express_lane_first() -> None:
+    lanes: Lanes[str] = Lanes(10)
+    for item, express in (("slow-1", False), ("quick-1", True), ("slow-2", False),
+                          ("quick-2", True)):
+        assert lanes.put(item, express=express)
+    assert [lanes.get() for _ in range(4)] == ["quick-1", "quick-2", "slow-1", "slow-2"]
+
+
+def test_the_express_worker_never_takes_a_slow_request() -> None:
+    lanes: Lanes[str] = Lanes(10)
+    lanes.put("slow", express=False)
+    taken: list[str | None] = []
+    express = threading.Thread(target=lambda: taken.append(lanes.get(express_only=True)))
+    express.start()
+    express.join(0.2)
+    assert express.is_alive() and not taken  # waiting, the slow one left for the others
+    lanes.put("quick", express=True)
+    express.join(5)
+    assert taken == ["quick"] and len(lanes) == 1
+    assert lanes.get() == "slow"
+
+
+def test_both_lanes_share_one_capacity() -> None:
+    lanes: Lanes[int] = Lanes(3)
+    assert lanes.put(1, express=True) and lanes.put(2, express=False)
+    assert lanes.put(3, express=True)
+    assert not lanes.put(4, express=True) and not lanes.put(5, express=False)
+
+
+def test_closing_lets_the_workers_finish_what_waits_then_stop() -> None:
+    lanes: Lanes[str] = Lanes(5)
+    lanes.put("a", express=False)
+    lanes.put("b", express=True)
+    lanes.close()
+    assert not lanes.put("c", express=True)
+    assert lanes.get(express_only=True) == "b"
+    assert lanes.get(express_only=True) is None  # "a" is a main-lane worker's
+    assert lanes.get() == "a"
+    assert lanes.get() is None
+
+
+def test_quick_answers_are_remembered_per_person_and_words() -> None:
+    quick = QuickAnswers(size=2)
+    assert not quick.expected("ann", "turn on the light")
+    quick.took("ann", "Turn on  the light", QUICK_MS / 10)
+    assert quick.expected("ann", "turn on the light")  # the same words, however written
+    assert not quick.expected("cal", "turn on the light")
+    quick.took("ann", "tell me a story", QUICK_MS * 40)
+    assert not quick.expected("ann", "tell me a story")
+    quick.took("ann", "tell me a story", QUICK_MS / 2)  # cached now
+    assert quick.expected("ann", "tell me a story")
+    quick.took("cal", "never mind", 1.0)  # the oldest goes
+    assert not quick.expected("ann", "turn on the light")
