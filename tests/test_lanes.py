@@ -48,15 +48,15 @@ def test_closing_lets_the_workers_finish_what_waits_then_stop() -> None:
     assert lanes.get() is None
 
 
-def test_quick_answers_are_remembered_per_person_and_words() -> None:
+def test_quick_answers_are_remembered_by_their_words() -> None:
     quick = QuickAnswers(size=2)
-    assert not quick.expected("ann", "turn on the light")
-    quick.took("ann", "Turn on  the light", QUICK_MS / 10)
-    assert quick.expected("ann", "turn on the light")  # the same words, however written
-    assert not quick.expected("cal", "turn on the light")
-    quick.took("ann", "tell me a story", QUICK_MS * 40)
-    assert not quick.expected("ann", "tell me a story")
-    quick.took("ann", "tell me a story", QUICK_MS / 2)  # cached now
-    assert quick.expected("ann", "tell me a story")
-    quick.took("cal", "never mind", 1.0)  # the oldest goes
-    assert not quick.expected("ann", "turn on the light")
+    assert not quick.expected("turn on the light")
+    quick.took("Turn on  the light", QUICK_MS / 10)
+    assert quick.expected("turn on the light")  # the same words, however written
+    assert not quick.expected("turn off the light")
+    quick.took("tell me a story", QUICK_MS * 40)
+    assert not quick.expected("tell me a story")
+    quick.took("tell me a story", QUICK_MS / 2)  # cached now
+    assert quick.expected("tell me a story")
+    quick.took("never mind", 1.0)  # the oldest goes
+    assert not quick.expected("turn on the light")

@@ -1,9 +1,11 @@
 """Requests waiting for a worker, in two lanes, so that an answer the cache holds is not kept
 waiting behind speech to transcribe or a sentence to generate.
 
-A request that was answered quickly the last time it was asked (the same words from the same
-person, a text request; :class:`QuickAnswers` remembers which) goes in the express lane, the
-rest in the main lane. Every worker takes the express lane first; one worker (when there are
+A text request whose words were answered quickly the last time anyone asked them
+(:class:`QuickAnswers` remembers which) goes in the express lane, the rest in the main lane.
+Whether an answer is quick is a matter of the words, mostly: those the cache holds for
+everyone, or a template's own; a lane says no more of who asked what than the shared cache's
+own speed does. Every worker takes the express lane first; one worker (when there are
 two or more) takes nothing else, so one is free for quick answers even while the others are
 all transcribing or generating.
 """
@@ -67,9 +69,9 @@ class Lanes(Generic[T]):
 
 
 class QuickAnswers:
-    """Which requests were answered quickly the last time they were asked: a digest of the
-    person and their words (keyed with a secret of this process, so nothing in memory
-    repeats what was said), most recent first, at most ``size`` of them."""
+    """Which words were answered quickly the last time they were asked: a digest of them
+    (keyed with a secret of this process, so nothing in memory repeats what was said), most
+    recent first, at most ``size`` of them."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
@@ -77,19 +79,18 @@ class QuickAnswers:
         self._quick: collections.OrderedDict[bytes, bool] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def _key(self, user: str, text: str) -> bytes:
+    def _key(self, text: str) -> bytes:
         words = " ".join(text.casefold().split())
-        return hashlib.blake2b(f"{user}\0{words}".encode(), key=self._secret,
-                               digest_size=16).digest()
+        return hashlib.blake2b(words.encode(), key=self._secret, digest_size=16).digest()
 
-    def expected(self, user: str, text: str) -> bool:
-        """Was this answered quickly the last time?"""
+    def expected(self, text: str) -> bool:
+        """Were these words answered quickly the last time?"""
         with self._lock:
-            return self._quick.get(self._key(user, text), False)
+            return self._quick.get(self._key(text), False)
 
-    def took(self, user: str, text: str, ms: float) -> None:
-        """It was answered in ``ms`` milliseconds."""
-        key = self._key(user, text)
+    def took(self, text: str, ms: float) -> None:
+        """They were answered in ``ms`` milliseconds."""
+        key = self._key(text)
         with self._lock:
             self._quick[key] = ms < QUICK_MS
             self._quick.move_to_end(key)

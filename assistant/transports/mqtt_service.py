@@ -347,7 +347,7 @@ class MqttService:
                 busy = f"{self._waiting[request.user]} of your requests are waiting already"
             else:
                 express = isinstance(request, TextRequest) and \
-                    self._quick.expected(request.user, request.text)
+                    self._quick.expected(request.text)
                 if not self._lanes.put(job, express=express):
                     busy = "too many requests are waiting"
                 else:
@@ -505,7 +505,7 @@ class MqttService:
             self._finish(job, ErrorReply(request.id, "internal", "the cache failed"))
             return
         if isinstance(request, TextRequest):
-            self._quick.took(request.user, request.text, (time.perf_counter() - started) * 1000)
+            self._quick.took(request.text, (time.perf_counter() - started) * 1000)
         if handled.audio_seconds:
             self._limits.heard(request.user, handled.audio_seconds)
         answer = handled.answer
