@@ -234,6 +234,29 @@ class Stream:
         return report
 
 
+def through(broker: Broker, name: str, *, fault: Callable[[], object],
+            heal: Callable[[], object] | None = None, before: Callable[[], object] = lambda: None
+            ) -> FaultReport:
+    """Stream requests for ``SECONDS``, call ``before`` then ``fault``, wait ``SECONDS``, call
+    ``heal`` (None: the fault ends by itself), stream ``SECONDS`` more (twice as long when
+    nothing heals), wait for every reply; what the fault cost."""
+    stream = Stream(broker, users=PEOPLE).start()
+    try:
+        time.sleep(SECONDS)
+        before()
+        stream.mark("fault")
+        fault()
+        if heal is not None:
+            time.sleep(SECONDS)
+            heal()
+        stream.mark("healed")
+        time.sleep(SECONDS if heal is not None else 2 * SECONDS)
+        stream.stop()
+        return stream.report(name)
+    finally:
+        stream.close()
+
+
 def integrity(db: Path) -> str:
     """``PRAGMA integrity_check`` of a sqlite file as a crash left it (its WAL too), read
     from a copy so that the check itself repairs nothing."""

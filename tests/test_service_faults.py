@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from assistant.protocol import Response
-from tests.faults import PEOPLE, SECONDS, FaultReport, Stream, integrity
+from tests.faults import PEOPLE, SECONDS, FaultReport, Stream, integrity, through
 from tests.helpers import until
 from tests.servers import RedisServer, admin_url
 from tests.service import Broker, ServiceProcess, service_config
@@ -49,17 +49,7 @@ def test_redis_killed_and_started_again(tmp_path: Path) -> None:
     own = RedisServer(tmp_path / "redis").start()
     try:
         with running(tmp_path, broker=broker, redis_url=own.url) as node:
-            stream = Stream(broker, users=PEOPLE).start()
-            time.sleep(SECONDS)
-            stream.mark("fault")
-            own.kill()
-            time.sleep(SECONDS)
-            own.start()
-            stream.mark("healed")
-            time.sleep(SECONDS)
-            stream.stop()
-            report = stream.report("redis kill -9")
-            stream.close()
+            report = through(broker, "redis kill -9", fault=own.kill, heal=own.start)
             # Redis is used again once it is back: answers computed after are there.
             admin = redis.Redis.from_url(admin_url(own.url))
             until(lambda: admin.dbsize() > 0, "Redis written to again")
@@ -76,17 +66,7 @@ def test_the_broker_restarted(tmp_path: Path, redis_server: RedisServer) -> None
     broker = Broker(tmp_path / "broker").start()
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url) as node:
-            stream = Stream(broker, users=PEOPLE).start()
-            time.sleep(SECONDS)
-            stream.mark("fault")
-            broker.stop()
-            time.sleep(SECONDS)
-            broker.start()
-            stream.mark("healed")
-            time.sleep(SECONDS)
-            stream.stop()
-            report = stream.report("mosquitto restart")
-            stream.close()
+            report = through(broker, "mosquitto restart", fault=broker.stop, heal=broker.start)
             assert node.alive()
         exactly_once(report)
         assert not report.errors, report
@@ -101,28 +81,26 @@ def test_the_service_killed_while_writing_to_disk(tmp_path: Path,
     config = service_config(tmp_path, broker=broker, redis_url=redis_server.url,
                             extra="requests_per_minute = 0\ntimeout = 30")
     node = ServiceProcess(config, client_id="assistant-crash").start()
-    try:
-        stream = Stream(broker, users=PEOPLE).start()
-        time.sleep(SECONDS)
-        until(lambda: Path(f"{db}-wal").exists(), "the disk tier writing")
-        stream.mark("fault")
+    left: list[str] = []
+
+    def crash() -> None:
         assert node.proc is not None
         node.proc.kill()  # SIGKILL: no flush, no goodbye, the broker keeps its session
         node.proc.wait()
         node.stop()  # what is left of it: its pipe
-        left = integrity(db)
-        time.sleep(SECONDS)
-        node.start()  # the same client id: the same session, its unacknowledged requests
-        stream.mark("healed")
-        time.sleep(SECONDS)
-        stream.stop()
-        report = stream.report("assistant kill -9")
-        stream.close()
+        left.append(integrity(db))
+
+    try:
+        # Started again with the same client id: the same session, its unacknowledged
+        # requests and those sent while it was away.
+        report = through(broker, "assistant kill -9", fault=crash, heal=node.start,
+                         before=lambda: until(lambda: Path(f"{db}-wal").exists(),
+                                              "the disk tier writing"))
         assert node.alive()
     finally:
         node.stop()
         broker.stop()
-    assert left == "ok"
+    assert left == ["ok"]
     assert integrity(db) == "ok"
     exactly_once(report)
     assert not report.errors, report
@@ -136,23 +114,17 @@ def test_the_disk_full(tmp_path: Path, redis_server: RedisServer) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
     broker = Broker(tmp_path / "broker").start()
     filler = disk / "filler"
+
+    def fill() -> None:
+        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+        assert os.statvfs(disk).f_bavail == 0
+
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url,
                      env={"ASSISTANT_SQLITE__PATH": str(disk / "cache.db")}) as node:
-            stream = Stream(broker, users=PEOPLE).start()
-            time.sleep(SECONDS)
-            stream.mark("fault")
-            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
-                while True:
-                    out.write(b"\0" * 65536)
-            assert os.statvfs(disk).f_bavail == 0
-            time.sleep(SECONDS)
-            filler.unlink()
-            stream.mark("healed")
-            time.sleep(SECONDS)
-            stream.stop()
-            report = stream.report("disk full")
-            stream.close()
+            report = through(broker, "disk full", fault=fill, heal=filler.unlink)
             assert node.alive()
         exactly_once(report)
         assert not report.errors, report
@@ -165,20 +137,17 @@ def test_the_disk_full(tmp_path: Path, redis_server: RedisServer) -> None:
 def test_the_disk_file_overwritten(tmp_path: Path, redis_server: RedisServer) -> None:
     broker = Broker(tmp_path / "broker").start()
     db = tmp_path / "cache.db"
+
+    def garbage() -> None:  # as after a bad SD card write
+        for path in (db, Path(f"{db}-wal")):
+            with path.open("r+b") as out:
+                out.write(b"\x13\x37garbage" * 8192)
+
     try:
         with running(tmp_path, broker=broker, redis_url=redis_server.url) as node:
-            stream = Stream(broker, users=PEOPLE).start()
-            time.sleep(SECONDS)
-            until(lambda: Path(f"{db}-wal").exists(), "the disk tier writing")
-            stream.mark("fault")
-            for path in (db, Path(f"{db}-wal")):  # as after a bad SD card write
-                with path.open("r+b") as out:
-                    out.write(b"\x13\x37garbage" * 8192)
-            stream.mark("healed")
-            time.sleep(2 * SECONDS)
-            stream.stop()
-            report = stream.report("disk file garbage")
-            stream.close()
+            report = through(broker, "disk file garbage", fault=garbage,
+                             before=lambda: until(lambda: Path(f"{db}-wal").exists(),
+                                                  "the disk tier writing"))
             assert node.alive()
         exactly_once(report)
         assert not report.errors, report
