@@ -127,6 +127,10 @@ class Speaker:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = settings.threads or cpu_threads()
             options.inter_op_num_threads = 1
+            # A memory plan kept per input shape: every sentence length is a new shape, and
+            # the plans grew a long-running service by 240-340 MB over 240 sentences; without
+            # them it grows 195 MB and stays there, as fast.
+            options.enable_mem_pattern = False
             session = onnxruntime.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
         except (OSError, ValueError, KeyError, RuntimeError) as error:
