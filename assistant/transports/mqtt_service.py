@@ -189,7 +189,7 @@ class MqttService:
         # The broker sends no more unacknowledged requests than the service can hold (its
         # queue and its workers): a burst, or the backlog of a restart, waits at the broker
         # in order instead of being refused busy.
-        props.ReceiveMaximum = self.settings.queue_size + self.settings.workers
+        props.ReceiveMaximum = min(65535, self.settings.queue_size + self.settings.workers)
         self._client = client
         try:
             connect_and_wait(client, self._mqtt, clean_start=False, properties=props)
