@@ -25,24 +25,32 @@ QUICK_MS = 50.0
 
 
 class Lanes(Generic[T]):
-    """A bounded two-lane queue of jobs for a pool of workers."""
+    """A bounded two-lane queue of jobs for a pool of workers, each person's share of it
+    bounded too (a flood from one fills their share, not the queue)."""
 
-    def __init__(self, capacity: int) -> None:
-        """``capacity``: jobs waiting in both lanes together."""
+    def __init__(self, capacity: int, share: int) -> None:
+        """``capacity``: jobs waiting in both lanes together; ``share``: of them, one
+        person's."""
         self.capacity = capacity
-        self._express: collections.deque[T] = collections.deque()
-        self._main: collections.deque[T] = collections.deque()
+        self.share = share
+        self._express: collections.deque[tuple[str, T]] = collections.deque()
+        self._main: collections.deque[tuple[str, T]] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, item: T, *, express: bool) -> bool:
-        """Queue ``item``; false when both lanes together are full."""
+    def put(self, item: T, *, owner: str, express: bool) -> str | None:
+        """Queue ``owner``'s ``item``; why it cannot be (their share or both lanes full,
+        or closed), else None."""
         with self._cond:
+            if self._waiting[owner] >= self.share:
+                return f"{self._waiting[owner]} of your requests are waiting already"
             if self._closed or len(self._express) + len(self._main) >= self.capacity:
-                return False
-            (self._express if express else self._main).append(item)
+                return "too many requests are waiting"
+            (self._express if express else self._main).append((owner, item))
+            self._waiting[owner] += 1
             self._cond.notify_all()  # the express-only worker may be the one waiting
-            return True
+            return None
 
     def get(self, *, express_only: bool = False) -> T | None:
         """The next job a worker may take (the express lane first; ``express_only``: no
@@ -50,12 +58,19 @@ class Lanes(Generic[T]):
         with self._cond:
             while True:
                 if self._express:
-                    return self._express.popleft()
+                    return self._taken(self._express.popleft())
                 if self._main and not express_only:
-                    return self._main.popleft()
+                    return self._taken(self._main.popleft())
                 if self._closed:
                     return None
                 self._cond.wait()
+
+    def _taken(self, entry: tuple[str, T]) -> T:
+        owner, item = entry
+        self._waiting[owner] -= 1
+        if not self._waiting[owner]:
+            del self._waiting[owner]
+        return item
 
     def close(self) -> None:
         """Take nothing more; the workers finish what waits, then :meth:`get` gives None."""

@@ -19,7 +19,6 @@ to one of them); without one, each request is claimed in Redis by the first to t
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -141,11 +140,10 @@ class MqttService:
         # it sends the unacknowledged window again (the requests it holds as new to a
         # restarted process, the answered ones to be answered from their record) besides
         # a new one.
-        self._lanes: Lanes[_Job] = Lanes(2 * (settings.queue_size + settings.workers))
+        self._lanes: Lanes[_Job] = Lanes(2 * (settings.queue_size + settings.workers),
+                                         share=settings.queue_per_user)
         self._quick = QuickAnswers()
         self._jobs: dict[_Key, _Job] = {}
-        self._waiting: collections.Counter[str] = collections.Counter()
-        """Requests queued per user (a flood from one fills their share, not the queue)."""
         self._lock = threading.Lock()
         self._acks = Acks(self._ack)
         self._deadlines = Deadlines(self._expire)
@@ -163,7 +161,7 @@ class MqttService:
     def start(self) -> Self:
         """Start the workers, connect (persistent session), subscribe; return when ready."""
         self._stopping.clear()
-        self._lanes = Lanes(self._lanes.capacity)
+        self._lanes = Lanes(self._lanes.capacity, share=self._lanes.share)
         for n in range(self.settings.workers):
             express = n == 0 and self.settings.workers > 1  # one kept for quick answers
             worker = threading.Thread(target=self._work, args=(express,), daemon=True,
@@ -341,18 +339,11 @@ class MqttService:
             return False
         job = _Job(request, key, time.monotonic() + self.settings.timeout, bool(message.dup),
                    [delivery])
-        busy = None
+        express = isinstance(request, TextRequest) and self._quick.expected(request.text)
         with self._lock:
-            if self._waiting[request.user] >= self.settings.queue_per_user:
-                busy = f"{self._waiting[request.user]} of your requests are waiting already"
-            else:
-                express = isinstance(request, TextRequest) and \
-                    self._quick.expected(request.text)
-                if not self._lanes.put(job, express=express):
-                    busy = "too many requests are waiting"
-                else:
-                    self._waiting[request.user] += 1
-                    self._jobs[key] = job
+            busy = self._lanes.put(job, owner=request.user, express=express)
+            if busy is None:
+                self._jobs[key] = job
         if busy is not None:
             self._finish(job, ErrorReply(request.id, "busy", f"{busy}; try again in a moment"))
             return False
@@ -454,10 +445,6 @@ class MqttService:
             self.metrics.queue.set(len(self._lanes))
             if job is None:
                 return
-            with self._lock:
-                self._waiting[job.request.user] -= 1
-                if self._waiting[job.request.user] <= 0:
-                    del self._waiting[job.request.user]
             try:
                 self._handle(job)
             except Exception as error:
