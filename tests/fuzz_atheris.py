@@ -25,7 +25,7 @@ with atheris.instrument_imports():
     from assistant.protocol import Packet, ProtocolError, Topics, decode_request
     from assistant.speech.audio import AudioLimits, decode, probe
     from assistant.templates.loader import load_file
-    from assistant.transports.wyoming_server import EventTooLarge, read_event
+    from assistant.transports.wyoming_events import EventTooLarge, read_event
 
 TOPICS = Topics()
 LIMITS = AudioLimits(max_seconds=5.0, max_bytes=200_000, silence_dbfs=-50.0)

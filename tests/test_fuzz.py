@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from assistant.errors import AudioError, TemplateError
 from assistant.speech.audio import AudioLimits, PcmFormat, decode, probe
 from assistant.templates.loader import load_file
-from assistant.transports.wyoming_server import EventTooLarge, read_event
+from assistant.transports.wyoming_events import EventTooLarge, read_event
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

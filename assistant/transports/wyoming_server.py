@@ -21,7 +21,9 @@ assistant as a conversation agent that controls the home). Then, per pipeline ru
   in the event's context is the site.
 
 Anything wrong gets ``error {text, code}`` and the connection goes on; an event larger than
-``[wyoming] max_event_bytes`` or a line that is no event ends that connection alone. Each
+``[wyoming] max_event_bytes``, a line that is no event, an event begun and not finished
+within ``event_timeout``, silence for ``idle_timeout`` (:mod:`.wyoming_events`) ends that
+connection alone, and beyond ``max_connections`` a client is told busy. Each
 connection's work runs on a thread of its own, so a slow one never holds up another.
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -75,6 +76,7 @@ from assistant.speech.audio import TARGET_RATE, wav_bytes
 from assistant.speech.grammar import grammar_for
 from assistant.speech.hints import hints_for
 from assistant.speech.sentences import split_sentences
+from assistant.transports.wyoming_events import EventTooLarge, TooSlow, read_event
 from cache import CacheError
 
 log = logging.getLogger(__name__)
@@ -85,63 +87,6 @@ CHUNK_BYTES = 2048
 _ATTRIBUTION = Attribution(name="edge voice assistant", url="")
 _MAX_LINE = 64 * 1024
 _ANY = "0.0.0.0"  # noqa: S104  (every interface: the address that says so)
-
-
-class EventTooLarge(Exception):
-    """An event bigger than the server accepts."""
-
-
-def _length(header: dict[str, Any], key: str) -> int:
-    """A length of an event header: a whole number (absent, null or 0: none)."""
-    value = header.get(key) or 0
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{key} is a whole number")
-    return value
-
-
-class TooSlow(Exception):
-    """An event begun and not finished in time."""
-
-
-async def read_event(reader: asyncio.StreamReader, limit: int, *, idle: float | None = None,
-                     within: float | None = None) -> Event | None:
-    """The next event, None at the end of the stream; :class:`EventTooLarge` when its data or
-    payload would be over ``limit`` bytes, ValueError when the line is no event.
-
-    ``idle``: seconds to wait for an event to begin (then :class:`TimeoutError`);
-    ``within``: seconds it may take to arrive once begun (then :class:`TooSlow`): a client
-    that trickles bytes cannot hold a connection open for ever.
-    """
-    try:
-        first = await asyncio.wait_for(reader.readexactly(1), idle)
-    except asyncio.IncompleteReadError:
-        return None
-    try:
-        async with asyncio.timeout(within):
-            return await _rest_of_event(reader, first, limit)
-    except TimeoutError:
-        raise TooSlow(f"an event took more than {within:g} s to arrive") from None
-
-
-async def _rest_of_event(reader: asyncio.StreamReader, first: bytes, limit: int) -> Event:
-    line = first if first == b"\n" else first + await reader.readline()
-    header = json.loads(line)
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ValueError("an event is a JSON object with a type")
-    data = header.get("data") or {}
-    if not isinstance(data, dict):
-        raise ValueError("event data is a JSON object")
-    data_length = _length(header, "data_length")
-    payload_length = _length(header, "payload_length")
-    if max(data_length, payload_length) > limit or min(data_length, payload_length) < 0:
-        raise EventTooLarge(f"an event of more than {limit} bytes")
-    if data_length:
-        extra = json.loads(await reader.readexactly(data_length))
-        if not isinstance(extra, dict):
-            raise ValueError("event data is a JSON object")
-        data = {**data, **extra}
-    payload = await reader.readexactly(payload_length) if payload_length else None
-    return Event(type=header["type"], data=data, payload=payload)
 
 
 class WyomingServer:
