@@ -112,6 +112,7 @@ def build_cache(
             redis.url,
             namer=names.name,
             timeout=redis.timeout,
+            spin=redis.spin,
             breaker=CircuitBreaker(threshold=redis.breaker_threshold,
                                    cooldown=redis.breaker_cooldown),
             # A forget is remembered as long as anything of the user may live anywhere.

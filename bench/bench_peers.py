@@ -8,7 +8,10 @@ over the prompts; then 5,000 writes of new prompts. Through:
   hit on one whose items were written to the disk tier only, so Redis misses on the way (the
   item dropped from memory first, untimed). The key is made inside the timed call, as a
   caller makes it: from the prompt, in a key space of the model, sampling and template
-  (HMAC-named for Redis and the disk; a prompt seen before is named from memory);
+  (HMAC-named for Redis and the disk; a prompt seen before is named from memory). Redis's
+  replies are polled for (``[redis] spin``, 200 µs); ``ours_l2_hit_no_poll`` is the L2 hit
+  of a cache that sleeps on them at once, and ``redis_py_get`` a plain redis-py ``GET`` of
+  the same items, the raw baseline;
 - LangChain's InMemoryCache, SQLiteCache and RedisCache (langchain-community), keyed by
   prompt and model string as LangChain keys them, on the same redis-server;
 - GPTCache in exact-match mode on sqlite (its SQLAlchemy store, a faiss index beside it,
@@ -204,14 +207,19 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
     space = names.generation_space(request)
     cold = names.generation_space(request, memo=0)  # a name made afresh every time
 
-    def cache(db: str) -> TieredCache:
+    def cache(db: str, spin: float = 200e-6) -> TieredCache:
         made = TieredCache(keyring=keyring, memory=MemoryTier(256 * 1024 * 1024),
-                           redis_tier=RedisTier(url, namer=names.name),
+                           redis_tier=RedisTier(url, namer=names.name, spin=spin),
                            sqlite_tier=SqliteTier(folder / db), listen=False).start()
         closers.append(made.close)
         return made
 
     full, disk = cache("full.db"), cache("disk.db")
+    # The same items read by a cache whose thread sleeps on Redis's reply at once (``spin=0``):
+    # what polling for the reply buys.
+    sleeper = cache("sleeper.db", spin=0.0)
+    plain = redis.Redis.from_url(url)
+    closers.append(plain.close)
     # Two copies of each prompt, each under its own key space's names: one cache's items
     # in every tier, the other's on disk only (so its reads miss Redis on the way).
     disk_space = names.generation_space(GenerationKey(**{
@@ -231,6 +239,10 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
                                      for i in lookups]),
         Phase("ours_l2_hit", [lambda p=prompts[i]: full.lookup(space.key(p)) for i in lookups],
               before=lambda n: full.memory.delete(keys[lookups[n]])),
+        Phase("ours_l2_hit_no_poll", [lambda p=prompts[i]: sleeper.lookup(space.key(p))
+                                      for i in lookups],
+              before=lambda n: sleeper.memory.delete(keys[lookups[n]])),
+        Phase("redis_py_get", [lambda k=keys[i]: plain.get(k) for i in lookups]),
         Phase("ours_l3_hit", [lambda p=prompts[i]: disk.lookup(disk_space.key(p))
                               for i in lookups],
               before=lambda n: disk.memory.delete(disk_keys[lookups[n]])),

@@ -5,6 +5,7 @@ again. Each keeps what the slow path promised."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from typing import Any
@@ -14,10 +15,20 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cache import CacheError, GenerationKey, KeyBuilder, MemoryTier, NonDeterministicError, TieredCache
+from cache import (
+    CacheError,
+    GenerationKey,
+    KeyBuilder,
+    MemoryTier,
+    NonDeterministicError,
+    RedisTier,
+    TieredCache,
+)
+from cache.errors import TierUnavailable
 from cache.keys import SLOT, Field
 from cache.tiers.base import Record
 from tests.conftest import FakeClock
+from tests.servers import RedisServer
 
 REQUEST = GenerationKey(
     backend="llama_cpp", model_id="m.gguf", model_version="a" * 32, tokenizer_version="t",
@@ -237,3 +248,56 @@ def test_json_promoted_from_below_is_kept_serialized_and_safe_from_callers(
         found.value["fragments"].append("mutated")
         assert tiered.get(key) == {"fragments": ["a", "b"]}
         assert type(tiered.memory.get(key).payload).__name__ == "_Frozen"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- waiting for Redis's replies
+
+
+def test_a_reply_later_than_the_poll_is_still_read(own_redis: RedisServer,
+                                                   names: KeyBuilder) -> None:
+    """Redis stopped for 50 ms: the poll gives up after its 200 µs and the read sleeps until
+    the reply comes; the value read is the one written."""
+    tier = RedisTier(own_redis.url, namer=names.name, timeout=1.0).start()
+    record = Record(b"payload" * 10, time.time() + 60)
+    tier.set("k", record)
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)
+    threading.Timer(0.05, own_redis.proc.send_signal, (signal.SIGCONT,)).start()
+    started = time.monotonic()
+    found = tier.get("k")
+    assert time.monotonic() - started >= 0.04  # it really waited for the stopped server
+    assert found is not None and bytes(found.payload) == b"payload" * 10
+    tier.close()
+
+
+def test_the_poll_is_bounded_and_can_be_turned_off(own_redis: RedisServer,
+                                                   names: KeyBuilder) -> None:
+    """While Redis is stopped, a read that times out after 0.3 s costs the thread the poll's
+    CPU time, not 0.3 s of it; with ``spin=0`` none."""
+    assert own_redis.proc is not None
+    for spin, most in ((0.005, 0.1), (0.0, 0.05)):
+        tier = RedisTier(own_redis.url, namer=names.name, timeout=0.3, spin=spin).start()
+        tier.set("k", Record(b"x", time.time() + 60))
+        own_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            cpu = time.thread_time()
+            with pytest.raises(TierUnavailable):
+                tier.get("k")
+            assert time.thread_time() - cpu < most
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
+        tier.close()
+
+
+def test_the_poll_follows_the_connection_after_redis_restarts(own_redis: RedisServer,
+                                                              names: KeyBuilder) -> None:
+    tier = RedisTier(own_redis.url, namer=names.name, timeout=0.5).start()
+    tier.set("k", Record(b"before", time.time() + 60))
+    assert tier.get("k") is not None
+    own_redis.kill()
+    own_redis.start()  # empty: the shipped server keeps no file
+    assert tier.get("k") is None  # the held connection reconnected once; polled anew
+    tier.set("k", Record(b"after", time.time() + 60))
+    found = tier.get("k")
+    assert found is not None and bytes(found.payload) == b"after"
+    tier.close()

@@ -10,7 +10,9 @@ and since header and item are one Redis key, eviction can never split them. A ci
 breaker skips Redis while it is failing; redis-py reconnects by itself when it
 is back. Item reads and writes go over one connection held per thread, as commands packed
 here (the rest use the pool); a read that may lead to a compute fetches the purge
-epochs of the item's tags in the same round trip.
+epochs of the item's tags in the same round trip. Their replies are waited for by polling
+the socket for up to ``spin`` seconds before sleeping on it: a local Redis answers in about
+20 µs, and a thread asleep in ``recv`` is woken 30-40 µs after that.
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
@@ -29,8 +31,10 @@ expire; the salts hash and the event stream do not, so with
 from __future__ import annotations
 
 import logging
+import select
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Self, TypeVar, cast
@@ -140,6 +144,7 @@ class RedisTier:
         epoch_ttl: float = 86400.0,
         tombstone_ttl: float = 30 * 86400.0,
         events_ttl: float = 7 * 86400.0,
+        spin: float = 200e-6,
     ) -> None:
         """
         Args:
@@ -153,8 +158,12 @@ class RedisTier:
                 may live on any node's disk (the largest ``max_ttl`` of the policies).
             events_ttl: seconds an invalidation event stays on the stream for processes
                 that were away to catch up on (one away longer drops its memory tier).
+            spin: seconds a thread polls for a reply before it sleeps until the reply comes
+                (0: it sleeps at once). The polling costs that much CPU at most per command;
+                a reply that comes within it is read 30-40 µs sooner.
         """
         self.url = url
+        self._spin_ns = int(spin * 1e9)
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._timeout = timeout
         self._namer = namer
@@ -233,6 +242,7 @@ class RedisTier:
         for attempt in (1, 2):
             try:
                 conn.send_packed_command(packed, check_health=False)
+                self._await_reply(conn)
                 out = []
                 failed: Exception | None = None
                 for _ in range(replies):
@@ -256,6 +266,24 @@ class RedisTier:
                 conn.disconnect()  # a half-read reply must not meet the next command
                 raise
         raise AssertionError("unreachable")
+
+    def _await_reply(self, conn: Any) -> None:
+        """Poll ``conn``'s socket until a reply is there or ``spin`` has passed (the read
+        that follows then returns at once, or sleeps until the reply comes)."""
+        if self._spin_ns <= 0:
+            return
+        sock = conn._get_socket()
+        if sock is None:
+            return
+        held = getattr(self._local, "poller", None)
+        if held is None or held[0] is not sock:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            held = self._local.poller = (sock, poller)
+        poll = held[1].poll
+        deadline = time.perf_counter_ns() + self._spin_ns
+        while not poll(0) and time.perf_counter_ns() < deadline:
+            pass
 
     def _command(self, *args: Any) -> Any:
         """One command over the held connection (see :meth:`_exchange`)."""
