@@ -28,7 +28,7 @@ from cache.errors import TierUnavailable
 from cache.keys import SLOT, Field
 from cache.tiers.base import Record
 from tests.conftest import FakeClock
-from tests.servers import RedisServer
+from tests.servers import RedisServer, admin_url
 
 REQUEST = GenerationKey(
     backend="llama_cpp", model_id="m.gguf", model_version="a" * 32, tokenizer_version="t",
@@ -300,4 +300,25 @@ def test_the_poll_follows_the_connection_after_redis_restarts(own_redis: RedisSe
     tier.set("k", Record(b"after", time.time() + 60))
     found = tier.get("k")
     assert found is not None and bytes(found.payload) == b"after"
+    tier.close()
+
+
+def test_claims_and_counters_over_the_held_connection(own_redis: RedisServer,
+                                                      names: KeyBuilder) -> None:
+    tier = RedisTier(own_redis.url, namer=names.name, timeout=0.5).start()
+    assert tier.claim("c", 0.2, owner=b"a")
+    assert not tier.claim("c", 0.2, owner=b"b")
+    assert tier.claim("c", 0.2, owner=b"a")  # held already: held again
+    time.sleep(0.3)
+    assert tier.claim("c", 10, owner=b"b")  # expired: anyone's
+    assert tier.count("n", 1.5, 60) == 1.5
+    assert tier.count("n", 0.25, 1) == 1.75
+    plain = redis.Redis.from_url(own_redis.url)
+    assert plain.pttl("n") > 10_000  # the life given when it was made, not the later one
+    plain.close()
+    admin = redis.Redis.from_url(admin_url(own_redis.url))
+    admin.script_flush()  # as after a restart: the scripts are loaded again
+    admin.close()
+    assert not tier.claim("c", 10, owner=b"a")
+    assert tier.count("n", 1, 60) == 2.75
     tier.close()

@@ -8,9 +8,10 @@ round trip each (Lua). A purge removes a member only if the item still names
 that tag set in its own header: an item overwritten without the tag survives,
 and since header and item are one Redis key, eviction can never split them. A circuit
 breaker skips Redis while it is failing; redis-py reconnects by itself when it
-is back. Item reads and writes go over one connection held per thread, as commands packed
-here (the rest use the pool); a read that may lead to a compute fetches the purge
-epochs of the item's tags in the same round trip. Their replies are waited for by polling
+is back. Item reads and writes, claims and counters (each request's) go over one
+connection held per thread, as commands packed here (the rest use the pool); a read that
+may lead to a compute fetches the purge epochs of the item's tags in the same round trip.
+Their replies are waited for by polling
 the socket for up to ``spin`` seconds before sleeping on it: a local Redis answers in about
 20 µs, and a thread asleep in ``recv`` is woken 30-40 µs after that.
 
@@ -117,6 +118,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: the counter. ARGV: amount, ttl ms (set only when the counter is new).
+_COUNT = """
+local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
+return total
+"""
+
 
 def _client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(
@@ -189,7 +197,7 @@ class RedisTier:
             client = _client(self.url, self._timeout)
             self._scripts = {name: client.register_script(source) for name, source in
                              (("set", _SET), ("purge", _PURGE), ("salt", _SALT),
-                              ("claim", _CLAIM))}
+                              ("claim", _CLAIM), ("count", _COUNT))}
             self._client = client
         return self
 
@@ -426,20 +434,14 @@ class RedisTier:
     def claim(self, name: str, ttl: float, *, owner: bytes = b"1") -> bool:
         """Take ``name`` (an opaque name from the namer) for ``ttl`` seconds unless someone
         else holds it: true when ``owner`` now does (again, if it held it already)."""
-        script = self._scripts["claim"]
-        return bool(self._call(lambda: script(keys=[name],
-                                              args=[owner, max(1, int(ttl * 1000))])))
+        ms = max(1, int(ttl * 1000))
+        return bool(self._call(lambda: self._script("claim", [name], [owner, ms])))
 
     def count(self, name: str, amount: float, ttl: float) -> float:
         """Add ``amount`` to the counter ``name`` (made with a life of ``ttl`` seconds when
         new); its total now."""
-        def add() -> float:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.incrbyfloat(name, amount)
-                pipe.pexpire(name, max(1, int(ttl * 1000)), nx=True)
-                return float(pipe.execute()[0])
-
-        return self._call(add)
+        ms = max(1, int(ttl * 1000))
+        return float(self._call(lambda: self._script("count", [name], [repr(amount), ms])))
 
     def listener(self, block_seconds: float) -> redis.Redis:
         """A separate client for blocking stream reads (its timeout outlasts the block)."""
