@@ -21,8 +21,10 @@ over the prompts; then 5,000 writes of new prompts. Through:
   says why it was not run otherwise.
 
 The caches' runs are interleaved in 50 slices each, so a machine that is busier for a while
-slows every cache alike. Medians and 99th percentiles in microseconds; the last line is one
-JSON object. Goals are reported, never asserted.
+slows every cache alike. What holding the prompts costs each cache is measured while it is
+filled: the bytes it allocates in this process (``tracemalloc``: Python's allocators, so not
+faiss's index), Redis's ``used_memory`` growth, and the size of its files on disk. Medians
+and 99th percentiles in microseconds; the last line is one JSON object. Goals are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +107,35 @@ class Phase:
     samples: list[float] | None = None
 
 
+class Footprint:
+    """Bytes a cache takes while it is filled: in this process, in Redis, in its files."""
+
+    def __init__(self, url: str, files: tuple[Path, ...] = ()) -> None:
+        self.url, self.files = url, files
+        self.figures: dict[str, float] = {}
+
+    def _redis_used(self) -> int:
+        client = redis.Redis.from_url(self.url)
+        try:
+            return int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+
+    def __enter__(self) -> Footprint:
+        self._redis = self._redis_used()
+        tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        disk = sum(f.stat().st_size for path in self.files
+                   for f in (path, path.with_name(path.name + "-wal")) if f.exists())
+        self.figures = {"process_mb": round(process / 2**20, 1),
+                        "redis_mb": round(max(0, self._redis_used() - self._redis) / 2**20, 1),
+                        "disk_mb": round(disk / 2**20, 1)}
+
+
 def timed(calls: list[Callable[[], Any]], before: Callable[[int], None] | None = None,
           offset: int = 0) -> list[float]:
     """Microseconds each call took (``before(offset + i)``, untimed, runs first)."""
@@ -142,10 +174,12 @@ def main() -> int:
         folder = Path(name)
         server = RedisServer(folder / "redis").start()
         closers: list[Callable[[], None]] = []
+        sizes: dict[str, dict[str, float]] = {}
         try:
-            phases = [*ours(closers, folder, server.url, prompts, answers, lookups, fresh),
-                      *langchain(closers, folder, server.url, prompts, answers, lookups, fresh),
-                      *gptcache(prompts, answers, lookups, fresh)]
+            phases = [*ours(closers, folder, server.url, prompts, answers, lookups, fresh, sizes),
+                      *langchain(closers, folder, server.url, prompts, answers, lookups, fresh,
+                                 sizes),
+                      *gptcache(server.url, prompts, answers, lookups, fresh, sizes)]
             interleaved(phases)
             for phase in phases:
                 assert phase.samples is not None
@@ -174,8 +208,12 @@ def main() -> int:
     for name, value in results.items():
         print(f"  {name:32} {value}")
     print(f"  {'redisvl':32} {redisvl}")
+    print(f"holding {len(prompts)} prompts (MB):")
+    for name, value in sizes.items():
+        print(f"  {name:32} {value}")
     flat: dict[str, Any] = {f"{name}_{k}": v for name, value in results.items()
                             for k, v in value.items()}
+    flat.update({f"{name}_{k}": v for name, value in sizes.items() for k, v in value.items()})
     flat.update(figures)
     flat["redisvl"] = redisvl
     finish(flat, [
@@ -193,7 +231,8 @@ def main() -> int:
 
 
 def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: list[str],
-         answers: list[str], lookups: list[int], fresh: list[str]) -> list[Phase]:
+         answers: list[str], lookups: list[int], fresh: list[str],
+         sizes: dict[str, dict[str, float]]) -> list[Phase]:
     keyring = Keyring({1: os.urandom(32)})
     names = KeyBuilder(keyring.naming_secret())
     request = GenerationKey(
@@ -224,11 +263,14 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
     # in every tier, the other's on disk only (so its reads miss Redis on the way).
     disk_space = names.generation_space(GenerationKey(**{
         **{f: getattr(request, f) for f in request.__dataclass_fields__}, "template_id": "disk"}))
-    for i, prompt in enumerate(prompts):
-        full.set(space.key(prompt), answers[i % len(answers)], ttl=3600)
-        disk.set(disk_space.key(prompt), answers[i % len(answers)], ttl=3600, redis=False)
     assert full.sqlite is not None and disk.sqlite is not None
-    full.sqlite.flush()
+    with Footprint(url, (folder / "full.db",)) as held:
+        for i, prompt in enumerate(prompts):
+            full.set(space.key(prompt), answers[i % len(answers)], ttl=3600)
+        full.sqlite.flush()
+    sizes["ours_all_tiers"] = held.figures
+    for i, prompt in enumerate(prompts):
+        disk.set(disk_space.key(prompt), answers[i % len(answers)], ttl=3600, redis=False)
     disk.sqlite.flush()
     disk.memory.clear()
     keys = [space.key(p) for p in prompts]
@@ -257,7 +299,8 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
 
 
 def langchain(closers: list[Callable[[], None]], folder: Path, url: str, prompts: list[str],
-              answers: list[str], lookups: list[int], fresh: list[str]) -> list[Phase]:
+              answers: list[str], lookups: list[int], fresh: list[str],
+              sizes: dict[str, dict[str, float]]) -> list[Phase]:
     client = redis.Redis.from_url(url)
     closers.append(client.close)
     peers = {"inmemory": InMemoryCache(),
@@ -265,8 +308,11 @@ def langchain(closers: list[Callable[[], None]], folder: Path, url: str, prompts
              "langchain_redis": RedisCache(redis_=client)}
     phases = []
     for name, peer in peers.items():
-        for n, prompt in enumerate(prompts):
-            peer.update(prompt, LLM_STRING, [Generation(text=answers[n % len(answers)])])
+        with Footprint(url, (folder / "langchain.db",) if name == "langchain_sqlite" else ()) \
+                as held:
+            for n, prompt in enumerate(prompts):
+                peer.update(prompt, LLM_STRING, [Generation(text=answers[n % len(answers)])])
+        sizes[name] = held.figures
         phases.append(Phase(f"{name}_hit", [lambda p=prompts[i], peer=peer: peer.lookup(
             p, LLM_STRING) for i in lookups]))
         if name != "inmemory":
@@ -283,8 +329,8 @@ def prompt_vector(text: str, **_: Any) -> Any:
     return np.frombuffer(digest, dtype=np.uint32).astype("float32") / 2**32
 
 
-def gptcache(prompts: list[str], answers: list[str], lookups: list[int],
-             fresh: list[str]) -> list[Phase]:
+def gptcache(url: str, prompts: list[str], answers: list[str], lookups: list[int],
+             fresh: list[str], sizes: dict[str, dict[str, float]]) -> list[Phase]:
     from gptcache import Cache
     from gptcache.adapter.api import get, put
     from gptcache.manager import CacheBase, VectorBase, get_data_manager
@@ -301,8 +347,10 @@ def gptcache(prompts: list[str], answers: list[str], lookups: list[int],
     peer = Cache()
     peer.init(pre_embedding_func=get_prompt, embedding_func=prompt_vector,
               data_manager=manager, similarity_evaluation=ExactMatchEvaluation())
-    for n, prompt in enumerate(prompts):
-        put(prompt, answers[n % len(answers)], cache_obj=peer)
+    with Footprint(url, (Path(folder) / "gptcache.db",)) as held:
+        for n, prompt in enumerate(prompts):
+            put(prompt, answers[n % len(answers)], cache_obj=peer)
+    sizes["gptcache"] = held.figures
     # Asked with the prompt alone: GPTCache has no place for the model (tests/test_peers.py).
     assert get(prompts[lookups[0]], cache_obj=peer) is not None
     return [
