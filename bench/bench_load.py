@@ -307,11 +307,7 @@ def users(count: int) -> list[str]:
 
 def broker_for(folder: Path, names: Sequence[str]) -> Broker:
     """The project's broker (config and ACL) with an account for every satellite."""
-    broker = Broker(folder)
-    more = {name: f"{name}-pw" for name in names if name not in broker.accounts}
-    broker.accounts.update(more)
-    broker._broker.accounts.update(more)  # written into its password file at start
-    return broker
+    return Broker(folder, people=(*PEOPLE, *names))
 
 
 # -- the service's memory and metrics -----------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,13 @@ class Broker:
     """mosquitto with the project's own config (configs/mosquitto.conf and its ACL): every
     client signs in, and the ACL keeps each person to their own topics."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, people: Iterable[str] = PEOPLE) -> None:
+        """``people``: who has an account (password ``<name>-pw``); the test users unless told."""
         self.port = free_port()
         self.folder = folder
         self.service_password = secrets.token_urlsafe(12)
         self.accounts = {"assistant": self.service_password,
-                         **{user: f"{user}-pw" for user in PEOPLE}}
+                         **{user: f"{user}-pw" for user in people}}
         self._broker = EmbeddedBroker(self.settings("assistant"),
                                       config=ROOT / "configs" / "mosquitto.conf",
                                       accounts=self.accounts)
