@@ -52,7 +52,7 @@ class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     timeout: float = Field(0.2, gt=0, description="socket connect/read timeout, seconds")
     spin: float = Field(
-        200e-6, ge=0, le=0.01, description="seconds a thread polls for a reply before sleeping "
+        100e-6, ge=0, le=0.01, description="seconds a thread polls for a reply before sleeping "
                                            "on it (0: sleep at once): CPU for latency")
     breaker_threshold: int = Field(3, ge=1, description="failures in a row that open the breaker")
     breaker_cooldown: float = Field(2.0, gt=0, description="seconds Redis is skipped once open")

@@ -9,7 +9,7 @@ over the prompts; then 5,000 writes of new prompts. Through:
   item dropped from memory first, untimed). The key is made inside the timed call, as a
   caller makes it: from the prompt, in a key space of the model, sampling and template
   (HMAC-named for Redis and the disk; a prompt seen before is named from memory). Redis's
-  replies are polled for (``[redis] spin``, 200 µs); ``ours_l2_hit_no_poll`` is the L2 hit
+  replies are polled for (``[redis] spin``, 100 µs); ``ours_l2_hit_no_poll`` is the L2 hit
   of a cache that sleeps on them at once, and ``redis_py_get`` a plain redis-py ``GET`` of
   the same items, the raw baseline;
 - LangChain's InMemoryCache, SQLiteCache and RedisCache (langchain-community), keyed by
@@ -246,7 +246,7 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
     space = names.generation_space(request)
     cold = names.generation_space(request, memo=0)  # a name made afresh every time
 
-    def cache(db: str, spin: float = 200e-6) -> TieredCache:
+    def cache(db: str, spin: float = 100e-6) -> TieredCache:
         made = TieredCache(keyring=keyring, memory=MemoryTier(256 * 1024 * 1024),
                            redis_tier=RedisTier(url, namer=names.name, spin=spin),
                            sqlite_tier=SqliteTier(folder / db), listen=False).start()

@@ -255,7 +255,7 @@ def test_json_promoted_from_below_is_kept_serialized_and_safe_from_callers(
 
 def test_a_reply_later_than_the_poll_is_still_read(own_redis: RedisServer,
                                                    names: KeyBuilder) -> None:
-    """Redis stopped for 50 ms: the poll gives up after its 200 µs and the read sleeps until
+    """Redis stopped for 50 ms: the poll gives up after its 100 µs and the read sleeps until
     the reply comes; the value read is the one written."""
     tier = RedisTier(own_redis.url, namer=names.name, timeout=1.0).start()
     record = Record(b"payload" * 10, time.time() + 60)
@@ -286,7 +286,34 @@ def test_the_poll_is_bounded_and_can_be_turned_off(own_redis: RedisServer,
             assert time.thread_time() - cpu < most
         finally:
             own_redis.proc.send_signal(signal.SIGCONT)
+        assert tier.spins_missed == (1 if spin else 0)
         tier.close()
+
+
+def test_a_poll_that_ran_out_turns_polling_off_for_a_second(own_redis: RedisServer,
+                                                            names: KeyBuilder) -> None:
+    """Redis slow to answer (stopped for 30 ms here): after one poll ran out, the thread
+    sleeps on replies at once, and polls again a second later."""
+    assert own_redis.proc is not None
+    proc = own_redis.proc
+    tier = RedisTier(own_redis.url, namer=names.name, timeout=2.0, spin=0.002).start()
+    tier.set("k", Record(b"x", time.time() + 60))
+
+    def slow_read() -> None:
+        proc.send_signal(signal.SIGSTOP)
+        threading.Timer(0.03, proc.send_signal, (signal.SIGCONT,)).start()
+        assert tier.get("k") is not None
+
+    slow_read()
+    assert tier.spins_missed == 1
+    slow_read()  # within the second: not polled, so no poll ran out
+    assert tier.get("k") is not None
+    assert tier.spins_missed == 1
+    time.sleep(1.0)
+    slow_read()
+    assert tier.spins_missed == 2
+    assert tier.info()["polls_run_out"] == 2
+    tier.close()
 
 
 def test_the_poll_follows_the_connection_after_redis_restarts(own_redis: RedisServer,
