@@ -25,6 +25,7 @@ from typing import Self
 
 from assistant.errors import ConfigError, DeviceLost, GenerationError
 from assistant.generation.base import Backend, Completion, Request
+from assistant.heap import heavy
 from assistant.settings import GeneratorSettings
 from assistant.speech.sentences import whole_sentences
 from cache import (
@@ -170,8 +171,9 @@ class Generator:
         self.calls += 1
         backend = self.backend
         try:
-            completion = backend.complete(
-                request, deadline=time.monotonic() + self.settings.timeout, states=states)
+            with heavy():
+                completion = backend.complete(
+                    request, deadline=time.monotonic() + self.settings.timeout, states=states)
         except DeviceLost:
             self._fall_back(backend)
             raise  # this part says its fallback (never cached); the next go to the new backend

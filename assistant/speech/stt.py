@@ -40,6 +40,7 @@ from typing import Any, Self
 import numpy as np
 
 from assistant.errors import AudioError, ConfigError, DeviceLost
+from assistant.heap import heavy
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
@@ -266,7 +267,8 @@ class Transcriber:
             grammar = None
 
         def compute() -> dict[str, Any]:
-            return self._run(pcm, source_fmt, hints, grammar)
+            with heavy():
+                return self._run(pcm, source_fmt, hints, grammar)
 
         npu = self._npu
         try:

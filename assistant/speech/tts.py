@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from assistant.errors import AssistantError, ConfigError
+from assistant.heap import heavy
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
 from assistant.settings import TtsSettings
 from assistant.speech.audio import wav_bytes
@@ -176,7 +177,7 @@ class Speaker:
         """One sentence's audio straight from the voice (no cache)."""
         if self._voice is None:
             raise RuntimeError("the speaker is not started")
-        with self._lock:
+        with heavy(), self._lock:
             self.synthesized += 1
             chunks = list(self._voice.synthesize(sentence, syn_config=self._syn))
         return b"".join(chunk.audio_int16_bytes for chunk in chunks)

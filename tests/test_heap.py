@@ -1,0 +1,74 @@
+"""Heaps trimmed once heavy work is over, never while it runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from assistant import heap
+from assistant.heap import Trimmer
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.at: list[float] = []
+        self.done = threading.Event()
+
+    def __call__(self, pad: int) -> int:
+        assert pad == 0
+        self.at.append(time.monotonic())
+        self.done.set()
+        return 1
+
+
+def test_trimmed_once_the_work_has_been_over_for_the_idle_time() -> None:
+    calls = Calls()
+    trimmer = Trimmer(0.2, malloc_trim=calls)
+    with trimmer.heavy():
+        pass
+    ended = time.monotonic()
+    assert calls.done.wait(5)
+    assert calls.at[0] - ended >= 0.19 and trimmer.trims == 1
+
+
+def test_never_while_heavy_work_runs_and_once_per_spell_of_work() -> None:
+    calls = Calls()
+    trimmer = Trimmer(0.05, malloc_trim=calls)
+    with trimmer.heavy():
+        with trimmer.heavy():
+            pass
+        time.sleep(0.3)  # one piece of work is over, the other still runs
+        assert not calls.at
+    for _ in range(3):
+        with trimmer.heavy():
+            pass
+    assert calls.done.wait(5)
+    time.sleep(0.3)
+    assert len(calls.at) == 1
+
+
+def test_nothing_without_heavy_work() -> None:
+    calls = Calls()
+    Trimmer(0.01, malloc_trim=calls)
+    time.sleep(0.1)
+    assert not calls.at
+
+
+def test_without_glibc_heavy_work_runs_all_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: None)
+    trimmer = Trimmer(0.01)
+    assert not trimmer.available
+    with trimmer.heavy():
+        ran = True
+    trimmer.trim()
+    assert ran and trimmer.trims == 0
+
+
+def test_glibc_trims_this_process() -> None:
+    trimmer = Trimmer()
+    if not trimmer.available:
+        pytest.skip("not linked with glibc")
+    trimmer.trim()
+    assert trimmer.trims == 1
