@@ -1,4 +1,4 @@
-"""Heaps trimmed once heavy work is over, never while it runs."""
+"""Heaps trimmed once heavy work is over, and while work keeps coming, at most so often."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from assistant import heap
-from assistant.heap import Trimmer
+from assistant.ops import heap
+from assistant.ops.heap import Trimmer
 
 
 class Calls:
@@ -47,6 +47,20 @@ def test_never_while_heavy_work_runs_and_once_per_spell_of_work() -> None:
     assert calls.done.wait(5)
     time.sleep(0.3)
     assert len(calls.at) == 1
+
+
+def test_work_that_never_pauses_is_trimmed_every_so_often() -> None:
+    """Work in overlapping pieces, never idle for the idle time: trimmed every ``busy``
+    seconds all the same, beside the work."""
+    calls = Calls()
+    trimmer = Trimmer(0.5, busy=0.3, malloc_trim=calls)
+    started = time.monotonic()
+    with trimmer.heavy():
+        while time.monotonic() - started < 1.6:
+            with trimmer.heavy():
+                time.sleep(0.02)
+        assert 3 <= len(calls.at) <= 6, calls.at
+        assert all(b - a >= 0.25 for a, b in zip(calls.at, calls.at[1:], strict=False))
 
 
 def test_nothing_without_heavy_work() -> None:

@@ -25,7 +25,7 @@ from typing import Self
 
 from assistant.errors import ConfigError, DeviceLost, GenerationError
 from assistant.generation.base import Backend, Completion, Request
-from assistant.heap import heavy
+from assistant.ops.heap import heavy
 from assistant.settings import GeneratorSettings
 from assistant.speech.sentences import whole_sentences
 from cache import (

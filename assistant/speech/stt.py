@@ -40,8 +40,8 @@ from typing import Any, Self
 import numpy as np
 
 from assistant.errors import AudioError, ConfigError, DeviceLost
-from assistant.heap import heavy
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
+from assistant.ops.heap import heavy
 from assistant.settings import SttSettings
 from assistant.speech.audio import TARGET_RATE, AudioLimits, PcmFormat, decode, probe
 from assistant.speech.grammar import Grammar

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from assistant.errors import AssistantError, ConfigError
-from assistant.heap import heavy
 from assistant.model_files import cpu_threads, find_one, model_version, package_folder
+from assistant.ops.heap import heavy
 from assistant.settings import TtsSettings
 from assistant.speech.audio import wav_bytes
 from assistant.speech.sentences import split_sentences
