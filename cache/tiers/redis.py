@@ -13,8 +13,9 @@ connection held per thread, as commands packed here (the rest use the pool); a r
 may lead to a compute fetches the purge epochs of the item's tags in the same round trip.
 Their replies are waited for by polling the socket for up to ``spin`` seconds before
 sleeping on it: on an idle machine a local Redis answers in about 20 µs, and a thread asleep
-in ``recv`` is woken 30-40 µs after that. A poll that runs out (Redis far away, or the
-machine busy) turns polling off for a second.
+in ``recv`` is woken 30-40 µs after that. The poll yields the CPU between polls, so a busy
+machine loses nothing to it; polls that keep running out (Redis farther away than the poll
+is long) turn it off for a second at a time.
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
@@ -55,7 +56,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">dH")
 _GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
-_SLEEP_AFTER_MISS_NS = 1_000_000_000  # after a poll that ran out, sleep on replies this long
+_MISSES_BEFORE_SLEEPING = 8  # polls in a row that ran out before a thread stops polling ...
+_SLEEP_AFTER_MISSES_NS = 1_000_000_000  # ... for this long
 EVENTS_STREAM = "v1:events"
 SALTS_HASH = "v1:salts"
 
@@ -171,8 +173,8 @@ class RedisTier:
                 that were away to catch up on (one away longer drops its memory tier).
             spin: seconds a thread polls for a reply before it sleeps until the reply comes
                 (0: it sleeps at once). The polling costs that much CPU at most per command,
-                and after a poll that ran out none for a second; a reply that comes within
-                it is read 30-40 µs sooner on an idle machine.
+                and none while polls keep running out; a reply that comes within it is
+                read 30-40 µs sooner on an idle machine.
         """
         self.url = url
         self._spin_ns = int(spin * 1e9)
@@ -284,9 +286,10 @@ class RedisTier:
         """Poll ``conn``'s socket until a reply is there or ``spin`` has passed (the read
         that follows then returns at once, or sleeps until the reply comes).
 
-        Polling gives the CPU away between polls (``sched_yield``), so Redis can run on this
-        core when the machine is busy. A poll that ran out means Redis is far or busy: this
-        thread then sleeps on its replies at once for the next second."""
+        Polling gives the CPU away between polls (``sched_yield``), so that on a busy machine
+        Redis and the other threads run as if this one slept. Polls that keep running out
+        mean Redis is farther than ``spin``: after :data:`_MISSES_BEFORE_SLEEPING` in a row,
+        this thread sleeps on its replies at once for a second, then tries polling again."""
         if self._spin_ns <= 0:
             return
         now = time.perf_counter_ns()
@@ -306,10 +309,13 @@ class RedisTier:
         while not poll(0):
             now = time.perf_counter_ns()
             if now >= deadline:
-                local.sleep_until = now + _SLEEP_AFTER_MISS_NS
                 self.spins_missed += 1
+                local.missed = missed = getattr(local, "missed", 0) + 1
+                if missed >= _MISSES_BEFORE_SLEEPING:
+                    local.sleep_until, local.missed = now + _SLEEP_AFTER_MISSES_NS, 0
                 return
             os.sched_yield()
+        local.missed = 0
 
     def _command(self, *args: Any) -> Any:
         """One command over the held connection (see :meth:`_exchange`)."""
