@@ -18,7 +18,9 @@ It measures:
   takes the most of each (``stt``, ``recognise``, ``answer``, ``publish`` as the reply's
   timings say, ``queue``: waiting in the service, ``mqtt``: the rest of the round trip);
 - the service's resident memory (VmRSS, its children included) every second, and its growth
-  from the end of warm-up (the first 20 % of the run) to the end;
+  from the end of warm-up (the first 20 % of the run) to the end; beside it, what the memory
+  tier holds by its own count (``cache_memory_bytes``, read every 5 s), and the growth
+  besides that;
 - with ``--nodes 2,3`` (the default): 2 and 3 service processes on one Redis and one
   broker, as the service spreads requests over them (each request claimed in Redis by one
   node), the answers of each node (from its metrics endpoint), a response template edited
@@ -334,17 +336,28 @@ def rss_kb(pid: int) -> int:
 class RssSampler:
     """Samples the resident memory of processes every second, on a thread of its own."""
 
-    def __init__(self, pids: Sequence[int], start: float) -> None:
+    def __init__(self, pids: Sequence[int], start: float, port: int | None = None) -> None:
+        """``port``: a metrics endpoint whose memory tier is read every 5 s as well."""
         self.pids = list(pids)
         self.start = start
+        self.port = port
         self.samples: list[tuple[float, list[float]]] = []
+        self.l1_samples: list[tuple[float, float]] = []
+        """(seconds, MB the memory tier holds by its own count)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.perf_counter() - self.start,
-                                 [rss_kb(pid) / 1024 for pid in self.pids]))
+            now = time.perf_counter() - self.start
+            self.samples.append((now, [rss_kb(pid) / 1024 for pid in self.pids]))
+            if self.port is not None and len(self.samples) % 5 == 1:
+                try:
+                    held = metrics(self.port).get("cache_memory_bytes")
+                except OSError:
+                    held = None
+                if held is not None:
+                    self.l1_samples.append((now, held / 2**20))
             self._stop.wait(1.0)
 
     def __enter__(self) -> RssSampler:
@@ -556,7 +569,7 @@ def soak(args: argparse.Namespace, workdir: Path, broker: Broker, voices: dict[s
         pool = Pool(rng, new_share=args.new_share, audio_share=args.audio_share)
         phase = Phase("soak", args.seconds)
         try:
-            with RssSampler([pid_of(node)], time.perf_counter()) as sampler:
+            with RssSampler([pid_of(node)], time.perf_counter(), ports[0]) as sampler:
                 drive(phase, broker, args.satellites, args.interval, pool, voices, rng)
             seen = metrics(ports[0])
             alive = node.alive()
@@ -574,6 +587,14 @@ def soak(args: argparse.Namespace, workdir: Path, broker: Broker, voices: dict[s
     results["service_alive_at_end"] = alive
     results["service_l1_sets"] = int(seen.get('cache_sets_total{tier="l1"}', 0))
     results["service_l1_evictions"] = int(seen.get('cache_evictions_total{tier="l1"}', 0))
+    held = [(t, mb) for t, mb in sampler.l1_samples if t >= warmup]
+    if len(held) >= 2 and "rss_warm_mb" in results:
+        # How much of the growth is the memory tier filling up to its budget, by its count.
+        results["service_l1_warm_mb"] = round(held[0][1], 1)
+        results["service_l1_end_mb"] = round(held[-1][1], 1)
+        results["rss_growth_besides_l1_pct"] = round(
+            (results["rss_end_mb"] - results["rss_warm_mb"] - (held[-1][1] - held[0][1]))
+            / results["rss_warm_mb"] * 100, 2)
     return results, phase, samples
 
 

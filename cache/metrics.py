@@ -103,7 +103,10 @@ class _EvictionsCollector(Collector):
         yield family
 
 
-_STORE_GAUGES = {"used_memory": ("cache_redis_used_memory_bytes", "Memory Redis uses"),
+_STORE_GAUGES = {"memory_bytes": ("cache_memory_bytes",
+                                  "Bytes the memory tier holds, as counted against its budget"),
+                 "memory_items": ("cache_memory_items", "Items in the memory tier"),
+                 "used_memory": ("cache_redis_used_memory_bytes", "Memory Redis uses"),
                  "disk_bytes": ("cache_disk_bytes", "Size of the disk tier's files"),
                  "disk_items": ("cache_disk_items", "Items in the disk tier")}
 _STORE_COUNTERS = {"evicted_keys": ("cache_redis_evicted_keys", "Keys Redis evicted"),
@@ -151,7 +154,7 @@ class CacheMetrics:
 
     def track_stores(self, figures: Callable[[], dict[str, float]]) -> None:
         """Export what the stores under the tiers say of themselves, read at each scrape:
-        ``figures()`` gives Redis's ``used_memory``, ``evicted_keys``, ``keyspace_hits``,
+        ``figures()`` gives the memory tier's ``memory_bytes`` and ``memory_items``, Redis's ``used_memory``, ``evicted_keys``, ``keyspace_hits``,
         ``keyspace_misses`` and the disk tier's ``disk_bytes``, ``disk_items`` (a store
         that does not answer is left out)."""
         self.registry.register(_StoresCollector(figures))

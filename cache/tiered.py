@@ -527,9 +527,11 @@ class TieredCache:
             log.error("the disk tier could not be rotated: %s", error)
 
     def _store_figures(self) -> dict[str, float]:
-        """What Redis and the disk tier say of themselves (for the metrics; a store that
-        does not answer is left out, never waited for beyond its timeout)."""
-        out: dict[str, float] = {}
+        """What the memory tier holds, and what Redis and the disk tier say of themselves
+        (for the metrics; a store that does not answer is left out, never waited for beyond
+        its timeout)."""
+        out: dict[str, float] = {"memory_bytes": float(self.memory.bytes_used),
+                                 "memory_items": float(len(self.memory))}
         if self.redis is not None and not self.redis.breaker.is_open:
             with contextlib.suppress(TierUnavailable):
                 out.update(self.redis.server_figures())

@@ -215,7 +215,8 @@ def test_the_metrics_carry_the_stores_and_every_metric_the_dashboard_queries(
               if line and not line.startswith("#")}
     for name in ("cache_redis_used_memory_bytes", "cache_redis_evicted_keys_total",
                  "cache_redis_keyspace_hits_total", "cache_redis_keyspace_misses_total",
-                 "cache_disk_bytes", "cache_disk_items"):
+                 "cache_disk_bytes", "cache_disk_items", "cache_memory_bytes",
+                 "cache_memory_items"):
         assert name in series, name
     assert re.search(r'^cache_latency_seconds_count\{op="get",tier="l3"\}', text, re.MULTILINE)
     for name in queried_metrics():

@@ -383,3 +383,15 @@ def test_a_held_read_connection_closed_by_the_server_reconnects(redis_url: str,
     assert tier.breaker._failures == 0  # not counted as a failure of Redis
     cache.close()
     raw.close()
+
+
+def test_the_metrics_say_what_the_memory_tier_holds(tiered: TieredCache,
+                                                    names: KeyBuilder) -> None:
+    assert tiered.metrics.value("cache_memory_items") == 0
+    for n in range(3):
+        tiered.set(names.key("answer", f"held {n}"), "x" * 1000, ttl=60)
+    assert tiered.metrics.value("cache_memory_items") == 3
+    held = tiered.metrics.value("cache_memory_bytes")
+    assert held == tiered.memory.bytes_used and held >= 3000
+    tiered.memory.clear()
+    assert tiered.metrics.value("cache_memory_bytes") == 0
