@@ -145,6 +145,7 @@ def build_cache(
         compress_min_bytes=cache.compress_min_bytes,
         listen=listen,
         listen_block=cache.listen_block,
+        memory_max_item=cache.memory_max_item,
     )
     return tiered, names
 

@@ -37,6 +37,9 @@ class CacheSettings(_Section):
     """The in-process tier and behaviour shared by all tiers."""
 
     memory_bytes: int = Field(64 * 1024 * 1024, gt=0, description="L1 budget in bytes")
+    memory_max_item: int = Field(
+        256 * 1024, gt=0, description="values larger than this (bytes) are kept on disk, not in "
+                                      "memory, when the disk may keep them")
     default_ttl: float = Field(24 * 3600, gt=0, description="TTL of items that name none, seconds")
     zstd_level: int = Field(3, ge=1, le=22, description="compression level of stored blobs")
     compress_min_bytes: int = Field(

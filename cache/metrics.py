@@ -154,9 +154,10 @@ class CacheMetrics:
 
     def track_stores(self, figures: Callable[[], dict[str, float]]) -> None:
         """Export what the stores under the tiers say of themselves, read at each scrape:
-        ``figures()`` gives the memory tier's ``memory_bytes`` and ``memory_items``, Redis's ``used_memory``, ``evicted_keys``, ``keyspace_hits``,
-        ``keyspace_misses`` and the disk tier's ``disk_bytes``, ``disk_items`` (a store
-        that does not answer is left out)."""
+        ``figures()`` gives the memory tier's ``memory_bytes`` and ``memory_items``, Redis's
+        ``used_memory``, ``evicted_keys``, ``keyspace_hits``, ``keyspace_misses`` and the
+        disk tier's ``disk_bytes``, ``disk_items`` (a store that does not answer is left
+        out)."""
         self.registry.register(_StoresCollector(figures))
 
     def value(self, name: str, **labels: str) -> float:

@@ -95,6 +95,7 @@ class TieredCache:
         compress_min_bytes: int = 4096,
         listen: bool = True,
         listen_block: float = 1.0,
+        memory_max_item: int | None = None,
     ) -> None:
         """
         Args:
@@ -109,9 +110,14 @@ class TieredCache:
             compress_min_bytes: smaller values are sealed uncompressed.
             listen: read invalidation events of other processes from Redis.
             listen_block: seconds one blocking read of the event stream waits.
+            memory_max_item: values larger than this (bytes, encoded) are kept on this node's
+                disk and not in memory, when the disk may keep them: a model's saved state
+                of a megabyte would crowd out a thousand answers, and is read from disk in a
+                millisecond or two. ``None``: every value is kept in memory too.
         """
         self.keyring = keyring
         self.memory = memory
+        self.memory_max_item = memory_max_item
         self.redis = redis_tier
         self.sqlite = sqlite_tier
         self.policies = policies or PolicyBook()
@@ -272,7 +278,13 @@ class TieredCache:
         # A policy tightened since the item was stored applies from now on. Not stored if a
         # purge ran since the read began: the copy read may be what it purged.
         record.expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
+        if tier is self.sqlite and policy.persist and self._kept_below(record.size):
+            return  # read from disk each time: too large for memory
         self.memory.set(key, record, generation)
+
+    def _kept_below(self, size: int) -> bool:
+        """Is a value of ``size`` bytes kept on disk only (see ``memory_max_item``)?"""
+        return self.memory_max_item is not None and size > self.memory_max_item
 
     def get(self, key: str, *, user: str | None = None, default: Any = None) -> Any:
         """The value at ``key``, or ``default``."""
@@ -323,6 +335,12 @@ class TieredCache:
             if to_disk and self.sqlite is not None:
                 local: SqliteTier = self.sqlite
                 self._write(local, lambda: local.set(key, record))
+                if self._kept_below(len(body)):
+                    self.memory.delete(key)  # an older copy must not be read instead
+                    if generation is not None and generation != self.memory.generation:
+                        self.delete(key)  # a purge arrived while writing, as below
+                        return False
+                    return True
         stored = self.memory.set(key, Record(frozen(value), expires_at, tags, ref, len(body)),
                                  generation)
         if not stored and generation is not None and generation != self.memory.generation:

@@ -395,3 +395,31 @@ def test_the_metrics_say_what_the_memory_tier_holds(tiered: TieredCache,
     assert held == tiered.memory.bytes_used and held >= 3000
     tiered.memory.clear()
     assert tiered.metrics.value("cache_memory_bytes") == 0
+
+
+def test_values_too_large_for_memory_are_kept_on_disk_only(
+        keyring: Keyring, names: KeyBuilder, redis_url: str, tmp_path: Path) -> None:
+    from cache import PolicyBook, PrivacyPolicy
+
+    policies = PolicyBook(users={"guest": PrivacyPolicy(max_ttl=600, persist=False)})
+    cache = make_cache(keyring=keyring, names=names, redis_url=redis_url,
+                       db=tmp_path / "cache.db", policies=policies)
+    cache.memory_max_item = 1000
+    try:
+        small, large, guests = (names.key("state", n) for n in ("small", "large", "guest's"))
+        cache.set(large, "old and small", ttl=60, redis=False)
+        cache.set(small, "s" * 100, ttl=60, redis=False)
+        cache.set(large, "L" * 5000, ttl=60, redis=False)
+        cache.set(guests, "G" * 5000, ttl=60, redis=False, user="guest")
+        assert cache.lookup(small).source == "l1"  # type: ignore[union-attr]
+        for _ in range(2):  # read from disk every time, never the older copy in memory
+            found = cache.lookup(large)
+            assert found is not None and found.source == "l3" and found.value == "L" * 5000
+        assert cache.memory.get(large) is None
+        # Where the disk may not keep it, memory does.
+        assert cache.lookup(guests, user="guest").source == "l1"  # type: ignore[union-attr]
+        cache.set(names.key("state", "tagged"), "T" * 5000, ttl=60, tags=["model"], redis=False)
+        cache.invalidate_tag("model")
+        assert cache.lookup(names.key("state", "tagged")) is None
+    finally:
+        cache.close()
