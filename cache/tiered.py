@@ -336,7 +336,7 @@ class TieredCache:
                 local: SqliteTier = self.sqlite
                 self._write(local, lambda: local.set(key, record))
                 if self._kept_below(len(body)):
-                    self.memory.delete(key)  # an older copy must not be read instead
+                    self.memory.discard(key)  # an older copy must not be read instead
                     if generation is not None and generation != self.memory.generation:
                         self.delete(key)  # a purge arrived while writing, as below
                         return False

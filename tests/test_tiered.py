@@ -423,3 +423,20 @@ def test_values_too_large_for_memory_are_kept_on_disk_only(
         assert cache.lookup(names.key("state", "tagged")) is None
     finally:
         cache.close()
+
+
+def test_a_large_value_kept_on_disk_leaves_a_compute_in_flight_alone(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    """A generated answer saves its model's state (large, kept on disk) while it is being
+    computed: the answer is stored all the same, as after any other write."""
+    tiered.memory_max_item = 1000
+    key = names.key("answer", "capital of France")
+
+    def compute() -> str:
+        tiered.set(names.key("state", "prefix"), "B" * 5000, ttl=60, redis=False)
+        return "Paris."
+
+    assert tiered.get_or_compute(key, compute, ttl=60) == "Paris."
+    assert tiered.lookup(key).source == "l1"  # type: ignore[union-attr]
+    tiered.memory.clear()
+    assert tiered.lookup(key).source == "l2"  # type: ignore[union-attr]

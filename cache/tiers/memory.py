@@ -151,6 +151,13 @@ class MemoryTier:
             self.generation += 1
             return self._remove(key)
 
+    def discard(self, key: str) -> bool:
+        """Drop the copy at ``key`` because a newer value replaces it elsewhere: as a write
+        does, it leaves the generation alone (a delete moves it, so computes that began
+        before it do not store what it removed)."""
+        with self._lock:
+            return self._remove(key)
+
     def _remove_all(self, keys: AbstractSet[str] | None) -> int:
         """Remove ``keys``; the number of them that were still live."""
         now = self._clock()
