@@ -110,10 +110,11 @@ class TieredCache:
             compress_min_bytes: smaller values are sealed uncompressed.
             listen: read invalidation events of other processes from Redis.
             listen_block: seconds one blocking read of the event stream waits.
-            memory_max_item: values larger than this (bytes, encoded) are kept on this node's
-                disk and not in memory, when the disk may keep them: a model's saved state
-                of a megabyte would crowd out a thousand answers, and is read from disk in a
-                millisecond or two. ``None``: every value is kept in memory too.
+            memory_max_item: values larger than this (bytes, encoded) are not kept in memory
+                when a tier below holds them (this node's disk, where the user's policy lets
+                it, or Redis): a model's saved state of a megabyte would crowd out a thousand
+                answers, and is read from disk in a millisecond or two. ``None``: every
+                value is kept in memory too.
         """
         self.keyring = keyring
         self.memory = memory
@@ -278,8 +279,8 @@ class TieredCache:
         # A policy tightened since the item was stored applies from now on. Not stored if a
         # purge ran since the read began: the copy read may be what it purged.
         record.expires_at = min(record.expires_at, self.clock() + policy.max_ttl)
-        if tier is self.sqlite and policy.persist and self._kept_below(record.size):
-            return  # read from disk each time: too large for memory
+        if self._kept_below(record.size) and (tier is not self.sqlite or policy.persist):
+            return  # read from below each time: too large for memory
         self.memory.set(key, record, generation)
 
     def _kept_below(self, size: int) -> bool:
@@ -327,20 +328,24 @@ class TieredCache:
         if to_redis is not None or to_disk:
             blob = self.codec.seal(key, body, ref)
             record = Record(blob, expires_at, tags, ref, len(blob))
+            below = False  # written to a tier below (not skipped: that tier was down)
             if to_redis is not None:
                 shared: RedisTier = to_redis
-                if not self._write(shared, lambda: shared.set_unless_purged(key, record, epochs)):
+                written = self._write(shared,
+                                      lambda: shared.set_unless_purged(key, record, epochs))
+                if written is False:
                     self.metrics.errors.labels("l2", "purged_meanwhile").inc()
                     return False
+                below = bool(written)
             if to_disk and self.sqlite is not None:
                 local: SqliteTier = self.sqlite
-                self._write(local, lambda: local.set(key, record))
-                if self._kept_below(len(body)):
-                    self.memory.discard(key)  # an older copy must not be read instead
-                    if generation is not None and generation != self.memory.generation:
-                        self.delete(key)  # a purge arrived while writing, as below
-                        return False
-                    return True
+                below = bool(self._write(local, lambda: local.set(key, record))) or below
+            if below and self._kept_below(len(body)):
+                self.memory.discard(key)  # an older copy must not be read instead
+                if generation is not None and generation != self.memory.generation:
+                    self.delete(key)  # a purge arrived while writing, as below
+                    return False
+                return True
         stored = self.memory.set(key, Record(frozen(value), expires_at, tags, ref, len(body)),
                                  generation)
         if not stored and generation is not None and generation != self.memory.generation:
@@ -350,9 +355,9 @@ class TieredCache:
         self._l1.sets += 1
         return True
 
-    def _write(self, tier: Tier, write: Callable[[], bool | None]) -> bool:
-        """Run one tier's ``write``, timed and counted; false only when it refused (a purge
-        intervened), true when it wrote or the tier was down (skipped)."""
+    def _write(self, tier: Tier, write: Callable[[], bool | None]) -> bool | None:
+        """Run one tier's ``write``, timed and counted: True when it wrote, False when it
+        refused (a purge intervened), None when the tier was down (skipped)."""
         m = self._m[tier.name]
         started = time.perf_counter()
         try:
@@ -361,7 +366,7 @@ class TieredCache:
         except TierUnavailable as error:
             m.error("unavailable")
             log.debug("%s write skipped: %s", tier.name, error)
-            return True
+            return None
         finally:
             m.set_seconds.observe(time.perf_counter() - started)
         m.sets += 1
@@ -402,11 +407,17 @@ class TieredCache:
                 raise flight.error
             return Outcome(flight.value, SHARED_FLIGHT, time.perf_counter() - started)
         try:
-            # A leader that finished just before this one took over has filled L1.
+            # A leader that finished just before this one took over has filled L1 (or the
+            # disk, with a value too large for memory).
             again = self.memory.get(key)
             if again is not None:
                 flight.value = thawed(again.payload)
                 return Outcome(flight.value, "l1", time.perf_counter() - started)
+            if self.memory_max_item is not None and self.sqlite is not None:
+                kept = self._read(self.sqlite, key, self.ref_of(user))
+                if kept is not None:
+                    flight.value = kept[0]
+                    return Outcome(kept[0], "l3", time.perf_counter() - started)
             if epochs is None and redis:  # not read with the miss (Redis was down then)
                 epochs = self._epochs(tuple(self.ref_of.tag(t) for t in tags),
                                       self.ref_of(user))

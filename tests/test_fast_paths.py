@@ -8,6 +8,7 @@ import dataclasses
 import signal
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -187,9 +188,9 @@ def test_a_miss_reads_the_epochs_with_the_l2_read(tiered: TieredCache, names: Ke
     sent: list[int] = []
     real = shared._exchange
 
-    def counted(packed: list[bytes], replies: int = 1) -> list[Any]:
+    def counted(packed: list[bytes], replies: int = 1, **options: Any) -> list[Any]:
         sent.append(replies)
-        return real(packed, replies)
+        return real(packed, replies, **options)
 
     monkeypatch.setattr(shared, "_exchange", counted)
     monkeypatch.setattr(shared, "epochs", lambda tags: pytest.fail("a second round trip"))
@@ -267,6 +268,7 @@ def test_a_reply_later_than_the_poll_is_still_read(own_redis: RedisServer,
     found = tier.get("k")
     assert time.monotonic() - started >= 0.04  # it really waited for the stopped server
     assert found is not None and bytes(found.payload) == b"payload" * 10
+    assert tier.spins_missed == 1  # polled first, and the poll ran out
     tier.close()
 
 
@@ -290,32 +292,50 @@ def test_the_poll_is_bounded_and_can_be_turned_off(own_redis: RedisServer,
         tier.close()
 
 
-def test_polls_that_keep_running_out_turn_polling_off_for_a_second(own_redis: RedisServer,
-                                                                   names: KeyBuilder) -> None:
-    """Redis slow to answer (stopped for 20 ms here): one slow reply among fast ones leaves
-    polling on; eight in a row turn it off, and it is tried again a second later."""
-    assert own_redis.proc is not None
-    proc = own_redis.proc
-    tier = RedisTier(own_redis.url, namer=names.name, timeout=2.0, spin=0.002).start()
+class ScriptedPoller:
+    """A poller that says a reply has come (``ready``) or not yet, whatever the socket has:
+    the read after it still waits for the real reply."""
+
+    def __init__(self) -> None:
+        self.ready = True
+
+    def register(self, *args: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return [(0, 1)] if self.ready else []
+
+
+def test_polls_that_keep_running_out_turn_polling_off_for_a_second(
+        redis_url: str, names: KeyBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One poll that runs out among others that do not leaves polling on; eight in a row
+    turn it off for the thread, and it is tried again a second later."""
+    import select
+
+    import cache.tiers.redis as module
+
+    poller = ScriptedPoller()
+    monkeypatch.setattr(module, "select", SimpleNamespace(poll=lambda: poller,
+                                                          POLLIN=select.POLLIN))
+    tier = RedisTier(redis_url, namer=names.name, timeout=2.0, spin=0.0002).start()
     tier.set("k", Record(b"x", time.time() + 60))
 
-    def slow_read() -> None:
-        proc.send_signal(signal.SIGSTOP)
-        threading.Timer(0.02, proc.send_signal, (signal.SIGCONT,)).start()
+    def read(ready: bool) -> None:
+        poller.ready = ready
         assert tier.get("k") is not None
 
-    for _ in range(10):  # a hiccup now and then
-        slow_read()
-        assert tier.get("k") is not None
+    for _ in range(10):  # a slow reply now and then
+        read(False)
+        read(True)
     assert tier.spins_missed == 10
     for _ in range(8):
-        slow_read()
+        read(False)
     assert tier.spins_missed == 18
     for _ in range(3):  # within the second: not polled, so no poll runs out
-        slow_read()
+        read(False)
     assert tier.spins_missed == 18
     time.sleep(1.0)
-    slow_read()
+    read(False)
     assert tier.spins_missed == 19
     assert tier.info()["polls_run_out"] == 19
     tier.close()
@@ -332,6 +352,7 @@ def test_the_poll_follows_the_connection_after_redis_restarts(own_redis: RedisSe
     tier.set("k", Record(b"after", time.time() + 60))
     found = tier.get("k")
     assert found is not None and bytes(found.payload) == b"after"
+    assert tier._local.poller[0] is tier._reader()._get_socket()  # the new socket's
     tier.close()
 
 
@@ -353,4 +374,29 @@ def test_claims_and_counters_over_the_held_connection(own_redis: RedisServer,
     admin.close()
     assert not tier.claim("c", 10, owner=b"a")
     assert tier.count("n", 1, 60) == 2.75
+    tier.close()
+
+
+def test_a_counter_whose_reply_was_lost_is_not_added_twice(
+        redis_url: str, names: KeyBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The add reached Redis and its reply was lost: sent again, it would count twice. A
+    claim (the same either way) is sent again."""
+    tier = RedisTier(redis_url, namer=names.name, timeout=1.0).start()
+    assert tier.count("lost", 1, 60) == 1
+    conn = tier._reader()
+    read = conn.read_response
+    lose = [1]
+
+    def lossy(*args: Any, **kwargs: Any) -> Any:
+        if lose[0]:
+            lose[0] -= 1
+            raise redis.ConnectionError("the reply was lost")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "read_response", lossy)
+    with pytest.raises(TierUnavailable):
+        tier.count("lost", 1, 60)
+    assert tier.count("lost", 0, 60) == 2  # added once
+    lose[0] = 1
+    assert tier.claim("lost-claim", 60, owner=b"a")  # sent again after the lost reply
     tier.close()

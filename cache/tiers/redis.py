@@ -249,14 +249,19 @@ class RedisTier:
                 self._readers.add(conn)
         return conn
 
-    def _exchange(self, packed: list[bytes], replies: int = 1) -> list[Any]:
+    def _exchange(self, packed: list[bytes], replies: int = 1, *,
+                  resend: bool = True) -> list[Any]:
         """Send ``packed`` commands over this thread's held connection at once; their replies.
 
-        A reply that is an error is raised (after every reply was read)."""
+        A reply that is an error is raised (after every reply was read). A connection the
+        server closed is made again and the commands sent once more, unless they were sent
+        already and ``resend`` is false (a command not to run twice: a counter's add)."""
         conn = self._reader()
         for attempt in (1, 2):
+            sent = False
             try:
                 conn.send_packed_command(packed, check_health=False)
+                sent = True
                 self._await_reply(conn)
                 out = []
                 failed: Exception | None = None
@@ -273,7 +278,7 @@ class RedisTier:
                 # The server closed this held connection (a restart, an idle timeout): as
                 # the pool would, connect again once before calling it a failure.
                 conn.disconnect()
-                if attempt == 2:
+                if attempt == 2 or (sent and not resend):
                     raise
             except redis.ResponseError:
                 raise
@@ -317,19 +322,21 @@ class RedisTier:
             os.sched_yield()
         local.missed = 0
 
-    def _command(self, *args: Any) -> Any:
+    def _command(self, *args: Any, resend: bool = True) -> Any:
         """One command over the held connection (see :meth:`_exchange`)."""
-        return self._exchange([b"".join(self._reader().pack_command(*args))])[0]
+        return self._exchange([b"".join(self._reader().pack_command(*args))],
+                              resend=resend)[0]
 
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _script(self, name: str, keys: list[str], args: list[Any], *,
+                resend: bool = True) -> Any:
         """A registered script run over the held connection (loaded first if Redis has
-        forgotten it: a restart, ``SCRIPT FLUSH``)."""
+        forgotten it: a restart, ``SCRIPT FLUSH``); ``resend`` as for :meth:`_exchange`."""
         script = self._scripts[name]
         try:
-            return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._command("EVALSHA", script.sha, len(keys), *keys, *args, resend=resend)
         except redis.exceptions.NoScriptError:
             self._command("SCRIPT", "LOAD", script.script)
-            return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._command("EVALSHA", script.sha, len(keys), *keys, *args, resend=resend)
 
     def _read(self, key: str) -> bytes | None:
         encoded = key.encode()
@@ -465,7 +472,9 @@ class RedisTier:
         """Add ``amount`` to the counter ``name`` (made with a life of ``ttl`` seconds when
         new); its total now."""
         ms = max(1, int(ttl * 1000))
-        return float(self._call(lambda: self._script("count", [name], [repr(amount), ms])))
+        # Not sent again after a lost reply: it may have been added already.
+        return float(self._call(lambda: self._script("count", [name], [repr(amount), ms],
+                                                     resend=False)))
 
     def listener(self, block_seconds: float) -> redis.Redis:
         """A separate client for blocking stream reads (its timeout outlasts the block)."""
