@@ -440,3 +440,18 @@ def test_a_large_value_kept_on_disk_leaves_a_compute_in_flight_alone(
     assert tiered.lookup(key).source == "l1"  # type: ignore[union-attr]
     tiered.memory.clear()
     assert tiered.lookup(key).source == "l2"  # type: ignore[union-attr]
+
+
+def test_a_large_value_stays_below_wherever_it_was_written(
+        tiered: TieredCache, names: KeyBuilder) -> None:
+    """Written to Redis too, a large value is read from Redis and not promoted; with the disk
+    down (its write skipped) and no Redis for it, memory keeps it after all."""
+    tiered.memory_max_item = 1000
+    shared, local = names.key("speech", "long"), names.key("state", "disk down")
+    tiered.set(shared, "S" * 5000, ttl=60)
+    for _ in range(2):
+        assert tiered.lookup(shared).source == "l2"  # type: ignore[union-attr]
+    assert tiered.sqlite is not None
+    tiered.sqlite.close()
+    tiered.set(local, "D" * 5000, ttl=60, redis=False)
+    assert tiered.lookup(local).source == "l1"  # type: ignore[union-attr]
