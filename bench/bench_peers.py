@@ -141,6 +141,12 @@ class Footprint:
                         "disk_mb": round(disk / 2**20, 1)}
 
 
+def own(answers: list[str], n: int) -> str:
+    """The answer to prompt ``n``, a string of its own: a cache that keeps answers in this
+    process is charged for them (the answers list holds a few, shared)."""
+    return answers[n % len(answers)][:-8] + f"{n:08d}"
+
+
 def timed(calls: list[Callable[[], Any]], before: Callable[[int], None] | None = None,
           offset: int = 0) -> list[float]:
     """Microseconds each call took (``before(offset + i)``, untimed, runs first)."""
@@ -271,7 +277,7 @@ def ours(closers: list[Callable[[], None]], folder: Path, url: str, prompts: lis
     assert full.sqlite is not None and disk.sqlite is not None
     with Footprint(url, (folder / "full.db",)) as held:
         for i, prompt in enumerate(prompts):
-            full.set(space.key(prompt), answers[i % len(answers)], ttl=3600)
+            full.set(space.key(prompt), own(answers, i), ttl=3600)
         full.sqlite.flush()
     sizes["ours_all_tiers"] = held.figures
     for i, prompt in enumerate(prompts):
@@ -316,7 +322,7 @@ def langchain(closers: list[Callable[[], None]], folder: Path, url: str, prompts
         with Footprint(url, (folder / "langchain.db",) if name == "langchain_sqlite" else ()) \
                 as held:
             for n, prompt in enumerate(prompts):
-                peer.update(prompt, LLM_STRING, [Generation(text=answers[n % len(answers)])])
+                peer.update(prompt, LLM_STRING, [Generation(text=own(answers, n))])
         sizes[name] = held.figures
         phases.append(Phase(f"{name}_hit", [lambda p=prompts[i], peer=peer: peer.lookup(
             p, LLM_STRING) for i in lookups]))
@@ -354,7 +360,7 @@ def gptcache(url: str, prompts: list[str], answers: list[str], lookups: list[int
               data_manager=manager, similarity_evaluation=ExactMatchEvaluation())
     with Footprint(url, (Path(folder) / "gptcache.db",)) as held:
         for n, prompt in enumerate(prompts):
-            put(prompt, answers[n % len(answers)], cache_obj=peer)
+            put(prompt, own(answers, n), cache_obj=peer)
     sizes["gptcache"] = held.figures
     # Asked with the prompt alone: GPTCache has no place for the model (tests/test_peers.py).
     assert get(prompts[lookups[0]], cache_obj=peer) is not None
