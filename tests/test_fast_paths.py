@@ -312,7 +312,7 @@ def test_polls_that_keep_running_out_turn_polling_off_for_a_second(
     turn it off for the thread, and it is tried again a second later."""
     import select
 
-    import cache.tiers.redis as module
+    import cache.tiers.poll as module
 
     poller = ScriptedPoller()
     monkeypatch.setattr(module, "select", SimpleNamespace(poll=lambda: poller,
@@ -352,7 +352,7 @@ def test_the_poll_follows_the_connection_after_redis_restarts(own_redis: RedisSe
     tier.set("k", Record(b"after", time.time() + 60))
     found = tier.get("k")
     assert found is not None and bytes(found.payload) == b"after"
-    assert tier._local.poller[0] is tier._reader()._get_socket()  # the new socket's
+    assert tier._poll.polled() is tier._reader()._get_socket()  # the new socket's
     tier.close()
 
 

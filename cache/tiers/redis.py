@@ -11,11 +11,7 @@ breaker skips Redis while it is failing; redis-py reconnects by itself when it
 is back. Item reads and writes, claims and counters (each request's) go over one
 connection held per thread, as commands packed here (the rest use the pool); a read that
 may lead to a compute fetches the purge epochs of the item's tags in the same round trip.
-Their replies are waited for by polling the socket for up to ``spin`` seconds before
-sleeping on it: on an idle machine a local Redis answers in about 20 µs, and a thread asleep
-in ``recv`` is woken 30-40 µs after that. The poll yields the CPU between polls, so a busy
-machine loses nothing to it; polls that keep running out (Redis farther away than the poll
-is long) turn it off for a second at a time.
+Their replies are polled for before the thread sleeps on them (:mod:`cache.tiers.poll`).
 
 Invalidation events go on a Redis stream (not pub/sub): a node that was cut off
 reads what it missed when it reconnects, instead of silently keeping stale
@@ -34,11 +30,8 @@ expire; the salts hash and the event stream do not, so with
 from __future__ import annotations
 
 import logging
-import os
-import select
 import struct
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Self, TypeVar, cast
@@ -51,13 +44,12 @@ from cache.errors import TierUnavailable
 from cache.scope import user_tag
 from cache.tiers.base import Clock, Record, wall_clock
 from cache.tiers.breaker import CircuitBreaker
+from cache.tiers.poll import ReplyPoll
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">dH")
 _GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
-_MISSES_BEFORE_SLEEPING = 8  # polls in a row that ran out before a thread stops polling ...
-_SLEEP_AFTER_MISSES_NS = 1_000_000_000  # ... for this long
 EVENTS_STREAM = "v1:events"
 SALTS_HASH = "v1:salts"
 
@@ -177,8 +169,7 @@ class RedisTier:
                 read 30-40 µs sooner on an idle machine.
         """
         self.url = url
-        self._spin_ns = int(spin * 1e9)
-        self.spins_missed = 0  # polls that ran out before the reply came
+        self._poll = ReplyPoll(spin)
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._timeout = timeout
         self._namer = namer
@@ -262,7 +253,7 @@ class RedisTier:
             try:
                 conn.send_packed_command(packed, check_health=False)
                 sent = True
-                self._await_reply(conn)
+                self._poll.wait(conn._get_socket())
                 out = []
                 failed: Exception | None = None
                 for _ in range(replies):
@@ -286,41 +277,6 @@ class RedisTier:
                 conn.disconnect()  # a half-read reply must not meet the next command
                 raise
         raise AssertionError("unreachable")
-
-    def _await_reply(self, conn: Any) -> None:
-        """Poll ``conn``'s socket until a reply is there or ``spin`` has passed (the read
-        that follows then returns at once, or sleeps until the reply comes).
-
-        Polling gives the CPU away between polls (``sched_yield``), so that on a busy machine
-        Redis and the other threads run as if this one slept. Polls that keep running out
-        mean Redis is farther than ``spin``: after :data:`_MISSES_BEFORE_SLEEPING` in a row,
-        this thread sleeps on its replies at once for a second, then tries polling again."""
-        if self._spin_ns <= 0:
-            return
-        now = time.perf_counter_ns()
-        local = self._local
-        if now < getattr(local, "sleep_until", 0):
-            return
-        sock = conn._get_socket()
-        if sock is None:
-            return
-        held = getattr(local, "poller", None)
-        if held is None or held[0] is not sock:
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            held = local.poller = (sock, poller)
-        poll = held[1].poll
-        deadline = now + self._spin_ns
-        while not poll(0):
-            now = time.perf_counter_ns()
-            if now >= deadline:
-                self.spins_missed += 1
-                local.missed = missed = getattr(local, "missed", 0) + 1
-                if missed >= _MISSES_BEFORE_SLEEPING:
-                    local.sleep_until, local.missed = now + _SLEEP_AFTER_MISSES_NS, 0
-                return
-            os.sched_yield()
-        local.missed = 0
 
     def _command(self, *args: Any, resend: bool = True) -> Any:
         """One command over the held connection (see :meth:`_exchange`)."""
@@ -488,6 +444,11 @@ class RedisTier:
                 "maxmemory": info.get("maxmemory"),
                 "maxmemory_policy": info.get("maxmemory_policy"),
                 "polls_run_out": self.spins_missed}
+
+    @property
+    def spins_missed(self) -> int:
+        """Polls for a reply that ran out before it came (see :class:`ReplyPoll`)."""
+        return self._poll.missed
 
     def server_figures(self) -> dict[str, float]:
         """``used_memory``, ``evicted_keys``, ``keyspace_hits``, ``keyspace_misses`` from
