@@ -407,14 +407,16 @@ class TieredCache:
                 raise flight.error
             return Outcome(flight.value, SHARED_FLIGHT, time.perf_counter() - started)
         try:
-            # A leader that finished just before this one took over has filled L1 (or the
-            # disk, with a value too large for memory).
+            # A leader that finished just before this one took over has filled L1 (or queued
+            # for the disk a value too large for memory).
             again = self.memory.get(key)
             if again is not None:
                 flight.value = thawed(again.payload)
                 return Outcome(flight.value, "l1", time.perf_counter() - started)
-            if self.memory_max_item is not None and self.sqlite is not None:
-                kept = self._read(self.sqlite, key, self.ref_of(user))
+            local = self.sqlite
+            queued = local.queued(key) if local is not None else None
+            if local is not None and queued is not None:  # in the disk tier's queue: no I/O
+                kept = self._read(local, key, self.ref_of(user), lambda: queued)
                 if kept is not None:
                     flight.value = kept[0]
                     return Outcome(kept[0], "l3", time.perf_counter() - started)

@@ -455,3 +455,15 @@ def test_a_large_value_stays_below_wherever_it_was_written(
     tiered.sqlite.close()
     tiered.set(local, "D" * 5000, ttl=60, redis=False)
     assert tiered.lookup(local).source == "l1"  # type: ignore[union-attr]
+
+
+def test_a_leader_finds_a_large_value_another_just_queued_for_disk(
+        tiered: TieredCache, names: KeyBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its read below missed just before the previous leader stored (on disk only, too large
+    for memory): it takes that value rather than computing it again."""
+    tiered.memory_max_item = 1000
+    key = names.key("state", "raced")
+    tiered.set(key, "R" * 5000, ttl=60, redis=False)
+    monkeypatch.setattr(tiered, "_below", lambda *args: (None, None))  # the raced miss
+    found = tiered.fetch(key, lambda: pytest.fail("computed again"), ttl=60, redis=False)
+    assert found.value == "R" * 5000 and found.source == "l3"

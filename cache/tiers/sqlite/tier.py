@@ -120,13 +120,23 @@ class SqliteTier:
 
     # -- the tier contract ---------------------------------------------------------------
 
+    def queued(self, key: str) -> Record | None:
+        """The live record written at ``key`` and not yet in the file (no I/O)."""
+        queued = self.writes.queued(key)
+        return None if queued is None else self._live(queued, self._clock())
+
+    @staticmethod
+    def _live(queued: Record, now: float) -> Record | None:
+        """A copy of a queued record (the reader changes what it reads), unless expired."""
+        if queued.expires_at <= now:
+            return None
+        return Record(queued.payload, queued.expires_at, queued.tags, queued.user, queued.size)
+
     def get(self, key: str) -> Record | None:
         queued = self.writes.queued(key)
         now = self._clock()
-        if queued is not None:
-            if queued.expires_at <= now:
-                return None
-            return Record(queued.payload, queued.expires_at, queued.tags, queued.user, queued.size)
+        if queued is not None:  # newer than the file's row, if any
+            return self._live(queued, now)
         if not self.file.is_open:
             raise TierUnavailable("sqlite tier is closed")
         try:
