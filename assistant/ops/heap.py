@@ -102,8 +102,8 @@ class Trimmer:
             return None
         now = time.monotonic()
         busy = self._trimmed + self.busy - now
-        if self._busy:
-            return max(0.0, min(self.idle, busy))
+        if self._busy:  # the end of the work wakes the thread again
+            return max(0.0, busy)
         return max(0.0, min(self._ended + self.idle - now, busy))
 
     def _run(self) -> None:
