@@ -1,18 +1,23 @@
-"""The ``assistant`` command: subcommands over the same parts the service runs."""
+"""The ``assistant`` command: subcommands over the same parts the service runs.
+
+The parser, and the commands that run or ask the service, are here; ``cache``, ``intents``
+and ``speech`` (``transcribe``, ``say``) have modules of their own.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assistant.errors import AssistantError, AudioError, TemplateError
+from assistant.cli import cache as cache_command
+from assistant.cli import intents, speech
+from assistant.errors import AssistantError, AudioError
 from assistant.settings import Settings, load_settings
 from cache.errors import CacheError
 from cache.scope import check_user
@@ -20,7 +25,6 @@ from cache.scope import check_user
 if TYPE_CHECKING:
     from assistant.app import App
     from assistant.protocol import Response
-    from cache import KeyBuilder, TieredCache
 
 # Each command imports what it needs when it runs: the satellite, on a small device, must
 # not load the service's models and libraries just to parse its arguments.
@@ -322,18 +326,6 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rotate_db(args: argparse.Namespace, settings: Settings) -> int:
-    """``cache rotate-db``: see :func:`assistant.ops.rotate.rotate_db`."""
-    from assistant.ops.rotate import NotRotated, rotate_db
-
-    try:
-        print(json.dumps(rotate_db(settings, force=args.force)))
-    except NotRotated as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.status
-    return 0
-
-
 def _remove_device(settings: Settings) -> int:
     """``homeassistant remove``: the device's discovery config emptied, on the broker."""
     from assistant.transports.ha_device import HomeAssistantDevice
@@ -405,159 +397,6 @@ def _say_ready(app: App, settings: Settings, console: Any, took: float) -> None:
     print(f"ready mqtt://{m.host}:{m.port} {service.topic_prefix}", flush=True)
 
 
-@contextlib.contextmanager
-def _speech_cache(settings: Settings,
-                  no_cache: bool) -> Iterator[tuple[TieredCache | None, KeyBuilder | None]]:
-    from assistant.app import cache_of
-
-    if no_cache:
-        yield None, None
-        return
-    cache, keys = cache_of(settings, listen=False)
-    with cache:
-        yield cache, keys
-
-
-def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.speech.audio import PcmFormat
-    from assistant.speech.stt import Transcriber
-
-    fmt = None
-    if args.rate is not None:
-        fmt = PcmFormat(rate=args.rate, bits=args.bits, channels=args.channels, float=args.float)
-    with args.file.open("rb") as handle:  # no more than the limit (plus one to tell) is read
-        data = handle.read(settings.stt.max_bytes + 1)
-    with _speech_cache(settings, args.no_cache) as (cache, keys):
-        transcriber = Transcriber(settings.stt, cache=cache, keys=keys).start()
-        result = transcriber.transcribe(data, fmt=fmt, user=args.user)
-    print(result.text)
-    print(f"source={result.source} audio={result.audio_seconds:.2f}s "
-          f"took={result.seconds * 1000:.1f}ms rtf={result.seconds / result.audio_seconds:.3f} "
-          f"model_load={transcriber.load_seconds:.2f}s", file=sys.stderr)
-    return 0
-
-
-def _say(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.speech.tts import Speaker
-
-    with _speech_cache(settings, args.no_cache) as (cache, keys), \
-            Speaker(settings.tts, cache=cache, keys=keys) as speaker:
-        started = time.perf_counter()
-        if args.stream:
-            spoken = []
-            for sentence in speaker.stream(args.text, user=args.user):
-                print(f"{(time.perf_counter() - started) * 1000:8.1f}ms ready: "
-                      f"{sentence.source:8} {sentence.text}", file=sys.stderr)
-                spoken.append(sentence)
-            wav = speaker.stitch([s.pcm for s in spoken])
-        else:
-            speech = speaker.speak(args.text, user=args.user)
-            spoken, wav = list(speech.sentences), speech.wav
-            for sentence in spoken:
-                print(f"{sentence.seconds * 1000:8.1f}ms {sentence.source:8} {sentence.text}",
-                      file=sys.stderr)
-        took = time.perf_counter() - started
-    if str(args.output) == "-":
-        sys.stdout.buffer.write(wav)
-    else:
-        args.output.write_bytes(wav)
-    audio = (len(wav) - 44) / 2 / speaker.rate
-    hits = sum(s.source not in ("computed", "waited") for s in spoken)
-    print(f"cached={hits}/{len(spoken)} audio={audio:.2f}s took={took * 1000:.1f}ms "
-          f"rtf={took / audio:.3f} voice_load={speaker.load_seconds:.2f}s", file=sys.stderr)
-    return 0
-
-
-def _check(settings: Settings, path: Path | None) -> int:
-    from assistant.recognition.library import builtin_intents, load_intent_templates
-    from assistant.templates.loader import load_file
-
-    target = path or settings.intents.folder
-    builtin = builtin_intents(settings.intents.language)
-    try:
-        if target.is_file():
-            found, _ = load_file(target, folder=target.parent, builtin=builtin)
-            names = sorted(found)
-        else:
-            names = sorted(load_intent_templates(target, settings.intents.language).intents)
-    except TemplateError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"ok: {len(names)} intents in {target}: {', '.join(names)}")
-    return 0
-
-
-def _reload(settings: Settings) -> int:
-    from assistant.app import cache_of, version_record
-    from assistant.recognition.library import load_intent_templates
-    from assistant.templates.reload import RELOAD, Reloader
-
-    intents = settings.intents
-    cache, _keys = cache_of(settings, listen=False)
-    reloader = Reloader(lambda: load_intent_templates(intents.folder, intents.language),
-                        cache=cache, record=version_record(settings))
-    try:
-        templates = reloader.load()
-    except TemplateError as error:
-        print(f"error: nothing reloaded: {error}", file=sys.stderr)
-        return 1
-    with cache:
-        result = reloader.apply(templates)
-        told = cache.announce(RELOAD, str(intents.folder))
-        print(json.dumps({"purged": result.purged, "intents": len(templates.intents),
-                          "services_told": told}))
-        if cache.pending_events or not told:
-            print("error: Redis is unreachable: other nodes and running services are told when "
-                  "it is back (the reload is queued on this node's disk)", file=sys.stderr)
-            return 1
-    return 0
-
-
-def _cache_command(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.app import cache_of, key_source, open_keyring
-    from cache import maintenance
-    from cache.crypto import append_key
-
-    if args.op == "rotate-key" and not args.no_generate:
-        if key_source(settings.keys).kind != "file":
-            print("error: the keys come from the environment or a credential: add the new key "
-                  "there, then run rotate-key --no-generate", file=sys.stderr)
-            return 2
-        open_keyring(settings.keys)  # creates the key file on first use
-        new_id = append_key(settings.keys.file)
-        print(f"added key id {new_id} to {settings.keys.file}")
-    if args.op == "rotate-db":
-        return _rotate_db(args, settings)
-    cache, _keys = cache_of(settings, listen=False)
-    with cache:
-        if args.op == "stats":
-            print(json.dumps(maintenance.stats(cache), indent=2, sort_keys=True, default=str))
-        elif args.op == "purge" and args.tag:
-            print(json.dumps({"tag": args.tag, "removed": cache.invalidate_tag(args.tag)}))
-        elif args.op == "purge":
-            from assistant.app import version_tag
-
-            tags = [version_tag(kind, args.model) for kind in ("generator", "voice")]
-            print(json.dumps({"model": args.model, "removed": {
-                tag: cache.invalidate_tag(tag) for tag in tags}}))
-        elif args.op == "forget":
-            removed = cache.forget_user(args.user)
-            print(json.dumps({"user": args.user, "removed": removed,
-                              "complete": not cache.pending_events}))
-        elif args.op == "gc":
-            print(json.dumps({"expired_removed": maintenance.gc(cache)}))
-        elif args.op == "rotate-key":
-            count = maintenance.rotate(cache)
-            print(json.dumps({"key_id": cache.keyring.current_id, "resealed": count}))
-            print("restart running services so they read the new key", file=sys.stderr)
-        if cache.pending_events:
-            print("error: not applied everywhere yet (Redis unreachable, or the disk tier busy): "
-                  "what could not be done is kept and sent by the next run or the service; "
-                  "run the command again to be sure", file=sys.stderr)
-            return 1
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit status."""
     args = _parser().parse_args(argv)
@@ -566,13 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "cache":
-            return _cache_command(args, settings)
+            return cache_command.run(args, settings)
         if args.command == "intents":
-            return _check(settings, args.path) if args.op == "check" else _reload(settings)
+            return (intents.check(settings, args.path) if args.op == "check"
+                    else intents.reload(settings))
         if args.command == "transcribe":
-            return _transcribe(args, settings)
+            return speech.transcribe(args, settings)
         if args.command == "say":
-            return _say(args, settings)
+            return speech.say(args, settings)
         if args.command == "ask":
             return _ask(args, settings)
         if args.command == "serve":
