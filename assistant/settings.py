@@ -174,6 +174,8 @@ class ServiceSettings(_Section):
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
     figures_interval: float = Field(300.0, ge=0, description="seconds between two lines of "
                                     "figures kept (figures.jsonl); 0: none kept")
+    heaps: int = Field(0, ge=0, le=1024, description="most malloc heaps the threads share "
+                       "(glibc); 0: one per core. Each keeps its own partly used pages")
 
 
 class HomeSettings(_Section):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,52 @@ def test_glibc_trims_this_process() -> None:
         pytest.skip("not linked with glibc")
     trimmer.trim()
     assert trimmer.trims == 1
+
+
+_COUNT_HEAPS = """
+import ctypes, os, sys, tempfile, threading
+from assistant.ops.heap import limit_heaps
+if sys.argv[1] != "0":
+    assert limit_heaps(int(sys.argv[1]))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.fopen.restype = ctypes.c_void_p
+started, hold = threading.Barrier(7), threading.Event()
+
+def work():
+    libc.malloc(1 << 16)  # each thread's first allocation picks its heap
+    started.wait()
+    hold.wait()
+
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads:
+    t.start()
+started.wait()
+with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "info.xml").encode()
+    f = libc.fopen(path, b"w")
+    libc.malloc_info(0, ctypes.c_void_p(f))
+    libc.fclose(ctypes.c_void_p(f))
+    print(open(path).read().count("<heap nr="))
+hold.set()
+"""
+
+
+def heaps_with(limit: int) -> int:
+    done = subprocess.run([sys.executable, "-c", _COUNT_HEAPS, str(limit)], check=True,
+                          cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    return int(done.stdout)
+
+
+def test_threads_share_no_more_heaps_than_allowed() -> None:
+    if not Trimmer().available:
+        pytest.skip("not linked with glibc")
+    assert heaps_with(0) > 2  # glibc's own limit: eight per core
+    assert heaps_with(2) == 2
+    assert heaps_with(1) == 1
+
+
+def test_no_heap_at_all_is_refused() -> None:
+    with pytest.raises(ValueError):
+        heap.limit_heaps(0)

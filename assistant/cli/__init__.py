@@ -346,7 +346,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from assistant.app import App
+    from assistant.model_files import cpu_threads
+    from assistant.ops.heap import limit_heaps
 
+    # Before any thread of the models starts, so that all of them share these heaps.
+    limit_heaps(settings.service.heaps or cpu_threads())
     console = Console(stderr=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

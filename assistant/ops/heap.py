@@ -18,6 +18,12 @@ that long (a busy home) is trimmed every :data:`BUSY_SECONDS` while work goes on
 and no request is waiting on it then; the next heavy request touches its memory afresh:
 speech recognised right after a trim took 15-20 ms more (median 182 against 167 ms on two
 cores), for 45 MB less resident. Where there is no glibc (musl, macOS) it does nothing.
+
+What a trim cannot hand back is a page still partly in use, and every heap keeps its own: glibc
+gives each thread that meets a locked heap a new one, up to eight per core, and over minutes
+the heavy work wanders from thread to thread and heap to heap, each keeping its share of
+partly used pages. :func:`limit_heaps` caps their number (the service: one per core, as no
+more threads than cores run at once).
 """
 
 from __future__ import annotations
@@ -40,6 +46,24 @@ this long is between requests."""
 BUSY_SECONDS = 10.0
 """Longest time between trims while heavy work keeps coming: trimming then runs beside a
 request's work (it takes each heap's lock in turn), at most this often."""
+
+
+_M_ARENA_MAX = -8
+"""``mallopt``'s parameter for the most heaps (``M_ARENA_MAX`` in glibc's malloc.h)."""
+
+
+def limit_heaps(count: int) -> bool:
+    """Let threads share at most ``count`` heaps from now on (glibc); False: not possible here.
+
+    Heaps already made stay; called before the threads start, it holds for all of them.
+    """
+    if count < 1:
+        raise ValueError("at least one heap")
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
