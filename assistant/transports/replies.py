@@ -38,6 +38,11 @@ class Replies:
             collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        """Requests remembered in memory (those of the last minute, at most 4096)."""
+        with self._lock:
+            return len(self._recent)
+
     def _key(self, user: str, request: tuple[str, str, str]) -> str:
         return self._keys.key("reply", scope_of(user), request[1], request[2])
 
@@ -46,9 +51,13 @@ class Replies:
         """Remember ``reply`` to the request keyed ``request``; ``personal``: it holds
         something of the asker's (kept in the cache only, never in memory)."""
         kept = None if personal and isinstance(reply, Response) else reply
+        now = time.monotonic()
         with self._lock:
-            self._recent[request] = (time.monotonic() + _RECENT_SECONDS, kept)
-            if len(self._recent) > _RECENT:
+            self._recent[request] = (now + _RECENT_SECONDS, kept)
+            self._recent.move_to_end(request)
+            # Oldest first: those past their time go, and beyond _RECENT the oldest anyway.
+            while self._recent and (len(self._recent) > _RECENT
+                                    or next(iter(self._recent.values()))[0] <= now):
                 self._recent.popitem(last=False)
         if not record:
             return
