@@ -43,12 +43,9 @@ each other closely (speech recognised, then an answer generated, then spoken), s
 this long is between requests."""
 
 
-BUSY_SECONDS = 2.0
+BUSY_SECONDS = 10.0
 """Longest time between trims while heavy work keeps coming: trimming then runs beside a
-request's work (it takes each heap's lock in turn), at most this often. Under four requests
-a second, a trim found up to 50 MB freed and not yet handed back; every 2 s instead of 10,
-the service's memory after five minutes was 538-542 MB against 538-592 (three runs and
-four), and no request was measurably slower."""
+request's work (it takes each heap's lock in turn), at most this often."""
 
 
 _M_ARENA_MAX = -8
