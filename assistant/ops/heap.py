@@ -52,6 +52,15 @@ _M_ARENA_MAX = -8
 """``mallopt``'s parameter for the most heaps (``M_ARENA_MAX`` in glibc's malloc.h)."""
 
 
+def _glibc(name: str) -> Callable[..., int] | None:
+    """glibc's function ``name``, or None where there is none (musl, macOS)."""
+    try:
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
 def limit_heaps(count: int) -> bool:
     """Let threads share at most ``count`` heaps from now on (glibc); False: not possible here.
 
@@ -59,20 +68,8 @@ def limit_heaps(count: int) -> bool:
     """
     if count < 1:
         raise ValueError("at least one heap")
-    try:
-        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, count))
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none."""
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, count))
 
 
 class Trimmer:
@@ -86,7 +83,7 @@ class Trimmer:
         self.busy = busy
         self.trims = 0
         """Times the heaps were trimmed."""
-        self._trim = malloc_trim or _malloc_trim()
+        self._trim = malloc_trim or _glibc("malloc_trim")
         self._busy = 0
         self._dirty = False
         self._ended = 0.0
