@@ -37,6 +37,7 @@ from assistant.settings import (
     SqliteSettings,
 )
 from assistant.speech.audio import AudioLimits
+from assistant.speech.grammar import prepare as prepare_grammar
 from assistant.speech.stt import STT_TAG, Transcriber
 from assistant.speech.tts import TTS_TAG, Speaker
 from assistant.templates.model import intent_tag
@@ -268,6 +269,9 @@ class App:
                 self.transcriber = self._started(Transcriber(s.stt, cache=cache, keys=keys))
                 say("voice (piper)")
                 self.speaker = self._started(Speaker(s.tts, cache=cache, keys=keys))
+                if self.engine is not None and s.stt.grammar:
+                    say("the sentences speech is chosen from")
+                    self.engine.keep_ready(prepare_grammar)
             if self._serve:
                 self._started(ServiceLock(service_lock_path(s)))
                 self._roll_out(cache)

@@ -74,6 +74,7 @@ class IntentEngine:
         self._recognizer: Recognizer | None = None
         self._work: ThreadPoolExecutor | None = None
         self._watcher: TemplateWatcher | None = None
+        self._prepare: list[Callable[[Recognizer], object]] = []
 
     def start(self) -> Self:
         """Load the templates, build the recognizer, follow the home and other processes."""
@@ -103,6 +104,23 @@ class IntentEngine:
         if self._recognizer is None:
             raise RuntimeError("the intent engine is not started")
         return self._recognizer
+
+    def keep_ready(self, prepare: Callable[[Recognizer], object]) -> None:
+        """Have ``prepare`` build what requests will need of a recognizer (what it would
+        otherwise build on the first request that asks): now, for the recognizer answering,
+        and for each one that replaces it, before it answers (an error there is logged and
+        the recognizer swapped in all the same: it builds the rest lazily)."""
+        with self._lock:
+            self._prepare.append(prepare)
+            self._prepared(self.recognizer)
+
+    def _prepared(self, recognizer: Recognizer) -> Recognizer:
+        for prepare in self._prepare:
+            try:
+                prepare(recognizer)
+            except Exception:
+                log.exception("could not prepare the recognizer ahead of requests")
+        return recognizer
 
     @property
     def templates(self) -> TemplateSet:
@@ -165,7 +183,7 @@ class IntentEngine:
                     except Exception:
                         log.exception("could not report a template error")
                 return ReloadResult(error=detail, seconds=time.perf_counter() - started)
-            self._recognizer = recognizer
+            self._recognizer = self._prepared(recognizer)
             return self._reloader.apply(new, previous=old, started=started)
 
     def _home_changed(self, home: Home, changed: frozenset[str], structural: bool) -> None:
@@ -178,7 +196,7 @@ class IntentEngine:
         try:
             with self._lock:
                 if home is self.registry.home:  # skip snapshots already superseded
-                    self._recognizer = self.recognizer.with_home(home)
+                    self._recognizer = self._prepared(self.recognizer.with_home(home))
             if self.cache is not None:
                 for entity_id in sorted(changed):
                     self.cache.invalidate_tag(entity_tag(entity_id))

@@ -15,7 +15,9 @@ import pytest
 
 from assistant.engine import IntentEngine
 from assistant.home import Registry, load_home
+from assistant.recognition.recognizer import Recognizer
 from assistant.settings import IntentsSettings
+from assistant.speech.grammar import prepare as prepare_grammar
 from assistant.templates.reload import RELOAD
 from cache import KeyBuilder, Keyring, TieredCache
 from tests import helpers
@@ -252,3 +254,45 @@ def test_announced_reloads_run_on_the_engines_own_worker(
     finally:
         monkeypatch.undo()
         other.close()
+
+
+def test_a_recognizer_is_prepared_before_it_answers(engine: IntentEngine, folder: Path,
+                                                    registry: Registry) -> None:
+    prepared: list[tuple[Recognizer, bool]] = []
+
+    def prepare(recognizer: Recognizer) -> None:
+        prepared.append((recognizer, engine.recognizer is recognizer))
+
+    engine.keep_ready(prepare)
+    assert prepared == [(engine.recognizer, True)]  # the one answering now
+
+    _edit(folder / "info.yaml", '- text: "Okay."', '- text: "As you wish."')
+    assert engine.reload().error is None
+    assert prepared[-1] == (engine.recognizer, False)  # before it was swapped in
+
+    registry.set_state("light.kitchen_light", "on")
+    engine.settle()
+    assert len(prepared) == 3 and prepared[-1] == (engine.recognizer, False)
+
+
+def test_a_failed_preparation_still_swaps_the_recognizer_in(engine: IntentEngine,
+                                                            folder: Path) -> None:
+    def prepare(recognizer: Recognizer) -> None:
+        if recognizer is not engine.recognizer:
+            raise RuntimeError("out of memory")
+
+    engine.keep_ready(prepare)
+    _edit(folder / "info.yaml", '- text: "Okay."', '- text: "As you wish."')
+    assert engine.reload().error is None
+    assert engine.respond("never mind").text == "As you wish."
+
+
+def test_the_grammar_of_a_new_recognizer_is_built_before_it_answers(
+        engine: IntentEngine, folder: Path) -> None:
+    built: list[bool] = []
+    engine.keep_ready(prepare_grammar)
+    engine.keep_ready(lambda recognizer: built.append(recognizer._nearest._value is not None))
+    _edit(folder / "info.yaml", '- text: "Okay."', '- text: "As you wish."')
+    assert engine.reload().error is None
+    assert built == [True, True]
+    assert engine.recognizer._nearest._value is not None

@@ -228,7 +228,8 @@ class Recognizer:
     @property
     def nearest(self) -> Nearest:
         """The sentences of these templates nearest to a transcript, over this home's names
-        (built on first use: about a tenth of a second)."""
+        (built on first use, a quarter of a second for the default templates, unless made
+        ahead: see :func:`assistant.speech.grammar.prepare`)."""
         return self._nearest.get(lambda: Nearest(self._intents, self._slot_lists))
 
     def with_home(self, home: Home) -> Recognizer:

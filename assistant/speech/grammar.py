@@ -201,3 +201,10 @@ def grammar_for(recognizer: Recognizer) -> Grammar:
         if found is None:
             found = _BY_RECOGNIZER[recognizer] = Grammar(recognizer)
         return found
+
+
+def prepare(recognizer: Recognizer) -> None:
+    """Build ``recognizer``'s grammar and nearest-sentence index now rather than on the
+    first request that needs them (the default templates: a quarter of a second and 18 MB)."""
+    grammar_for(recognizer)
+    recognizer.nearest  # noqa: B018 - built on first use
