@@ -3,6 +3,7 @@ server speaking its API (the Hailo glue: tests/test_hailo.py)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -135,6 +136,24 @@ def test_waiting_for_a_busy_model_counts_against_the_deadline(llama: LlamaCppBac
         with pytest.raises(GenerationTimeout, match="busy"):
             llama.complete(request, deadline=time.monotonic() + 0.1)
         assert time.monotonic() - started < 1.0
+
+
+def test_no_sampler_outlives_its_completion(llama: LlamaCppBackend) -> None:
+    from llama_cpp._internals import LlamaSampler
+
+    def unfreed() -> int:
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, LlamaSampler) and o.sampler is not None)
+
+    gc.collect()
+    gc.disable()  # as in a busy service, where the oldest objects are seldom collected
+    try:
+        for question in (QUESTION, "What is the capital of Spain?", "Name a colour."):
+            llama.complete(Request(system_prompt=SYSTEM, prompt=question, max_tokens=8),
+                           deadline=time.monotonic() + 60)
+        assert unfreed() == 0
+    finally:
+        gc.enable()
 
 
 def test_a_part_with_no_whole_sentence_is_a_failure(llama: LlamaCppBackend, cache: TieredCache,

@@ -231,10 +231,24 @@ class LlamaCppBackend(Backend):
                 raise GenerationError(f"llama.cpp failed: {type(error).__name__}: {error}"
                                       ) from error
         finally:
+            self._free_sampler()
             self._lock.release()
         return Completion(text=base.strip_stop_texts("".join(parts)), finish=finish, tokens=count,
                           seconds=time.perf_counter() - started, first_token_seconds=first,
                           prefix=prefix)
+
+    def _free_sampler(self) -> None:
+        """Free the sampler the completion made, now.
+
+        llama-cpp-python makes one per completion and frees it only when its reference cycle
+        is collected (it holds a callback that holds it). The C memory behind each, about
+        120 KB for this vocabulary, is out of the collector's sight, and a busy service
+        collects its oldest objects so rarely that samplers piled up: 94 of them, 11 MB, after
+        3½ minutes of load."""
+        sampler = getattr(self._llm, "_sampler", None)
+        if sampler is not None:
+            sampler.close()
+            self._llm._sampler = None  # the next completion makes its own
 
     def reset(self) -> None:
         with self._lock:
