@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,33 @@ def test_incompressible_value_is_stored_as_is(codec: Codec) -> None:
     blob = encode(codec, KEY, noise, (), None)
     assert len(blob) <= len(noise) + 64  # never blown up by compressing noise
     assert codec.decode(KEY, blob, None)[0] == noise
+
+
+def test_threads_share_compressors_and_each_blob_opens(codec: Codec) -> None:
+    texts = [f"Answer number {n}: the kitchen light is on. " * 200 for n in range(8)]
+    for text in texts[:4]:  # one thread after another: one context serves them all
+        worker = threading.Thread(target=encode, args=(codec, KEY, text, (), None))
+        worker.start()
+        worker.join()
+    assert codec._compressors.idle == 1
+
+    start = threading.Barrier(len(texts))
+    blobs: dict[int, bytes] = {}
+
+    def seal_and_open(n: int) -> None:
+        start.wait()
+        for _ in range(20):
+            blob = encode(codec, KEY, texts[n], (), None)
+            assert codec.decode(KEY, blob, None)[0] == texts[n]
+        blobs[n] = blob
+
+    workers = [threading.Thread(target=seal_and_open, args=(n,)) for n in range(len(texts))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(blobs) == list(range(len(texts)))  # every thread got through
+    assert 1 <= codec._compressors.idle <= len(texts)
 
 
 def test_each_blob_has_a_fresh_nonce(codec: Codec) -> None:
