@@ -8,6 +8,7 @@ Audio is checked by transcribing it back, never by comparing bytes with a record
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import wave
@@ -307,3 +308,36 @@ def test_a_long_sentence_leaves_no_memory_behind() -> None:
     # Measured: 70-74 MB kept, against 3 MB when handed back.
     assert kept > 40  # the arena keeps the largest run's buffers ...
     assert kept_released < 20  # ... unless they are handed back
+
+
+_PHONEMES_WITH_THE_VOICE_SET_ONCE = """
+import json, sys
+from piper import espeakbridge
+from piper.phonemize_espeak import EspeakPhonemizer
+from assistant.settings import TtsSettings
+from assistant.speech.tts import Speaker
+
+texts = json.loads(sys.argv[1])
+calls = []
+set_voice = espeakbridge.set_voice
+espeakbridge.set_voice = lambda voice: (calls.append(voice), set_voice(voice))[1]
+each_time = [EspeakPhonemizer().phonemize("en-us", text) for text in texts]  # piper's way
+before = len(calls)
+with Speaker(TtsSettings()) as speaker:
+    once = [speaker._voice.phonemize(text) for text in texts]
+    speaker.synthesize(texts[0])
+print(json.dumps({"same": once == each_time, "before": before, "after": calls[before:]}))
+"""
+
+
+def test_the_voice_is_set_once_and_says_the_same() -> None:
+    texts = [*HOME_SENTENCES, "It's 7:45 p.m. on Tuesday, 3 December.",
+             "Dr. Smith said: \"Wow!\" Really?", "The temperature is -3.5 °C, wind 20 km/h."]
+    done = subprocess.run(
+        [sys.executable, "-c", _PHONEMES_WITH_THE_VOICE_SET_ONCE, json.dumps(texts)],
+        check=True, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1])
+    seen = json.loads(done.stdout)
+    assert seen["before"] == len(texts)  # piper sets it before every sentence ...
+    assert seen["after"] == ["en-us"]  # ... and here only the first time
+    assert seen["same"]  # and the phonemes are the same

