@@ -157,7 +157,6 @@ class Codec:
         """
         self.keyring = keyring
         self._salt_for = salt_for
-        self._level = level
         self._compress_min = compress_min_bytes
         self._max = max_value_bytes
         self._compressors = _Lender(lambda: zstandard.ZstdCompressor(level=level))
