@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from assistant.ops.heap import TRIMMER
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class ServiceMetrics:
                            registry=registry)
         self.actions = Counter("assistant_actions", "Device commands published",
                                registry=registry)
+        registry.register(_HeapTrims())
 
     def answered(self, fragments: Any) -> None:
         """Count an answer by where it came from: its least cached piece's tier."""
@@ -46,6 +53,15 @@ class ServiceMetrics:
         for stage, ms in timings.items():
             if stage in STAGES:
                 self.stage.labels(stage).observe(ms / 1000)
+
+
+class _HeapTrims(Collector):
+    """How often the process's heaps were handed back to the system after heavy work
+    (:mod:`assistant.ops.heap`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("assistant_heap_trims", "Times the heaps were handed back "
+                                  "to the system after heavy work", value=TRIMMER.trims)
 
 
 def histogram_median(histogram: Histogram, stage: str) -> float | None:

@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from assistant.answers import Answer
 from assistant.broadcast import Satellites
 from assistant.errors import AssistantError, AudioError
+from assistant.ops.heap import heavy
 from assistant.ops.metrics import ServiceMetrics
 from assistant.pipeline import Handled, Pipeline, response_of
 from assistant.protocol import (
@@ -66,6 +67,10 @@ log = logging.getLogger(__name__)
 
 TRANSIENT = frozenset({"busy", "timeout", "rate_limited", "internal", "unavailable"})
 """Error codes not recorded as a request's answer: the same request sent again is tried anew."""
+LARGE_PAYLOAD = 1024 * 1024
+"""Bytes from which taking a request counts as heavy work (:func:`assistant.ops.heap.heavy`):
+the copies of its payload that the MQTT client and the decoding made are handed back to the
+system soon after, also when the request is refused (audio too long, not a WAV)."""
 _Key = tuple[str, str, str]
 """A request: its user, its id, and a digest of what it asks (an id used again for another
 question is another request)."""
@@ -279,7 +284,9 @@ class MqttService:
         delivery = self._acks.received(message.mid, message.qos)
         handed = False
         try:
-            handed = self._receive(message, delivery)
+            # A large payload (audio) leaves its copies freed in the heap: trimmed after.
+            with heavy() if len(message.payload) >= LARGE_PAYLOAD else contextlib.nullcontext():
+                handed = self._receive(message, delivery)
         except Exception:  # never raise in paho's thread
             log.exception("a request could not be taken")
             self.metrics.errors.labels("internal").inc()
