@@ -204,7 +204,8 @@ def grammar_for(recognizer: Recognizer) -> Grammar:
 
 
 def prepare(recognizer: Recognizer) -> None:
-    """Build ``recognizer``'s grammar and nearest-sentence index now rather than on the
-    first request that needs them (the default templates: a quarter of a second and 18 MB)."""
-    grammar_for(recognizer)
+    """Build ``recognizer``'s nearest-sentence index now rather than on the first request
+    that needs it (the default templates: a quarter of a second and 18 MB). Recognizers that
+    differ only in the home's states share it, so most changes of the home cost nothing here;
+    the :class:`Grammar` itself is cheap and left to the first spoken request."""
     recognizer.nearest  # noqa: B018 - built on first use
